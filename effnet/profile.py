@@ -1,0 +1,128 @@
+"""The model card: per-stage shapes, parameters and multiply-adds, computed analytically.
+
+Nothing is built or traced: the card walks the spec's stages with the same rules the model
+uses (``effnet.scaling``) and counts what each layer holds and computes. Tests check it
+against ``torch.utils.flop_counter.FlopCounterMode`` (which counts 2 FLOPs per multiply-add;
+the paper's "FLOPs" are multiply-adds) and ``sum(p.numel())`` of the built model.
+
+What is counted as MACs: convolutions and the classifier (the layers FlopCounterMode counts).
+BatchNorm, activations, pooling and the SE multiply are elementwise and not counted, as in
+the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from effnet.scaling import ScalingSpec, round_channels
+
+BYTES_FP32 = 4
+# Weights, their gradients and SGD's momentum buffer: three fp32 copies while training.
+TRAINING_PARAM_COPIES = 3
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One line of the card: a stem, an MBConv stage or the head."""
+
+    name: str
+    operator: str
+    kernel: int
+    stride: int
+    in_channels: int
+    out_channels: int
+    repeats: int
+    input_size: int
+    output_size: int
+    params: int
+    macs: int
+    activations: int  # elements kept for backward, per image
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a spec costs: totals plus the per-stage table."""
+
+    spec: ScalingSpec
+    stages: tuple[StageRow, ...]
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.stages)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds for one image at the spec's resolution (the paper's "FLOPs")."""
+        return sum(r.macs for r in self.stages)
+
+    @property
+    def final_map(self) -> int:
+        """Side of the last feature map, the one class activation maps are made from."""
+        return self.stages[-1].output_size
+
+    def activation_bytes(self, batch_size: int) -> int:
+        """fp32 activations autograd keeps for a training step of ``batch_size`` images."""
+        return BYTES_FP32 * batch_size * sum(r.activations for r in self.stages)
+
+    def train_memory_bytes(self, batch_size: int) -> int:
+        """Estimated training memory: activations plus weights, gradients and momentum (fp32)."""
+        return self.activation_bytes(batch_size) + BYTES_FP32 * TRAINING_PARAM_COPIES * self.params
+
+
+def _out(size: int, stride: int) -> int:
+    # "same"-style padding (kernel // 2): the output side is ceil(input / stride).
+    return math.ceil(size / stride)
+
+
+def _conv_bn(cin: int, cout: int, k: int, out: int, groups: int = 1) -> tuple[int, int]:
+    """(params, MACs) of a bias-free conv followed by BatchNorm (2 parameters per channel)."""
+    weights = cout * (cin // groups) * k * k
+    return weights + 2 * cout, weights * out * out
+
+
+def _mbconv(cin: int, cout: int, expand: int, k: int, stride: int, size: int) -> tuple[int, int, int, int]:
+    """(params, MACs, saved activations, output side) of one MBConv block with SE."""
+    mid = round_channels(cin * expand)
+    out = _out(size, stride)
+    params = macs = acts = 0
+    if mid != cin:
+        p, m = _conv_bn(cin, mid, 1, size)
+        params, macs, acts = params + p, macs + m, acts + 3 * mid * size * size
+    p, m = _conv_bn(mid, mid, k, out, groups=mid)
+    params, macs = params + p, macs + m
+    squeeze = max(1, cin // 4)
+    params += 2 * mid * squeeze + squeeze + mid  # fc1 and fc2, both with bias
+    macs += 2 * mid * squeeze
+    p, m = _conv_bn(mid, cout, 1, out)
+    params, macs = params + p, macs + m
+    # conv out, BN out, SiLU out of the depthwise conv; SE output; project conv out and BN out.
+    acts += (3 + 1) * mid * out * out + 2 * cout * out * out
+    return params, macs, acts, out
+
+
+@lru_cache(maxsize=512)
+def model_card(spec: ScalingSpec) -> ModelCard:
+    """The per-stage table and totals for ``spec``; microseconds, so the app calls it freely."""
+    size = spec.resolution
+    rows = []
+    stem, stem_out = spec.stem_channels, _out(size, spec.stem_stride)
+    p, m = _conv_bn(3, stem, 3, stem_out)
+    rows.append(StageRow("stem", "Conv3x3", 3, spec.stem_stride, 3, stem, 1, size, stem_out, p, m,
+                         3 * 3 * size * size + 3 * stem * stem_out * stem_out))
+    size = stem_out
+    for i, st in enumerate(spec.stages, start=1):
+        params = macs = acts = 0
+        cin, stride, start = st.in_channels, st.stride, size
+        for _ in range(st.repeats):
+            p, m, a, size = _mbconv(cin, st.out_channels, st.expand, st.kernel, stride, size)
+            params, macs, acts = params + p, macs + m, acts + a
+            cin, stride = st.out_channels, 1
+        rows.append(StageRow(f"stage {i}", f"MBConv{st.expand}", st.kernel, st.stride, st.in_channels,
+                             st.out_channels, st.repeats, start, size, params, macs, acts))
+    last, head, classes = spec.stages[-1].out_channels, spec.head_channels, spec.num_classes
+    p, m = _conv_bn(last, head, 1, size)
+    rows.append(StageRow("head", "Conv1x1, pool, FC", 1, 1, last, head, 1, size, size,
+                         p + head * classes + classes, m + head * classes, 3 * head * size * size + head))
+    return ModelCard(spec, tuple(rows))
