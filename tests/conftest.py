@@ -1,0 +1,61 @@
+"""Shared fixtures: small CIFAR-100 data in the official format, and a tiny training command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cifar_files import write_cifar_archive
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+# The smallest useful spec: phi=-4 in the cifar geometry is 18 px, 1.3 M parameters.
+TINY = ["--phi", "-4", "--geometry", "cifar", "--batch-size", "32", "--lr", "0.05", "--val-size", "64",
+        "--eval-subset", "64", "--device", "cpu", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding a generated ``cifar-100-python.tar.gz`` (320 train, 100 test images)."""
+    root = tmp_path_factory.mktemp("data")
+    write_cifar_archive(root / "cifar-100-python.tar.gz", n_train=320, n_test=100)
+    return root
+
+
+def python_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    return env
+
+
+def train_cmd(out: Path, data: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "effnet.train", *TINY, "--data-dir", str(data), "--out", str(out), *extra]
+
+
+def run_train(out: Path, data: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(train_cmd(out, data, *extra), capture_output=True, text=True, timeout=timeout,
+                          cwd=PROJECT, env=python_env())
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 120, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,181 @@
+"""Real training runs on a generated archive: files, metrics, kill -9 and resume, SIGTERM, bad checkpoints, DDP."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PROJECT, python_env, read_status, run_train, train_cmd, wait_for
+
+from effnet import ScalingSpec, build_model
+from effnet.runs import CheckpointError, load_checkpoint
+from effnet.train import TrainConfig, config_to_argv, lr_at, parse_args
+
+KEYS = {"epoch", "train_loss", "train_top1", "val_top1", "val_top5", "test_top1", "test_top5", "lr",
+        "epoch_seconds", "images_per_second"}
+TIMING = {"epoch_seconds", "images_per_second"}
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_epoch_cpu_run_writes_every_file_with_sane_metrics(tmp_path, cifar_dir):
+    out = tmp_path / "run"
+    done = run_train(out, cifar_dir, "--epochs", "2")
+    assert done.returncode == 0, done.stderr
+    assert {"config.json", "metrics.jsonl", "status.json", "last.pt", "best.pt", "confusion.json"} <= {
+        p.name for p in out.iterdir()}
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert set(r) >= KEYS
+        assert all(0 <= r[k] <= 100 for k in ("train_top1", "val_top1", "val_top5", "test_top1", "test_top5"))
+        assert r["val_top5"] >= r["val_top1"] and r["test_top5"] >= r["test_top1"]
+        assert r["train_loss"] > 0 and r["images_per_second"] > 0 and r["lr"] > 0
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "finished" and status["pid"] > 0 and status["heartbeat"] > 0
+    config = json.loads((out / "config.json").read_text())
+    spec = ScalingSpec.from_dict(config["spec"])
+    assert spec == ScalingSpec(phi=-4, geometry="cifar", num_classes=100) and config["train"]["epochs"] == 2
+    state = torch.load(out / "last.pt", weights_only=True, map_location="cpu")
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+    build_model(spec).load_state_dict(state["model"])
+    confusion = json.loads((out / "confusion.json").read_text())
+    assert sum(map(sum, confusion["final"]["matrix"])) == 64
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one_bitwise(tmp_path, cifar_dir):
+    args = ("--epochs", "2", "--checkpoint-minutes", "0")
+    reference = tmp_path / "reference"
+    assert run_train(reference, cifar_dir, *args).returncode == 0
+
+    out = tmp_path / "killed"
+    kills = [(1, 3), (2, 5)]  # SIGKILL mid-epoch 1 (after step 3), then mid-epoch 2
+    for epoch, step in kills:
+        extra = ("--resume",) if out.exists() else ()
+        proc = subprocess.Popen(train_cmd(out, cifar_dir, *args, *extra), cwd=PROJECT, env=python_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda e=epoch, s=step: read_status(out).get("epoch") == e and read_status(out).get("step", 0) >= s
+                 and read_status(out).get("state") == "running", what=f"epoch {epoch} step {step}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert (out / "last.pt").exists()
+    done = run_train(out, cifar_dir, *args, "--resume")
+    assert done.returncode == 0, done.stderr
+
+    got, want = metrics(out), metrics(reference)
+    assert [r["epoch"] for r in got] == [1, 2]
+    assert [{k: v for k, v in r.items() if k not in TIMING} for r in got] == [
+        {k: v for k, v in r.items() if k not in TIMING} for r in want]
+    a = torch.load(out / "last.pt", weights_only=True)["model"]
+    b = torch.load(reference / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_finishes(tmp_path, cifar_dir):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(out, cifar_dir, "--epochs", "2"), cwd=PROJECT, env=python_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: read_status(out).get("step", 0) >= 2 and read_status(out).get("state") == "running",
+             what="training steps")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    status = read_status(out)
+    assert status["state"] == "stopped"
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 0 and ckpt["step"] >= 2
+    done = run_train(out, cifar_dir, "--epochs", "2", "--resume")
+    assert done.returncode == 0, done.stderr
+    assert [r["epoch"] for r in metrics(out)] == [1, 2] and read_status(out)["state"] == "finished"
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tmp_path, cifar_dir):
+    out = tmp_path / "run"
+    assert run_train(out, cifar_dir, "--epochs", "1").returncode == 0
+    before = (out / "last.pt").read_bytes()
+    again = run_train(out, cifar_dir, "--epochs", "1")
+    assert again.returncode == 1 and "already holds a run" in again.stderr
+    assert (out / "last.pt").read_bytes() == before and read_status(out)["state"] == "finished"
+
+
+def test_corrupt_and_hostile_checkpoints_are_refused(tmp_path, cifar_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"this is not a checkpoint")
+    done = run_train(out, cifar_dir, "--resume")
+    assert done.returncode == 1 and "not a readable checkpoint" in done.stderr and "Traceback" not in done.stderr
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": {}, "payload": Evil()}, out / "last.pt", pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(out / "last.pt")
+    done = run_train(out, cifar_dir, "--resume")
+    assert done.returncode == 1 and "could run code" in done.stderr
+    assert not marker.exists()
+
+
+def test_missing_data_gives_the_clear_message(tmp_path):
+    out = tmp_path / "run"
+    done = run_train(out, tmp_path / "nodata", "--epochs", "1")
+    assert done.returncode == 1
+    assert "cifar-100-python.tar.gz" in done.stderr and "Traceback" not in done.stderr
+    assert read_status(out)["state"] == "failed" and "CIFAR-100" in read_status(out)["error"]
+    assert list((tmp_path / "nodata").iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, message", [(["--epochs", "0"], "epochs"), (["--lr", "-1"], "lr"),
+                                            (["--phi", "99"], "phi"), (["--variant", "b0", "--phi", "1"], "variant"),
+                                            (["--phi", "1", "--pretrained"], "pretrained")])
+def test_bad_settings_are_refused_before_anything_starts(tmp_path, flags, message):
+    base = [a for a in train_cmd(tmp_path / "run", tmp_path) if a not in ("--phi", "-4")]
+    done = subprocess.run([*base, *flags], capture_output=True, text=True, cwd=PROJECT, env=python_env())
+    assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_variant_flag_builds_exactly_the_official_spec():
+    config, out, resume = parse_args(["--variant", "b0", "--geometry", "cifar", "--out", "x"])
+    assert config.model_spec == ScalingSpec.official("b0", geometry="cifar", num_classes=100)
+    assert out == Path("x") and not resume
+
+
+def test_config_round_trips_through_the_command_line():
+    config = TrainConfig(spec=ScalingSpec(phi=1.5, beta=1.05, scaling="width").to_dict(), epochs=7, ema=0.99,
+                         nesterov=False, subset=100, channels_last=False, schedule="onecycle")
+    again, out, resume = parse_args(config_to_argv(config, Path("runs/x"), resume=True))
+    assert again == config and out == Path("runs/x") and resume
+
+
+def test_learning_rate_schedule():
+    assert lr_at(0, 100, 10, 1.0, "cosine") == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0, "cosine") == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0, "cosine") == pytest.approx(0.5)
+    assert lr_at(99, 100, 10, 1.0, "cosine") < 0.01
+    assert lr_at(50, 100, 10, 1.0, "constant") == 1.0
+    assert lr_at(29, 100, 0, 1.0, "onecycle") == pytest.approx(1.0)
+
+
+def test_ddp_with_two_gloo_processes(tmp_path, cifar_dir):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           *train_cmd(out, cifar_dir, "--epochs", "1", "--batch-size", "16")[1:]]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT, env=python_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == [1]
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2
+    state = load_checkpoint(out / "last.pt")
+    assert not any(k.startswith("module.") for k in state["model"])
+    build_model(ScalingSpec(phi=-4)).load_state_dict(state["model"])
