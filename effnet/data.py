@@ -199,6 +199,12 @@ def missing_data_message(root: Path, reason: str = "") -> str:
     )
 
 
+def dataset_present(root: str | os.PathLike | None = None) -> bool:
+    """Whether ``root`` holds the unpacked folder or the archive (the download is not attempted)."""
+    root = data_dir(root)
+    return (root / FOLDER).is_dir() or (root / ARCHIVE).is_file()
+
+
 def load_cifar100(root: str | os.PathLike | None = None, download: bool = True) -> Cifar100:
     """CIFAR-100 from ``root`` (see ``data_dir``): the folder, else the archive there, else a download."""
     root = data_dir(root)

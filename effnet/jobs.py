@@ -34,6 +34,9 @@ from typing import Any
 
 from effnet import runs
 from effnet.profile import model_card
+from effnet.train import TrainConfig, config_to_argv
+
+__all__ = ["RunInfo", "TrainConfig", "delete", "list_runs", "progress", "resume", "stop", "submit"]
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 ACTIVE = ("starting", "loading data", "running")
@@ -92,6 +95,51 @@ def _pid_alive(pid: object) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+@dataclass(frozen=True)
+class Progress:
+    fraction: float  # of the whole run, 0..1
+    text: str
+    eta_s: float | None
+
+
+def progress(info: RunInfo) -> Progress:
+    """Where a run is (epoch, step, phase) and, while it runs, when it should end."""
+    s = info.status
+    epochs, steps = int(s.get("epochs") or info.config.get("train", {}).get("epochs") or 1), int(s.get("steps") or 0)
+    epoch, step = int(s.get("epoch") or 0), int(s.get("step") or 0)
+    if info.state == "finished":
+        return Progress(1.0, f"finished {epochs} epochs", None)
+    if not steps or not epoch:
+        return Progress(0.0, info.state, None)
+    fraction = min(1.0, ((epoch - 1) + step / steps) / epochs)
+    text = f"epoch {epoch}/{epochs} · step {step}/{steps}"
+    if s.get("phase") == "evaluating":
+        text += " · evaluating"
+    eta = None
+    if info.active and s.get("running_since"):
+        done = fraction - float(s.get("start_fraction") or 0.0)
+        elapsed = time.time() - float(s["running_since"])
+        if done > 0.002 and elapsed > 1:
+            eta = elapsed / done * (1 - fraction)
+            text += f" · ETA {_duration(eta)}"
+    return Progress(fraction, text, eta)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def log_tail(run_dir: Path, lines: int = 15) -> str:
@@ -158,7 +206,7 @@ def available_memory_bytes(device: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_fits(config: Any) -> None:
+def check_fits(config: TrainConfig) -> None:
     """Refuse a run whose estimated training memory exceeds the device's (analytic, from the card)."""
     card = model_card(config.model_spec)
     need = card.train_memory_bytes(config.batch_size)
@@ -174,14 +222,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "run"
 
 
-def submit(config: Any, root: str | os.PathLike | None = None, label: str | None = None,
+def submit(config: TrainConfig, root: str | os.PathLike | None = None, label: str | None = None,
            start_runner: bool = True) -> str:
-    """Queue a training run (a ``effnet.train.TrainConfig``); returns its run id.
+    """Queue a training run; returns its run id.
 
     Everything is checked first (settings, spec, memory), so a refused run leaves no trace.
     """
-    from effnet.train import config_to_argv
-
     config.validate()
     check_fits(config)
     root = checkpoints_dir(root).resolve()

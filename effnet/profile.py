@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from effnet.scaling import ScalingSpec, round_channels
+from effnet.scaling import OFFICIAL, SCALINGS, ScalingSpec, round_channels
 
 BYTES_FP32 = 4
 # Weights, their gradients and SGD's momentum buffer: three fp32 copies while training.
@@ -61,6 +61,11 @@ class ModelCard:
     def final_map(self) -> int:
         """Side of the last feature map, the one class activation maps are made from."""
         return self.stages[-1].output_size
+
+    @property
+    def flops_ratio(self) -> float:
+        """Actual multiply-adds against the phi=0 model: what the rounding made of d * w^2 * r^2."""
+        return self.macs / model_card(self.spec.baseline).macs
 
     def activation_bytes(self, batch_size: int) -> int:
         """fp32 activations autograd keeps for a training step of ``batch_size`` images."""
@@ -126,3 +131,59 @@ def model_card(spec: ScalingSpec) -> ModelCard:
     rows.append(StageRow("head", "Conv1x1, pool, FC", 1, 1, last, head, 1, size, size,
                          p + head * classes + classes, m + head * classes, 3 * head * size * size + head))
     return ModelCard(spec, tuple(rows))
+
+
+def sweep(spec: ScalingSpec, phis: list[float]) -> list[ModelCard]:
+    """Cards for the same coefficients, geometry and classes at each phi (custom, formula-scaled).
+
+    A phi whose model would be too large to build is left out (its card cannot exist).
+    """
+    cards = []
+    for phi in phis:
+        try:
+            cards.append(model_card(spec.baseline.replace(phi=float(phi))))
+        except ValueError:
+            continue
+    return cards
+
+
+def official_cards(spec: ScalingSpec) -> list[ModelCard]:
+    """B0-B7 in the spec's geometry, resolution base and class count."""
+    return [model_card(ScalingSpec.official(name, geometry=spec.geometry, num_classes=spec.num_classes,
+                                            base_resolution=spec.base_resolution, output_stride=spec.output_stride))
+            for name in OFFICIAL]
+
+
+def scaling_methods(spec: ScalingSpec) -> list[dict[str, object]]:
+    """The spec's FLOPs budget reached by each scaling method, one row each (the paper's Figure 3 setup)."""
+    rows: list[dict[str, object]] = []
+    for method in SCALINGS:
+        try:
+            s = spec.with_scaling(method)
+        except ValueError as exc:
+            rows.append({"method": method, "note": str(exc)})
+            continue
+        c = model_card(s)
+        rows.append({"method": method, "depth x": round(s.depth_mult, 3), "width x": round(s.width_mult, 3),
+                     "resolution": s.resolution, "params (M)": round(c.params / 1e6, 2),
+                     "MACs (G)": round(c.macs / 1e9, 3), "FLOPs vs phi=0": round(c.flops_ratio, 2),
+                     "final map": f"{c.final_map}x{c.final_map}"})
+    return rows
+
+
+def official_vs_formula(spec: ScalingSpec) -> list[dict[str, object]]:
+    """B0-B7 as released next to what alpha^phi, beta^phi, gamma^phi (the spec's coefficients) would give."""
+    rows: list[dict[str, object]] = []
+    for card in official_cards(spec):
+        s = card.spec
+        try:
+            formula = spec.baseline.replace(phi=s.phi)
+        except ValueError as exc:
+            rows.append({"variant": s.name, "note": str(exc)})
+            continue
+        rows.append({"variant": s.name, "width (released)": s.width_mult,
+                     "width (formula)": round(formula.width_mult, 2), "depth (released)": s.depth_mult,
+                     "depth (formula)": round(formula.depth_mult, 2), "resolution (released)": s.resolution,
+                     "resolution (formula)": formula.resolution,
+                     "MACs released/formula": round(card.macs / model_card(formula).macs, 2)})
+    return rows

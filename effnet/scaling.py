@@ -212,6 +212,17 @@ class ScalingSpec:
         """A copy with some fields changed, validated again."""
         return replace(self, **changes)
 
+    @property
+    def baseline(self) -> ScalingSpec:
+        """The phi=0 model (B0's shape) in the same geometry, resolution base and class count."""
+        return replace(self, phi=0.0, variant=None, scaling="compound", dropout=None)
+
+    def with_scaling(self, method: str) -> ScalingSpec:
+        """This spec's FLOPs budget reached by ``method`` (compound, or one dimension alone at 2^phi)."""
+        if method == "compound":
+            return self
+        return replace(self, variant=None, scaling=method)
+
     # ------------------------------------------------------------------ formula values
     @property
     def constraint(self) -> float:

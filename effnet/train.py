@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from effnet import runs
 from effnet.cli import add_spec_arguments, spec_from_args
@@ -193,11 +193,13 @@ def step_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv and linear weights only, not on BatchNorm parameters and biases."""
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """SGD with (Nesterov) momentum; weight decay on conv and linear weights, not on BatchNorm and biases."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     other = [p for p in model.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov and config.momentum > 0)
 
 
 class EMA:
@@ -216,6 +218,24 @@ class EMA:
                 v.lerp_(current[k], 1 - self.decay)
             else:
                 v.copy_(current[k])  # BatchNorm statistics follow the live model
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
+               spec: ScalingSpec, config: TrainConfig, generator: torch.Generator, amp: bool) -> tuple[Tensor, Tensor]:
+    """One SGD step on uint8 images: augment and preprocess on their device, forward, backward, update.
+
+    Returns (loss, logits), detached, still on the device (no host sync here).
+    """
+    x = to_model_input(augment(images, generator, config.augment), spec)
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -362,8 +382,7 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, de
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr,
-                                momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
+    optimizer = make_optimizer(model, config)
     ema = EMA(model, config.ema) if config.ema > 0 else None
     step_model: nn.Module = model
     if world > 1:
@@ -415,7 +434,10 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, de
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    status.update(state="running", epoch=start_epoch + 1, epochs=config.epochs, step=start_step, steps=steps)
+    # For the live view: where this process started and how fast it goes (host-side counts, no GPU sync).
+    running_since, images_done = time.time(), 0
+    status.update(state="running", epoch=start_epoch + 1, epochs=config.epochs, step=start_step, steps=steps,
+                  running_since=running_since, start_fraction=(start_epoch + start_step / steps) / config.epochs)
     last_save = time.monotonic()
     for epoch in range(start_epoch, config.epochs):
         epoch_start = time.monotonic()
@@ -433,24 +455,18 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, de
             idx = order[step * global_batch : (step + 1) * global_batch][rank::world]
             torch.manual_seed(step_seed(config.seed, epoch, step, rank))
             gen = torch.Generator(device=device).manual_seed(step_seed(config.seed, epoch, step, rank, 1))
-            x = to_model_input(augment(train_set.images[idx], gen, config.augment), spec)
-            y = train_set.labels[idx]
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch * steps + step, total_steps, warmup, config.lr, config.schedule)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = step_model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            y = train_set.labels[idx]
+            loss, logits = train_step(step_model, optimizer, train_set.images[idx], y, spec, config, gen, amp)
             if ema is not None:
                 ema.update(model)
-            acc["loss"] += loss.detach().double() * len(y)
-            acc["correct"] += (logits.detach().argmax(1) == y).sum()
+            acc["loss"] += loss.double() * len(y)
+            acc["correct"] += (logits.argmax(1) == y).sum()
             acc["seen"] += len(y)
-            status.update(force=False, epoch=epoch + 1, step=step + 1, phase="train")
+            images_done += len(idx) * world
+            status.update(force=False, epoch=epoch + 1, step=step + 1, phase="train",
+                          images_per_second=images_done / max(1e-9, time.time() - running_since))
             if time.monotonic() - last_save >= 60 * config.checkpoint_minutes:
                 seconds["train"] += time.monotonic() - train_start
                 seconds["epoch"] += time.monotonic() - epoch_start

@@ -1,0 +1,94 @@
+"""Plotly figures for the app: built here from the core's numbers, laid out by the pages.
+
+Every chart uses the Okabe-Ito palette (distinguishable with the common colour-vision
+deficiencies) and large fonts, since the lab is shown on projectors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+from effnet.profile import ModelCard, model_card, official_cards, sweep
+from effnet.scaling import ScalingSpec
+
+# Okabe & Ito (2008): blue, orange, bluish green, vermillion, reddish purple, sky blue, yellow, black.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+DASHES = ["solid", "dash", "dot", "dashdot"]
+FONT = {"size": 16}
+
+
+def _layout(fig: go.Figure, title: str, **kwargs: Any) -> go.Figure:
+    fig.update_layout(title=title, font=FONT, colorway=PALETTE, template="plotly_white",
+                      margin={"l": 60, "r": 20, "t": 60, "b": 50}, legend={"font": {"size": 14}}, **kwargs)
+    return fig
+
+
+def scaling_sweep(spec: ScalingSpec, metric: str) -> go.Figure:
+    """``metric`` ("params" or "macs") for phi = 0..7 under the spec's coefficients, beside B0-B7."""
+    phis = list(range(8))
+    label = {"params": "parameters", "macs": "multiply-adds (paper's FLOPs)"}[metric]
+    formula = sweep(spec, phis)
+    official = [getattr(c, metric) for c in official_cards(spec)]
+    fig = go.Figure()
+    fig.add_scatter(x=[c.spec.phi for c in formula], y=[getattr(c, metric) for c in formula], mode="lines+markers", name=f"formula (a={spec.alpha:g}, b={spec.beta:g}, "
+                    f"g={spec.gamma:g})", marker={"symbol": "circle", "size": 10})
+    fig.add_scatter(x=phis, y=official, mode="lines+markers", name="official B0-B7",
+                    marker={"symbol": "diamond", "size": 11}, line={"dash": "dash"})
+    if spec.variant is None and -0.5 <= spec.phi <= 7.5:
+        fig.add_scatter(x=[spec.phi], y=[getattr(model_card(spec), metric)], mode="markers",
+                        name="your spec", marker={"symbol": "star", "size": 18, "color": PALETTE[3]})
+    fig.update_yaxes(type="log", title=label)
+    fig.update_xaxes(title="phi (official: B-number)", dtick=1)
+    return _layout(fig, f"{label.capitalize()} vs phi (log scale)")
+
+
+def network_picture(card: ModelCard, reference: ModelCard | None = None) -> go.Figure:
+    """Stages as blocks: block height follows the output resolution, width the channels, label the repeats.
+
+    A faint outline of ``reference`` (B0 in the same geometry) shows what scaling changed.
+    """
+    fig = go.Figure()
+    cards = [(reference, "rgba(0,0,0,0)", "#999999", "dot")] if reference is not None else []
+    cards.append((card, "rgba(0,114,178,0.55)", PALETTE[0], "solid"))
+    top_size = max(r.output_size for c, *_ in cards for r in c.stages)
+    top_channels = max(r.out_channels for c, *_ in cards for r in c.stages)
+    positions = [1.3 * i for i in range(len(card.stages))]
+    x = 1.3 * len(card.stages)
+    for c, fill, edge, dash in cards:
+        for pos, row in zip(positions, c.stages, strict=True):
+            width = 0.25 + 0.95 * math.sqrt(row.out_channels / top_channels)
+            height = 0.15 + 0.85 * row.output_size / top_size
+            fig.add_shape(type="rect", x0=pos, x1=pos + width, y0=-height / 2, y1=height / 2,
+                          fillcolor=fill, line={"color": edge, "dash": dash, "width": 2})
+    for pos, row in zip(positions, card.stages, strict=True):
+        fig.add_annotation(x=pos + 0.5, y=-0.62, showarrow=False, font={"size": 13},
+                           text=f"{row.name}<br>{row.out_channels} ch<br>{row.output_size}x{row.output_size}"
+                                f"<br>x{row.repeats}")
+    fig.update_xaxes(visible=False, range=[-0.2, x + 0.2])
+    fig.update_yaxes(visible=False, range=[-0.9, 0.6])
+    note = " (dotted: B0)" if reference is not None else ""
+    return _layout(fig, f"{card.spec.name}: block width = channels, height = resolution{note}", height=360,
+                   showlegend=False)
+
+
+def training_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str = "top1") -> go.Figure:
+    """Per-epoch curves of several runs overlaid: colour = run, line style = train/val/test."""
+    fig = go.Figure()
+    splits = ["train", "val", "test"]
+    for i, (label, rows) in enumerate(runs):
+        colour = PALETTE[i % len(PALETTE)]
+        for j, split in enumerate(splits):
+            key = f"{split}_{metric}" if not (metric == "loss" and split == "train") else "train_loss"
+            points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+            if not points:
+                continue
+            fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                            name=f"{label} {split}", line={"color": colour, "dash": DASHES[j]},
+                            marker={"size": 6}, legendgroup=label)
+    fig.update_xaxes(title="epoch")
+    fig.update_yaxes(title="top-1 (%)" if metric == "top1" else "cross-entropy loss")
+    return _layout(fig, "Top-1 accuracy per epoch" if metric == "top1" else "Loss per epoch")

@@ -1,0 +1,75 @@
+"""MACs are not speed: time a spec's forward pass and training step on this machine.
+
+One measurement runs at a time per process (a lock), so several app users pressing "measure"
+share the cores in turn instead of slowing each other down, and each is bounded in time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from effnet.model import build_model
+from effnet.profile import model_card
+from effnet.scaling import ScalingSpec
+
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Speed:
+    device: str
+    latency_ms: float  # one image, inference
+    train_images_per_s: float  # full SGD steps at ``batch_size``
+    batch_size: int
+
+
+def _timed(fn, budget_s: float, max_reps: int) -> float:
+    """Best seconds per call after one warm-up call, repeating within ``budget_s``."""
+    fn()
+    best, spent, reps = float("inf"), 0.0, 0
+    while reps < max_reps and (reps == 0 or spent < budget_s):
+        start = time.perf_counter()
+        fn()
+        took = time.perf_counter() - start
+        best, spent, reps = min(best, took), spent + took, reps + 1
+    return best
+
+
+def measure_speed(spec: ScalingSpec, batch_size: int = 32, device: str = "cpu", budget_s: float = 4.0) -> Speed:
+    """Inference latency (batch 1) and training throughput (``batch_size``) of a fresh model."""
+    need = model_card(spec).train_memory_bytes(batch_size)
+    if need > 8 * 1024**3:
+        raise ValueError(f"batch_size: a training step of {spec.name} at batch {batch_size} needs about "
+                         f"{need / 1024**3:.1f} GiB; measure a smaller batch")
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    with _LOCK:
+        model = build_model(spec, dev).to(memory_format=torch.channels_last)
+        size = spec.resolution
+        one = torch.randn(1, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
+        batch = torch.randn(batch_size, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
+        labels = torch.randint(0, spec.num_classes, (batch_size,), device=dev)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        @torch.no_grad()
+        def infer() -> None:
+            model(one)
+            sync()
+
+        def step() -> None:
+            loss = F.cross_entropy(model(batch), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sync()
+
+        model.eval()
+        latency = _timed(infer, budget_s / 2, 20)
+        model.train()
+        step_s = _timed(step, budget_s / 2, 5)
+    return Speed(str(dev), 1e3 * latency, batch_size / step_s, batch_size)

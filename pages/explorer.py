@@ -1,0 +1,125 @@
+"""Scaling explorer: pick a spec, see what compound scaling makes of it (all analytic, instant)."""
+
+import pandas as pd
+import streamlit as st
+
+from effnet import OFFICIAL, ScalingSpec, model_card
+from effnet.charts import network_picture, scaling_sweep
+from effnet.profile import official_vs_formula, scaling_methods
+from effnet.scaling import DEFAULT_BASE_RESOLUTION, GEOMETRIES, PHI_RANGE
+from pages.widgets import human, linked_number
+
+st.title("Compound scaling explorer")
+st.caption("Every number here is computed analytically from the spec: no model is built, so each move is instant.")
+
+controls, main = st.columns([1, 2.2], gap="large")
+with controls:
+    mode = st.radio("Model", ["Official B0-B7", "Custom φ, α, β, γ"], horizontal=True, key="mode")
+    if mode == "Official B0-B7":
+        variant = st.select_slider("Variant", options=[v.upper() for v in OFFICIAL], key="variant")
+    else:
+        phi = linked_number("φ (compound coefficient)", "phi", PHI_RANGE[0], PHI_RANGE[1], 0.1, 1.0,
+                            help="Negative φ gives models smaller than B0, handy for CPU demos.")
+        alpha = linked_number("α (depth base)", "alpha", 0.5, 3.0, 0.01, 1.2)
+        beta = linked_number("β (width base)", "beta", 0.5, 3.0, 0.01, 1.1)
+        gamma = linked_number("γ (resolution base)", "gamma", 0.5, 3.0, 0.01, 1.15)
+    geometry = st.radio("Geometry", GEOMETRIES, index=1, horizontal=True, key="geometry",
+                        help="imagenet: the paper's (stride 32, 224 px). cifar: output stride 8, 32 px base, "
+                             "so 32x32 images keep 4x4 final maps.")
+    base_resolution = st.number_input("Base resolution at φ=0 (px)", 16, 1024, DEFAULT_BASE_RESOLUTION[geometry],
+                                      key=f"base_{geometry}")
+    num_classes = st.number_input("Classes", 1, 100_000, 100, key="classes")
+    batch = st.number_input("Batch size (for the memory estimate)", 1, 4096, 128, key="batch")
+
+try:
+    common = dict(geometry=geometry, num_classes=int(num_classes), base_resolution=int(base_resolution))
+    if mode == "Official B0-B7":
+        spec = ScalingSpec.official(variant.lower(), **common)
+    else:
+        spec = ScalingSpec(phi=phi, alpha=alpha, beta=beta, gamma=gamma, **common)
+except ValueError as exc:
+    main.error(f"This spec cannot be built: {exc}")
+    st.stop()
+
+card = model_card(spec)
+with main:
+    st.subheader(spec.name)
+    row1 = st.columns(4)
+    row1[0].metric("Depth multiplier", f"×{spec.depth_mult:.3f}", help="d = α^φ: how many more blocks per stage")
+    row1[1].metric("Width multiplier", f"×{spec.width_mult:.3f}", help="w = β^φ: channels per layer")
+    row1[2].metric("Resolution", f"{spec.resolution} px", f"×{spec.resolution_mult:.3f}", delta_color="off")
+    row1[3].metric("Final feature map", f"{card.final_map}×{card.final_map}")
+    row2 = st.columns(4)
+    row2[0].metric("Parameters", human(card.params))
+    row2[1].metric('Multiply-adds (the paper\'s "FLOPs")', human(card.macs))
+    row2[2].metric("FLOPs vs φ=0: predicted → actual", f"{spec.predicted_flops_ratio:.2f} → {card.flops_ratio:.2f}",
+                   help="Predicted: d·w²·r² from the multipliers. Actual: from the rounded channels and repeats.")
+    row2[3].metric(f"Training memory, batch {batch}", f"{card.train_memory_bytes(int(batch)) / 1024**3:.2f} GiB",
+                   help="fp32 activations kept for backward plus weights, gradients and momentum (estimate).")
+    st.markdown(f"**Constraint** α·β²·γ² = **{spec.constraint:.3f}**"
+                + ("" if spec.variant is None else " (of the formula; the released variant sets its own multipliers)"))
+    if abs(spec.constraint - 2) > 0.2:
+        st.warning(f"α·β²·γ² = {spec.constraint:.2f} is far from 2: FLOPs will grow by about "
+                   f"{spec.constraint:.2f}× per unit of φ instead of the paper's 2×.")
+    if spec.variant is not None:
+        f = spec.baseline.replace(phi=spec.phi)
+        st.info(f"{spec.name} as released: depth ×{spec.depth_mult:g}, width ×{spec.width_mult:g}, "
+                f"{spec.resolution} px. The formula α^φ, β^φ, γ^φ at φ={spec.phi:g} would give depth "
+                f"×{f.depth_mult:.2f}, width ×{f.width_mult:.2f}, {f.resolution} px: the released models do not "
+                "follow the formula exactly.")
+
+with st.expander("The formulas", expanded=False):
+    st.latex(r"d = \alpha^{\phi},\quad w = \beta^{\phi},\quad r = \gamma^{\phi}")
+    st.markdown("One coefficient φ scales all three dimensions together: depth (blocks per stage), width "
+                "(channels) and input resolution, each by its own base.")
+    st.latex(r"\alpha \cdot \beta^{2} \cdot \gamma^{2} \approx 2,\qquad \alpha, \beta, \gamma \ge 1")
+    st.markdown("The constraint the paper imposes during its grid search at φ=1 (it found α=1.2, β=1.1, γ=1.15).")
+    st.latex(r"\mathrm{FLOPs} \propto d \cdot w^{2} \cdot r^{2} \;\Rightarrow\; "
+             r"\mathrm{FLOPs}(\phi) \approx (\alpha\beta^{2}\gamma^{2})^{\phi} \approx 2^{\phi}")
+    st.markdown("Cost grows linearly with depth but quadratically with width and resolution, so with the "
+                "constraint each step of φ roughly doubles the FLOPs.")
+
+stages_tab, curves_tab, methods_tab, speed_tab = st.tabs(
+    ["Stages", "Scaling curves", "Scaling methods", "Speed on this machine"])
+
+with stages_tab:
+    st.plotly_chart(network_picture(card, model_card(spec.baseline)), width="stretch")
+    table = pd.DataFrame([{
+        "stage": r.name, "operator": r.operator, "kernel": r.kernel, "stride": r.stride, "in": r.in_channels,
+        "out": r.out_channels, "repeats": r.repeats, "output": f"{r.output_size}×{r.output_size}",
+        "params": r.params, "MACs": r.macs} for r in card.stages])
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"params": st.column_config.NumberColumn(format="localized"),
+                                "MACs": st.column_config.NumberColumn(format="localized")})
+
+with curves_tab:
+    left, right = st.columns(2)
+    left.plotly_chart(scaling_sweep(spec, "params"), width="stretch")
+    right.plotly_chart(scaling_sweep(spec, "macs"), width="stretch")
+    st.markdown("**Released B0-B7 vs the formula** (with the coefficients above): the released width, depth "
+                "and resolution were rounded and hand-tuned, so they are not exactly α^φ, β^φ, γ^φ.")
+    st.dataframe(pd.DataFrame(official_vs_formula(spec)), hide_index=True, width="stretch")
+
+with methods_tab:
+    st.markdown(f"The same FLOPs budget (2^φ = {spec.flops_target:.2f}× B0) reached by scaling one dimension "
+                "alone, next to compound scaling. The paper's Figure 3 and the seed study compare these.")
+    st.dataframe(pd.DataFrame(scaling_methods(spec)), hide_index=True, width="stretch")
+
+with speed_tab:
+    st.markdown("Multiply-adds are not speed: memory traffic, depthwise convolutions and the hardware decide. "
+                "Time this model here (one image, and a training step).")
+    measure_batch = st.number_input("Training batch to time", 1, 512, 16, key="measure_batch")
+    if st.button("Measure on this machine", key="measure"):
+        from effnet.measure import measure_speed
+
+        with st.spinner("Timing (a few seconds; one measurement at a time on this server)..."):
+            try:
+                speed = measure_speed(spec, int(measure_batch))
+            except ValueError as exc:
+                st.error(str(exc))
+            else:
+                cols = st.columns(3)
+                cols[0].metric("Inference, 1 image", f"{speed.latency_ms:.1f} ms")
+                cols[1].metric(f"Training, batch {speed.batch_size}", f"{speed.train_images_per_s:.1f} img/s")
+                cols[2].metric("MACs per image", human(card.macs))
+                st.caption(f"Measured on {speed.device}.")

@@ -1,0 +1,201 @@
+"""Train page: configure runs, queue them, watch them live. Training is reached only through effnet.jobs."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from effnet import OFFICIAL, ScalingSpec, jobs, runs
+from effnet.charts import training_curves
+from effnet.data import AUGMENTATIONS, data_dir, dataset_present, missing_data_message
+from effnet.scaling import GEOMETRIES, SCALINGS
+from effnet.train import SCHEDULES
+
+VARIANTS = [v.upper() for v in OFFICIAL]
+DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": 1.2, "c_beta": 1.1, "c_gamma": 1.15,
+            "scaling": "compound", "geometry": "cifar", "start": "from scratch", "epochs": 3, "batch": 64,
+            "lr": 0.05, "subset": 0, "eval_subset": 0, "val_size": 5000, "device": "auto", "momentum": 0.9,
+            "nesterov": True, "wd": 5e-4, "smoothing": 0.0, "schedule": "cosine", "warmup": 1.0, "ema": 0.0,
+            "augment": "standard", "seed": 0, "compile": False}
+QUICK_CPU = {"variants": [], "custom": True, "c_phi": -3.0, "geometry": "cifar", "epochs": 3, "batch": 64,
+             "lr": 0.05, "subset": 2000, "eval_subset": 500, "val_size": 1000}
+SEED_STUDY = {"variants": VARIANTS, "custom": False, "scaling": "compound", "start": "from scratch", "epochs": 200,
+              "batch": 128, "lr": 0.1, "momentum": 0.9, "nesterov": False, "smoothing": 0.0, "schedule": "cosine",
+              "wd": 5e-4, "subset": 0, "eval_subset": 0, "val_size": 5000, "ema": 0.0}
+
+for name, value in DEFAULTS.items():
+    st.session_state.setdefault(f"t_{name}", value)
+
+
+def apply(preset: dict) -> None:
+    for name, value in preset.items():
+        st.session_state[f"t_{name}"] = value
+
+
+root = jobs.checkpoints_dir()
+has_gpu = jobs.cuda_available()
+
+st.title("Train on CIFAR-100")
+
+if not dataset_present():
+    st.warning("**CIFAR-100 is not here yet.** Runs try to download it (169 MB) when they start; without "
+               f"internet they will fail. To fix it: {missing_data_message(data_dir())}")
+if has_gpu:
+    st.success("A CUDA GPU is available: runs use it (bf16, channels_last, data and augmentation on the GPU).")
+else:
+    st.info("**No GPU here: training runs on the CPU, which is slow.** B0 trains at roughly 30-50 images/s on two "
+            "cores, so one epoch of the 45k training images takes 15-25 minutes, and evaluating the 10k test "
+            "images about 2 minutes. For a demo in minutes, use the quick CPU setting (φ=-3, 2,000 training "
+            "images, 500 evaluation images, 3 epochs).")
+
+presets = st.columns(3)
+presets[0].button("Quick CPU demo", on_click=apply, args=(QUICK_CPU,), key="preset_quick",
+                  help="A small model on a subset: finishes in a few minutes on a laptop.")
+presets[1].button("Seed study: B0-B7, SGD+momentum, 200 epochs", on_click=apply, args=(SEED_STUDY,),
+                  key="preset_seed", help="The study this lab grew from. Every field stays editable.")
+presets[2].button("Reset", on_click=apply, args=(DEFAULTS,), key="preset_reset")
+
+with st.form("new_runs"):
+    st.subheader("New runs")
+    models, options = st.columns(2)
+    with models:
+        st.multiselect("Official variants (one run each)", VARIANTS, key="t_variants")
+        st.checkbox("Add a custom spec", key="t_custom")
+        cols = st.columns(4)
+        cols[0].number_input("φ", -4.0, 10.0, step=0.5, key="t_c_phi")
+        cols[1].number_input("α", 0.5, 3.0, step=0.05, key="t_c_alpha")
+        cols[2].number_input("β", 0.5, 3.0, step=0.05, key="t_c_beta")
+        cols[3].number_input("γ", 0.5, 3.0, step=0.05, key="t_c_gamma")
+        st.selectbox("Scaling method", SCALINGS, key="t_scaling",
+                     help="compound, or one dimension alone with the same FLOPs budget (2^φ)")
+        st.radio("Geometry", GEOMETRIES, horizontal=True, key="t_geometry")
+        st.radio("Start", ["from scratch", "from ImageNet weights (fine-tune)"], horizontal=True, key="t_start",
+                 help="Fine-tuning downloads torchvision's weights for official variants (internet needed).")
+    with options:
+        cols = st.columns(3)
+        cols[0].number_input("Epochs", 1, 1000, key="t_epochs")
+        cols[1].number_input("Batch size", 1, 4096, key="t_batch")
+        cols[2].number_input("Learning rate", 1e-5, 10.0, format="%.4f", key="t_lr")
+        cols = st.columns(3)
+        cols[0].number_input("Training images (0 = all)", 0, 50_000, key="t_subset")
+        cols[1].number_input("Eval images (0 = all)", 0, 10_000, key="t_eval_subset")
+        cols[2].number_input("Validation held out", 0, 49_000, key="t_val_size")
+        st.selectbox("Device", ["auto", "cpu", "cuda"], key="t_device",
+                     help="auto: the GPU when there is one, else the CPU")
+        with st.expander("Optimiser and schedule"):
+            cols = st.columns(3)
+            cols[0].number_input("Momentum", 0.0, 0.999, key="t_momentum")
+            cols[1].number_input("Weight decay", 0.0, 0.1, format="%.5f", key="t_wd")
+            cols[2].number_input("Label smoothing", 0.0, 0.9, key="t_smoothing")
+            cols = st.columns(3)
+            cols[0].selectbox("Schedule", SCHEDULES, key="t_schedule")
+            cols[1].number_input("Warm-up epochs", 0.0, 100.0, key="t_warmup")
+            cols[2].number_input("EMA decay (0 = off)", 0.0, 0.9999, format="%.4f", key="t_ema")
+            cols = st.columns(3)
+            cols[0].selectbox("Augmentation", AUGMENTATIONS, key="t_augment")
+            cols[1].number_input("Seed", 0, 2**31 - 1, key="t_seed")
+            cols[2].checkbox("Nesterov", key="t_nesterov")
+            st.checkbox("torch.compile (GPU; minutes to compile on a CPU)", key="t_compile")
+    start = st.form_submit_button("Start", type="primary")
+
+
+def planned_specs() -> list[ScalingSpec]:
+    """The specs the form describes; ValueError (naming the field) when one cannot be built."""
+    s = st.session_state
+    pretrained = s.t_start != "from scratch"
+    common = dict(geometry=s.t_geometry, num_classes=100, normalization="imagenet" if pretrained else "cifar100")
+    specs = [ScalingSpec.official(v.lower(), scaling=s.t_scaling, **common) for v in s.t_variants]
+    if s.t_custom:
+        specs.append(ScalingSpec(phi=s.t_c_phi, alpha=s.t_c_alpha, beta=s.t_c_beta, gamma=s.t_c_gamma,
+                                 scaling=s.t_scaling, **common))
+    return specs
+
+
+def config_for(spec: ScalingSpec) -> jobs.TrainConfig:
+    s = st.session_state
+    return jobs.TrainConfig(
+        spec=spec.to_dict(), epochs=int(s.t_epochs), batch_size=int(s.t_batch), lr=float(s.t_lr),
+        momentum=float(s.t_momentum), nesterov=bool(s.t_nesterov), weight_decay=float(s.t_wd),
+        label_smoothing=float(s.t_smoothing), warmup_epochs=float(s.t_warmup), schedule=s.t_schedule,
+        ema=float(s.t_ema), augment=s.t_augment, subset=int(s.t_subset) or None,
+        eval_subset=int(s.t_eval_subset) or None, val_size=int(s.t_val_size), seed=int(s.t_seed),
+        device=s.t_device, compile=bool(s.t_compile), pretrained=s.t_start != "from scratch")
+
+
+if start:
+    try:
+        specs = planned_specs()
+        if not specs:
+            raise ValueError("variants: choose at least one variant or add a custom spec")
+        configs = [config_for(spec) for spec in specs]
+        for config in configs:  # refuse the whole batch before queueing any of it
+            config.validate()
+            jobs.check_fits(config)
+    except ValueError as exc:
+        st.error(f"Not started: {exc}")
+    else:
+        started = [jobs.submit(config, root) for config in configs]
+        st.success(f"Queued {len(started)} run(s): {', '.join(started)}. They train one at a time.")
+
+
+@st.fragment(run_every=2)
+def live_runs() -> None:
+    """Re-run every 2 s: reads the runs' files (state lives on disk, shared by every session)."""
+    infos = jobs.list_runs(root)
+    st.subheader(f"Runs ({len(infos)})")
+    if not infos:
+        st.info("No runs yet: choose models above and press Start.")
+        return
+    for info in reversed(infos):
+        prog = jobs.progress(info)
+        with st.container(border=True):
+            head, bar, buttons = st.columns([2, 4, 2], vertical_alignment="center")
+            head.markdown(f"**{info.label}**  \n`{info.run_id}` · {info.state}")
+            bar.progress(prog.fraction, text=prog.text)
+            ips = info.status.get("images_per_second")
+            if ips and info.active:
+                bar.caption(f"{ips:.0f} images/s")
+            if info.active or info.state == "queued":
+                if buttons.button("Stop", key=f"stop_{info.run_id}"):
+                    jobs.stop(info.run_id, root)
+                    st.rerun(scope="fragment")
+            elif info.state in ("stopped", "failed") and (info.path / runs.JOB).exists():
+                if buttons.button("Resume", key=f"resume_{info.run_id}"):
+                    jobs.resume(info.run_id, root)
+                    st.rerun(scope="fragment")
+            if info.state == "failed" and info.error:
+                st.error(info.error)
+    with_metrics = [(i.label + " · " + i.run_id[-4:], runs.read_metrics(i.path)) for i in infos]
+    with_metrics = [(label, rows) for label, rows in with_metrics if rows]
+    if with_metrics:
+        left, right = st.columns(2)
+        left.plotly_chart(training_curves(with_metrics, "top1"), width="stretch", key="curve_top1")
+        right.plotly_chart(training_curves(with_metrics, "loss"), width="stretch", key="curve_loss")
+
+
+live_runs()
+
+st.subheader("Manage a run")
+all_runs = jobs.list_runs(root)
+if all_runs:
+    chosen = st.selectbox("Run", [r.run_id for r in all_runs], key="manage_run",
+                          format_func=lambda rid: next(f"{r.label} · {rid} · {r.state}" for r in all_runs
+                                                       if r.run_id == rid))
+    info = next(r for r in all_runs if r.run_id == chosen)
+    cols = st.columns(3)
+    for col, name in zip(cols[:2], (runs.BEST, runs.LAST), strict=True):
+        path: Path = info.path / name
+        if path.exists():
+            col.download_button(f"Download {name} ({path.stat().st_size / 1e6:.0f} MB)", data=path.read_bytes,
+                                file_name=f"{info.run_id}-{name}", mime="application/octet-stream",
+                                key=f"dl_{name}", on_click="ignore")
+        else:
+            col.caption(f"No {name} yet")
+    confirm = cols[2].checkbox("Yes, delete it", key="confirm_delete")
+    if cols[2].button("Delete run", disabled=not confirm, key="delete_run"):
+        try:
+            jobs.delete(info.run_id, root)
+        except (RuntimeError, ValueError) as exc:
+            st.error(str(exc))
+        else:
+            st.session_state.pop("confirm_delete", None)
+            st.rerun()
