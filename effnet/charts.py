@@ -65,13 +65,13 @@ def network_picture(card: ModelCard, reference: ModelCard | None = None) -> go.F
             fig.add_shape(type="rect", x0=pos, x1=pos + width, y0=-height / 2, y1=height / 2,
                           fillcolor=fill, line={"color": edge, "dash": dash, "width": 2})
     for pos, row in zip(positions, card.stages, strict=True):
-        fig.add_annotation(x=pos + 0.5, y=-0.62, showarrow=False, font={"size": 13},
+        fig.add_annotation(x=pos + 0.5, y=-0.55, yanchor="top", showarrow=False, font={"size": 13},
                            text=f"{row.name}<br>{row.out_channels} ch<br>{row.output_size}x{row.output_size}"
                                 f"<br>x{row.repeats}")
     fig.update_xaxes(visible=False, range=[-0.2, x + 0.2])
-    fig.update_yaxes(visible=False, range=[-0.9, 0.6])
+    fig.update_yaxes(visible=False, range=[-1.05, 0.55])
     note = " (dotted: B0)" if reference is not None else ""
-    return _layout(fig, f"{card.spec.name}: block width = channels, height = resolution{note}", height=360,
+    return _layout(fig, f"{card.spec.name}: block width = channels, height = resolution{note}", height=420,
                    showlegend=False)
 
 

@@ -47,21 +47,25 @@ with main:
     row1 = st.columns(4)
     row1[0].metric("Depth multiplier", f"×{spec.depth_mult:.3f}", help="d = α^φ: how many more blocks per stage")
     row1[1].metric("Width multiplier", f"×{spec.width_mult:.3f}", help="w = β^φ: channels per layer")
-    row1[2].metric("Resolution", f"{spec.resolution} px", f"×{spec.resolution_mult:.3f}", delta_color="off")
+    row1[2].metric("Resolution", f"{spec.resolution} px", help=f"r = γ^φ = ×{spec.resolution_mult:.3f} of "
+                   f"{spec.base} px, rounded to the nearest pixel")
     row1[3].metric("Final feature map", f"{card.final_map}×{card.final_map}")
     row2 = st.columns(4)
     row2[0].metric("Parameters", human(card.params))
-    row2[1].metric('Multiply-adds (the paper\'s "FLOPs")', human(card.macs))
-    row2[2].metric("FLOPs vs φ=0: predicted → actual", f"{spec.predicted_flops_ratio:.2f} → {card.flops_ratio:.2f}",
-                   help="Predicted: d·w²·r² from the multipliers. Actual: from the rounded channels and repeats.")
-    row2[3].metric(f"Training memory, batch {batch}", f"{card.train_memory_bytes(int(batch)) / 1024**3:.2f} GiB",
-                   help="fp32 activations kept for backward plus weights, gradients and momentum (estimate).")
+    row2[1].metric("MACs (paper's FLOPs)", human(card.macs),
+                   help='Multiply-adds for one image: what the paper calls "FLOPs".')
+    row2[2].metric("FLOPs × vs φ=0", f"{spec.predicted_flops_ratio:.2f} → {card.flops_ratio:.2f}",
+                   help="Against φ=0. Predicted: d·w²·r² from the multipliers. Actual: from the rounded channels, "
+                        "repeats and resolution.")
+    row2[3].metric("Training memory", f"{card.train_memory_bytes(int(batch)) / 1024**3:.2f} GiB",
+                   help=f"Estimate at batch {batch}: fp32 activations kept for backward plus weights, gradients and "
+                        "momentum.")
     st.markdown(f"**Constraint** α·β²·γ² = **{spec.constraint:.3f}**"
                 + ("" if spec.variant is None else " (of the formula; the released variant sets its own multipliers)"))
     if abs(spec.constraint - 2) > 0.2:
         st.warning(f"α·β²·γ² = {spec.constraint:.2f} is far from 2: FLOPs will grow by about "
                    f"{spec.constraint:.2f}× per unit of φ instead of the paper's 2×.")
-    if spec.variant is not None:
+    if spec.variant not in (None, "b0"):
         f = spec.baseline.replace(phi=spec.phi)
         st.info(f"{spec.name} as released: depth ×{spec.depth_mult:g}, width ×{spec.width_mult:g}, "
                 f"{spec.resolution} px. The formula α^φ, β^φ, γ^φ at φ={spec.phi:g} would give depth "
@@ -83,7 +87,8 @@ stages_tab, curves_tab, methods_tab, speed_tab = st.tabs(
     ["Stages", "Scaling curves", "Scaling methods", "Speed on this machine"])
 
 with stages_tab:
-    st.plotly_chart(network_picture(card, model_card(spec.baseline)), width="stretch")
+    reference = model_card(spec.baseline)
+    st.plotly_chart(network_picture(card, None if reference.stages == card.stages else reference), width="stretch")
     table = pd.DataFrame([{
         "stage": r.name, "operator": r.operator, "kernel": r.kernel, "stride": r.stride, "in": r.in_channels,
         "out": r.out_channels, "repeats": r.repeats, "output": f"{r.output_size}×{r.output_size}",

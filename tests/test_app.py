@@ -1,0 +1,127 @@
+"""AppTest for every page: renders without exceptions, numbers follow the core, runs start and show up."""
+
+import time
+
+import pytest
+from conftest import PROJECT, wait_for
+from streamlit.testing.v1 import AppTest
+
+from effnet import ScalingSpec, jobs, model_card
+from pages.widgets import human
+
+PAGES = ["pages/explorer.py", "pages/train.py", "pages/results.py", "pages/cam.py"]
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch, cifar_dir):
+    monkeypatch.setenv("EFFNET_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("EFFNET_DATA", str(cifar_dir))
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT))
+    monkeypatch.chdir(PROJECT)
+    yield tmp_path / "checkpoints"
+    for info in jobs.list_runs(tmp_path / "checkpoints"):
+        if info.active or info.state == "queued":
+            jobs.stop(info.run_id, tmp_path / "checkpoints")
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=120)
+    at.run()
+    if page != PAGES[0]:
+        at.switch_page(page).run()
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_without_exception(app_env, page):
+    at = open_page(page)
+    assert not at.exception, at.exception
+    assert at.title, "every page has a title"
+
+
+def test_explorer_numbers_follow_the_core_as_phi_changes(app_env):
+    at = open_page(PAGES[0])
+    default = metrics(at)
+    b0 = model_card(ScalingSpec.official("b0"))
+    assert default["Parameters"] == human(b0.params) and default["Resolution"] == "32 px"
+
+    at.radio(key="mode").set_value("Custom φ, α, β, γ").run()
+    at.slider(key="phi_slider").set_value(2.5).run()
+    assert not at.exception
+    spec = ScalingSpec(phi=2.5, geometry="cifar", num_classes=100, base_resolution=32)
+    card = model_card(spec)
+    shown = metrics(at)
+    assert shown["Parameters"] == human(card.params)
+    assert shown["MACs (paper's FLOPs)"] == human(card.macs)
+    assert shown["Resolution"] == f"{spec.resolution} px"
+    assert shown["Depth multiplier"] == f"×{spec.depth_mult:.3f}"
+    assert at.number_input(key="phi_input").value == 2.5  # slider and number input stay in step
+    assert at.dataframe[0].value["params"].tolist() == [r.params for r in card.stages]
+
+    at.number_input(key="beta_input").set_value(1.6).run()
+    assert any("far from 2" in w.value for w in at.warning)
+    at.number_input(key="phi_input").set_value(10.0).run()
+    assert not at.exception and any("cannot be built" in e.value for e in at.error)
+
+
+def test_explorer_official_variant_shows_the_formula_difference(app_env):
+    at = open_page(PAGES[0])
+    at.select_slider(key="variant").set_value("B7").run()
+    at.radio(key="geometry").set_value("imagenet").run()
+    assert metrics(at)["Resolution"] == "600 px"
+    assert any("do not follow the formula" in i.value for i in at.info)
+    assert len(at.latex) >= 3
+
+
+def test_train_page_starts_a_run_that_appears_in_the_list(app_env):
+    at = open_page(PAGES[1])
+    at.button(key="preset_quick").click().run()
+    for key, value in {"t_c_phi": -4.0, "t_epochs": 1, "t_subset": 96, "t_eval_subset": 32, "t_val_size": 32,
+                       "t_batch": 32}.items():
+        at.number_input(key=key).set_value(value)
+    at.selectbox(key="t_device").set_value("cpu")
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert not at.exception and at.success, [e.value for e in at.error]
+    [info] = jobs.list_runs(app_env)
+    assert info.config["spec"]["phi"] == -4.0
+    wait_for(lambda: jobs.read_run(info.path).state == "finished", timeout=120, what="the run to finish")
+    at.run()
+    assert any(info.run_id in m.value and "finished" in m.value for m in at.markdown)
+    assert len(at.get("plotly_chart")) >= 2  # curves of the finished run
+
+
+def test_train_page_refuses_invalid_runs_before_anything_starts(app_env):
+    at = open_page(PAGES[1])
+    at.multiselect(key="t_variants").set_value(["B7"])
+    at.radio(key="t_geometry").set_value("imagenet")
+    at.number_input(key="t_batch").set_value(4096)
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert any("Not started" in e.value and "GiB" in e.value for e in at.error)
+    at.multiselect(key="t_variants").set_value([])
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert any("choose at least one" in e.value for e in at.error)
+    assert jobs.list_runs(app_env) == []
+
+
+def test_train_page_explains_missing_data(app_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("EFFNET_DATA", str(tmp_path / "nothing"))
+    at = open_page(PAGES[1])
+    assert any("cifar-100-python.tar.gz" in w.value for w in at.warning)
+    assert not at.exception
+
+
+def test_stop_button_stops_a_running_run(app_env, cifar_dir):
+    config = jobs.TrainConfig(spec=ScalingSpec(phi=-4).to_dict(), epochs=20, batch_size=32, val_size=32,
+                              eval_subset=32, device="cpu", data_dir=str(cifar_dir))
+    run_id = jobs.submit(config, app_env)
+    wait_for(lambda: jobs.read_run(app_env / run_id).state == "running", timeout=60, what="the run to start")
+    at = open_page(PAGES[1])
+    at.button(key=f"stop_{run_id}").click().run()
+    wait_for(lambda: jobs.read_run(app_env / run_id).state == "stopped", timeout=30, what="the run to stop")
+    time.sleep(0.1)
+    at.run()
+    assert at.button(key=f"resume_{run_id}")

@@ -1,0 +1,152 @@
+"""The real app in a real browser: `streamlit run app.py` on a loopback port, driven by headless Chromium.
+
+Screenshots land in tests/artifacts/. Skipped (with the reason) only where Chromium or Playwright is
+missing; .ci/run installs both, so CI always runs these.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT, run_train
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = PROJECT / "tests" / "artifacts"
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Path:
+    """A checkpoints folder with two finished tiny runs (so results and CAM pages have something to show)."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    for name, phi in (("tiny-a", "-4"), ("tiny-b", "-3.5")):
+        done = run_train(root / name, cifar_dir, "--epochs", "2", "--phi", phi)
+        assert done.returncode == 0, done.stderr
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints: Path, cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
+    log = open(log_path, "wb")  # noqa: SIM115 (a file, not a pipe: an unread pipe would block the server)
+    env = {**os.environ, "EFFNET_CHECKPOINTS": str(checkpoints), "EFFNET_DATA": str(cifar_dir),
+           "PYTHONPATH": str(PROJECT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError as exc:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("streamlit did not start: " + log_path.read_text(errors="replace")[-2000:]) from exc
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str, path: str, text: str):
+    page = browser.new_page(viewport={"width": 1600, "height": 1100})
+    page.goto(url + path)
+    page.get_by_text(text).first.wait_for(timeout=60_000)
+    return page
+
+
+def settle(page, seconds: float = 1.0) -> None:
+    """Wait until Streamlit is idle (no 'Running...' status) for a moment."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+    page.wait_for_timeout(seconds * 1000)
+
+
+def assert_no_exception(page) -> None:
+    boxes = page.locator('[data-testid="stException"]')
+    assert boxes.count() == 0, boxes.first.inner_text()
+
+
+def metric_values(page) -> list[str]:
+    return page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+
+
+def test_explorer_slider_changes_the_numbers(browser, server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = open_page(browser, server, "/", "Compound scaling explorer")
+    settle(page)
+    assert_no_exception(page)
+    page.screenshot(path=str(ARTIFACTS / "explorer-b0.png"), full_page=True)
+    before = metric_values(page)
+    slider = page.get_by_role("slider").first  # the Variant select-slider
+    slider.focus()
+    for _ in range(3):
+        page.keyboard.press("ArrowRight")
+    page.get_by_text("B3", exact=True).first.wait_for(timeout=30_000)
+    settle(page)
+    after = metric_values(page)
+    assert after != before and "43 px" in after, after
+    assert_no_exception(page)
+    page.screenshot(path=str(ARTIFACTS / "explorer-b3.png"), full_page=True)
+
+    page.get_by_text("Custom φ, α, β, γ").click()
+    page.get_by_text("φ (compound coefficient)").first.wait_for(timeout=30_000)
+    settle(page)
+    custom = metric_values(page)
+    phi = page.get_by_role("slider").first  # φ
+    phi.focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowRight")
+    settle(page, 2)
+    assert metric_values(page) != custom
+    assert_no_exception(page)
+    page.screenshot(path=str(ARTIFACTS / "explorer-custom.png"), full_page=True)
+
+
+@pytest.mark.parametrize("path, text, shot", [("/train", "Train on CIFAR-100", "train"),
+                                              ("/results", "Results", "results"),
+                                              ("/cam", "Class activation maps", "cam")])
+def test_every_page_renders_in_the_browser(browser, server, path, text, shot):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = open_page(browser, server, path, text)
+    settle(page, 2)
+    assert_no_exception(page)
+    page.screenshot(path=str(ARTIFACTS / f"{shot}.png"), full_page=True)
