@@ -1,0 +1,143 @@
+"""Class activation maps: where a model looks when it predicts a class.
+
+``explain(model, spec, image)`` preprocesses the image with the spec's one preprocessing function,
+runs a method from pytorch-grad-cam on the right layer, and maps the heatmap back onto the whole
+input image. Design points:
+
+- Target layer: the last feature map that is at least 4x4 (from the spec's model card). The head
+  of a paper-geometry model at 32 px is 1x1, which would make every CAM a constant.
+- pytorch-grad-cam puts the model into eval mode and hooks it. A model in training mode is never
+  touched: ``explain`` then works on a copy. A per-model lock keeps two app sessions from mixing
+  their hooks on a shared (cached) model.
+- Score-CAM runs one forward pass per channel of the target layer; ours masks the input channel
+  chunk by channel chunk, so memory stays bounded on wide heads (B7's has 2,560 channels).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from effnet.images import decode_image, to_uint8_tensor
+from effnet.preprocess import to_model_input
+from effnet.profile import model_card
+from effnet.scaling import ScalingSpec
+
+MIN_CAM_SIZE = 4
+SCORECAM_MEMORY = 2 * 1024**3
+
+
+class ChunkedScoreCAM(ScoreCAM):
+    """Score-CAM with bounded memory: channels are upsampled and scored ``batch_size`` at a time."""
+
+    batch_size = 32
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+        with torch.no_grad():
+            acts = torch.from_numpy(activations).to(self.device)
+            scores = torch.empty(acts.shape[:2])
+            for n, target in enumerate(targets):
+                for i in range(0, acts.shape[1], self.batch_size):
+                    chunk = nn.functional.interpolate(acts[n : n + 1, i : i + self.batch_size],
+                                                      size=input_tensor.shape[-2:], mode="bilinear",
+                                                      align_corners=True)[0]
+                    flat = chunk.flatten(1)
+                    low, high = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+                    masks = (chunk - low) / (high - low + 1e-8)
+                    outputs = self.model(input_tensor[n : n + 1] * masks[:, None])
+                    scores[n, i : i + len(masks)] = torch.stack([target(o) for o in outputs]).float().cpu()
+            return torch.softmax(scores, dim=-1).numpy()
+
+
+METHODS: dict[str, type] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "scorecam": ChunkedScoreCAM,
+    "eigencam": EigenCAM,
+}
+METHOD_NOTES = {
+    "gradcam": "Grad-CAM: channel weights from the gradients of the class score. Fast.",
+    "gradcam++": "Grad-CAM++: higher-order gradient weights; better with several objects. Fast.",
+    "scorecam": "Score-CAM: weights from how much each channel, used as a mask, raises the class score. "
+                "Gradient-free but slow: one forward pass per channel of the target layer.",
+    "eigencam": "EigenCAM: first principal component of the activations. Class-agnostic: the class selector "
+                "does not change it.",
+}
+
+_locks: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def _lock_for(model: nn.Module) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(model, threading.Lock())
+
+
+@dataclass(frozen=True)
+class CamResult:
+    heatmap: np.ndarray  # float32 in [0, 1], (H, W) of the input image
+    top5: list[tuple[int, float]]  # (class index, probability), best first
+    target_class: int
+    method: str
+    layer: str
+
+
+def target_layer_index(spec: ScalingSpec) -> int:
+    """Index into ``model.features`` of the last feature map of at least 4x4 (the card's rows map 1:1)."""
+    sizes = [row.output_size for row in model_card(spec).stages]
+    large = [i for i, size in enumerate(sizes) if size >= MIN_CAM_SIZE]
+    return large[-1] if large else 0
+
+
+def explain(model: nn.Module, spec: ScalingSpec, image: Image.Image | bytes, method: str = "gradcam",
+            target_class: int | None = None) -> CamResult:
+    """A class activation map of ``image`` for ``target_class`` (default: the top prediction).
+
+    ``image`` is a PIL image or the raw bytes of an uploaded file; undecodable, truncated or
+    oversized images raise ``ValueError`` with a message fit to show a user.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}")
+    if target_class is not None and not 0 <= target_class < spec.num_classes:
+        raise ValueError(f"target_class: must be in 0..{spec.num_classes - 1}, got {target_class}")
+    img = decode_image(image)
+    if model.training:
+        model = copy.deepcopy(model).eval()  # the caller's (training) model keeps its mode and state
+    device = next(model.parameters()).device
+    x = to_model_input(to_uint8_tensor(img).to(device), spec)
+    index = target_layer_index(spec)
+    with _lock_for(model):
+        with torch.no_grad():
+            probs = torch.softmax(model(x).float(), dim=1)[0]
+        k = min(5, spec.num_classes)
+        top = probs.topk(k)
+        top5 = [(int(i), float(p)) for p, i in zip(top.values, top.indices, strict=True)]
+        target = top5[0][0] if target_class is None else target_class
+        with METHODS[method](model=model, target_layers=[model.features[index]]) as cam:
+            if isinstance(cam, ChunkedScoreCAM):
+                # As many masked copies per forward pass as ~2 GiB of (training-sized) activations allow.
+                per_image = max(1, model_card(spec).activation_bytes(1))
+                cam.batch_size = int(min(128, max(1, SCORECAM_MEMORY // per_image)))
+            grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])[0]
+        model.zero_grad(set_to_none=True)
+    heat = Image.fromarray(np.nan_to_num(grayscale.astype(np.float32)), mode="F").resize(img.size, Image.BILINEAR)
+    heatmap = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+    return CamResult(heatmap, top5, target, method, f"features.{index}")
+
+
+def overlay(image: Image.Image | bytes, heatmap: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """The heatmap in viridis (colour-blind safe) blended over the image."""
+    from matplotlib import colormaps
+
+    img = decode_image(image)
+    colours = (colormaps["viridis"](heatmap)[..., :3] * 255).astype(np.uint8)
+    return Image.blend(img, Image.fromarray(colours).resize(img.size), alpha)
