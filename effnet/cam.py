@@ -19,6 +19,7 @@ import copy
 import threading
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -141,3 +142,31 @@ def overlay(image: Image.Image | bytes, heatmap: np.ndarray, alpha: float = 0.5)
     img = decode_image(image)
     colours = (colormaps["viridis"](heatmap)[..., :3] * 255).astype(np.uint8)
     return Image.blend(img, Image.fromarray(colours).resize(img.size), alpha)
+
+
+def class_names(run_dir: Path, num_classes: int) -> list[str]:
+    """A run's class names (stored with its confusion matrix), else 'class i'."""
+    from effnet import runs
+
+    classes = (runs.read_json(run_dir / runs.CONFUSION) or {}).get("classes") or {}
+    names = classes.get("fine") or []
+    return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
+
+
+def run_model(run_dir: Path, device: str = "cpu") -> tuple[nn.Module, ScalingSpec, list[str]]:
+    """A run's best weights (last if no best yet) as a separate eval-mode model, with its class names."""
+    from effnet import runs
+
+    model, spec = runs.load_model(run_dir, "best" if (run_dir / runs.BEST).exists() else "last")
+    return model.to(device), spec, class_names(run_dir, spec.num_classes)
+
+
+def imagenet_model(variant: str, device: str = "cpu") -> tuple[nn.Module, ScalingSpec, list[str]]:
+    """torchvision's ImageNet weights for B0-B7 (RuntimeError saying why when they cannot be had)."""
+    import torchvision.models as tvm
+
+    from effnet.model import load_pretrained
+
+    spec = ScalingSpec.official(variant, geometry="imagenet", num_classes=1000, normalization="imagenet")
+    names = tvm.get_model_weights(f"efficientnet_{variant}").IMAGENET1K_V1.meta["categories"]
+    return load_pretrained(spec, device).eval(), spec, list(names)

@@ -92,3 +92,52 @@ def training_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: st
     fig.update_xaxes(title="epoch")
     fig.update_yaxes(title="top-1 (%)" if metric == "top1" else "cross-entropy loss")
     return _layout(fig, "Top-1 accuracy per epoch" if metric == "top1" else "Loss per epoch")
+
+
+def _pad_y(fig: go.Figure, values: Sequence[float]) -> None:
+    """Room above and below the points so their text labels are not cut off."""
+    if values:
+        low, high = min(values), max(values)
+        pad = max(1.0, 0.2 * (high - low))
+        fig.update_yaxes(range=[low - pad, high + pad])
+    fig.update_traces(cliponaxis=False)
+
+
+def accuracy_vs_size(points: Sequence[tuple[str, float, float]], size: str) -> go.Figure:
+    """One labelled point per run: (label, size, top-1). ``size`` names the x axis ("params" or "macs")."""
+    axis = {"params": "parameters", "macs": "multiply-adds (paper's FLOPs)"}[size]
+    fig = go.Figure()
+    fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[p[0] for p in points],
+                    mode="markers+text", textposition="top center", marker={"size": 13, "color": PALETTE[0]},
+                    name="runs")
+    fig.update_xaxes(type="log", title=f"{axis} (log scale)")
+    fig.update_yaxes(title="test top-1, best epoch (%)")
+    _pad_y(fig, [p[2] for p in points])
+    return _layout(fig, f"Accuracy vs {axis}", showlegend=False)
+
+
+def val_vs_test(points: Sequence[tuple[str, float, float]], r: float | None) -> go.Figure:
+    """Validation vs test top-1 per run, with the y = x line and the correlation coefficient."""
+    fig = go.Figure()
+    values = [v for p in points for v in p[1:]]
+    low, high = (min(values) - 1, max(values) + 1) if values else (0, 100)
+    fig.add_scatter(x=[low, high], y=[low, high], mode="lines", name="y = x",
+                    line={"color": "#777777", "dash": "dash"})
+    fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[p[0] for p in points],
+                    mode="markers+text", textposition="top center", marker={"size": 13, "color": PALETTE[1]},
+                    name="runs")
+    _pad_y(fig, values)
+    fig.update_xaxes(title="validation top-1, best epoch (%)")
+    fig.update_yaxes(title="test top-1, best epoch (%)")
+    title = "Validation vs test" + (f" (r = {r:.3f})" if r is not None else " (r needs two runs)")
+    return _layout(fig, title)
+
+
+def confusion_heatmap(matrix: Sequence[Sequence[int]], rows: Sequence[str], columns: Sequence[str],
+                      title: str) -> go.Figure:
+    """Counts as a heatmap (cividis: readable with colour-vision deficiencies); rows true, columns predicted."""
+    fig = go.Figure(go.Heatmap(z=matrix, x=list(columns), y=list(rows), colorscale="Cividis",
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"))
+    fig.update_xaxes(title="predicted", tickangle=45)
+    fig.update_yaxes(title="true", autorange="reversed")
+    return _layout(fig, title, height=650)

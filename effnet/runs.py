@@ -112,3 +112,26 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not an effnet checkpoint (no 'model' weights)")
     return state
+
+
+def load_model(run_dir: Path, which: str = "best") -> tuple[Any, Any]:
+    """(model in eval mode on the CPU, its spec) from a run's ``best.pt`` or ``last.pt``.
+
+    The spec comes from the checkpoint itself (falling back to config.json), so a checkpoint file
+    plus this function is all anyone needs to use a model.
+    """
+    from effnet.model import build_model
+    from effnet.scaling import ScalingSpec
+
+    path = run_dir / (BEST if which == "best" else LAST)
+    state = load_checkpoint(path)
+    spec_dict = state.get("spec") or (read_json(run_dir / CONFIG) or {}).get("spec")
+    if not spec_dict:
+        raise CheckpointError(f"{path} does not say which model it holds (no spec)")
+    spec = ScalingSpec.from_dict(spec_dict)
+    model = build_model(spec)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not fit {spec.name}: {str(exc).splitlines()[0]}") from exc
+    return model.eval(), spec

@@ -342,11 +342,13 @@ class ScalingSpec:
 
     @property
     def name(self) -> str:
-        """A short human label: ``B3``, ``phi=1.5 (a=1.2, b=1.1, g=1.15)`` or ``depth-only phi=2``."""
+        """A short label: ``B3``, ``phi=1.5`` (paper coefficients), ``phi=1.5 (a=1.3, b=1.1, g=1.1)``, ``depth-only phi=2``."""
         if self.variant is not None:
             return self.variant.upper()
         if self.scaling != "compound":
             return f"{self.scaling}-only phi={self.phi:g}"
+        if (self.alpha, self.beta, self.gamma) == (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA):
+            return f"phi={self.phi:g}"
         return f"phi={self.phi:g} (a={self.alpha:g}, b={self.beta:g}, g={self.gamma:g})"
 
     def to_dict(self) -> dict[str, object]:

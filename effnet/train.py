@@ -517,6 +517,8 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, de
         if main:
             confusion = runs.read_json(out / runs.CONFUSION) or {}
             confusion["final"] = {"epoch": epoch + 1, "matrix": test["confusion"]}
+            confusion["classes"] = {"fine": data.fine_names, "coarse": data.coarse_names,
+                                    "fine_to_coarse": data.fine_to_coarse}
             if improved:
                 confusion["best"] = confusion["final"]
                 best_state = (ema.model if ema is not None else model).state_dict()

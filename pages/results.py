@@ -1,3 +1,67 @@
+"""Results page: the seed study's Table 1 from your runs, accuracy vs size, validation vs test, per-class views."""
+
+import pandas as pd
 import streamlit as st
 
-st.title("todo")
+from effnet import jobs, results
+from effnet.charts import accuracy_vs_size, confusion_heatmap, training_curves, val_vs_test
+
+st.title("Results")
+st.caption("Finished and running runs under the checkpoints folder. Test and validation top-1 are on CIFAR-100 "
+           "(or the subsets the runs used); the paper's ImageNet numbers are shown for reference only.")
+
+found = results.collect(jobs.checkpoints_dir())
+if not found:
+    st.info("No results yet: no run has finished an epoch. Start one on the Train page (the quick CPU demo takes "
+            "a few minutes), then come back here.")
+    st.page_link("pages/train.py", label="Go to the Train page", icon=":material/model_training:")
+    st.stop()
+
+columns, table = results.study_table(found)
+st.subheader("Table 1, from your runs")
+st.dataframe(pd.DataFrame(table).set_index(""), width="stretch")
+st.download_button("Download the table as CSV", results.to_csv(columns, table), file_name="effnet-results.csv",
+                   mime="text/csv", key="csv", on_click="ignore")
+st.caption("The seed study (200 epochs, SGD+momentum) reached 67.94 (B0) to 70.75 (B6) test top-1; the paper's "
+           "ImageNet-pretrained transfer reached 88.1 (B0) and 91.7 (B7).")
+
+scored = [(r.label, r.best("test_top1"), r.best("val_top1"), r) for r in found]
+left, right = st.columns(2)
+left.plotly_chart(accuracy_vs_size([(lab, r.params, t) for lab, t, _, r in scored], "params"), width="stretch",
+                  key="acc_params")
+right.plotly_chart(accuracy_vs_size([(lab, r.macs, t) for lab, t, _, r in scored], "macs"), width="stretch",
+                   key="acc_macs")
+pairs = [(lab, v, t) for lab, t, v, _ in scored if v is not None]
+left, right = st.columns(2)
+left.plotly_chart(val_vs_test(pairs, results.pearson([p[1] for p in pairs], [p[2] for p in pairs])),
+                  width="stretch", key="val_test")
+chosen = right.multiselect("Curves to overlay", [r.label for r in found], default=[r.label for r in found][:8],
+                           key="curve_runs")
+right.plotly_chart(training_curves([(r.label, r.rows) for r in found if r.label in chosen], "top1"),
+                   width="stretch", key="curves")
+
+st.subheader("Per run: classes")
+by_id = {r.run_id: r for r in found}
+run = by_id[st.selectbox("Run", list(by_id), format_func=lambda i: f"{by_id[i].label} · {i} · {by_id[i].state}",
+                         key="class_run")]
+which = st.radio("Epoch", ["best", "final"], horizontal=True, key="class_epoch",
+                 help="best: the epoch with the best validation top-1")
+confusion = results.load_confusion(run.path, which)
+if confusion is None:
+    st.info("This run has no confusion matrix yet (it is written at the end of each epoch).")
+    st.stop()
+per_class = confusion.per_class()
+best, worst = st.columns(2)
+best.markdown(f"**Best classes** (test, epoch {confusion.epoch})")
+best.dataframe(pd.DataFrame(per_class[:10], columns=["class", "top-1 (%)", "images"]), hide_index=True,
+               width="stretch")
+worst.markdown("**Worst classes**")
+worst.dataframe(pd.DataFrame(per_class[::-1][:10], columns=["class", "top-1 (%)", "images"]), hide_index=True,
+                width="stretch")
+st.plotly_chart(confusion_heatmap(confusion.coarse(), confusion.coarse_names, confusion.coarse_names,
+                                  "Confusion between the 20 superclasses"), width="stretch", key="coarse")
+group = st.selectbox("Drill down into a superclass", range(len(confusion.coarse_names)),
+                     format_func=lambda i: confusion.coarse_names[i], key="drill")
+names, grid = confusion.within(group)
+st.plotly_chart(confusion_heatmap(grid, names, [*names, "elsewhere"],
+                                  f"{confusion.coarse_names[group]}: its fine classes"), width="stretch", key="fine")

@@ -59,3 +59,13 @@ def read_status(run_dir: Path) -> dict:
         return json.loads((run_dir / "status.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+@pytest.fixture(scope="session")
+def finished_runs(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Path:
+    """A checkpoints folder with two finished tiny runs, for the results and CAM pages."""
+    root = tmp_path_factory.mktemp("finished")
+    for name, phi in (("tiny-a", "-4"), ("tiny-b", "-3.5")):
+        done = run_train(root / name, cifar_dir, "--epochs", "2", "--phi", phi)
+        assert done.returncode == 0, done.stderr
+    return root

@@ -125,3 +125,63 @@ def test_stop_button_stops_a_running_run(app_env, cifar_dir):
     time.sleep(0.1)
     at.run()
     assert at.button(key=f"resume_{run_id}")
+
+
+@pytest.fixture
+def with_runs(app_env, finished_runs, monkeypatch):
+    monkeypatch.setenv("EFFNET_CHECKPOINTS", str(finished_runs))
+    return finished_runs
+
+
+def test_results_page_shows_the_study_table_from_the_runs(with_runs):
+    from effnet import results
+
+    at = open_page(PAGES[2])
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    found = results.collect(with_runs)
+    assert list(table.columns) == [r.label for r in found]
+    assert table.loc["test top-1, best epoch (%)"].tolist() == [round(r.best("test_top1"), 2) for r in found]
+    assert table.loc["params (M)"].tolist() == [round(r.params / 1e6, 2) for r in found]
+    assert len(at.get("plotly_chart")) >= 5  # accuracy vs params/MACs, val vs test, curves, confusion
+    at.selectbox(key="drill").set_value(4).run()
+    assert not at.exception
+
+
+def test_results_page_empty_state_points_to_training(app_env):
+    at = open_page(PAGES[2])
+    assert not at.exception and any("No results yet" in i.value for i in at.info)
+
+
+def png(width: int = 80, height: int = 60) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_cam_page_gives_one_overlay_per_selected_run_and_refuses_garbage(with_runs):
+    at = open_page(PAGES[3])
+    assert len(at.multiselect(key="cam_runs").value) == 2
+    at.file_uploader(key="cam_upload").set_value([("photo.png", png(), "image/png"),
+                                                  ("notes.png", b"not an image at all", "image/png")]).run()
+    assert not at.exception, at.exception
+    assert len(at.get("image")) == 2
+    assert any("notes.png is not an image" in e.value for e in at.error)
+    assert any(m.value.startswith("1. ") for m in at.markdown)  # top-5 lists
+    at.multiselect(key="cam_runs").set_value(at.multiselect(key="cam_runs").value[:1]).run()
+    assert len(at.get("image")) == 1
+    at.text_input(key="cam_cifar").set_value("0, 5").run()
+    assert len(at.get("image")) == 3 and not at.exception
+
+
+def test_cam_page_explains_imagenet_weights_are_unavailable_offline(with_runs, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    at = open_page(PAGES[3])
+    at.multiselect(key="cam_imagenet").set_value(["B0"]).run()
+    assert not at.exception
+    assert any("ImageNet weights are unavailable" in e.value and "copy that file" in e.value for e in at.error)

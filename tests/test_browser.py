@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, run_train
+from conftest import PROJECT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = PROJECT / "tests" / "artifacts"
@@ -36,21 +36,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Path:
-    """A checkpoints folder with two finished tiny runs (so results and CAM pages have something to show)."""
-    root = tmp_path_factory.mktemp("checkpoints")
-    for name, phi in (("tiny-a", "-4"), ("tiny-b", "-3.5")):
-        done = run_train(root / name, cifar_dir, "--epochs", "2", "--phi", phi)
-        assert done.returncode == 0, done.stderr
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(checkpoints: Path, cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(finished_runs: Path, cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
     log = open(log_path, "wb")  # noqa: SIM115 (a file, not a pipe: an unread pipe would block the server)
-    env = {**os.environ, "EFFNET_CHECKPOINTS": str(checkpoints), "EFFNET_DATA": str(cifar_dir),
+    env = {**os.environ, "EFFNET_CHECKPOINTS": str(finished_runs), "EFFNET_DATA": str(cifar_dir),
            "PYTHONPATH": str(PROJECT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
@@ -142,11 +132,27 @@ def test_explorer_slider_changes_the_numbers(browser, server):
 
 
 @pytest.mark.parametrize("path, text, shot", [("/train", "Train on CIFAR-100", "train"),
-                                              ("/results", "Results", "results"),
-                                              ("/cam", "Class activation maps", "cam")])
-def test_every_page_renders_in_the_browser(browser, server, path, text, shot):
+                                              ("/results", "Table 1, from your runs", "results")])
+def test_pages_render_with_runs_present(browser, server, path, text, shot):
     ARTIFACTS.mkdir(exist_ok=True)
     page = open_page(browser, server, path, text)
     settle(page, 2)
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / f"{shot}.png"), full_page=True)
+
+
+def test_cam_page_shows_one_overlay_per_run_for_an_upload(browser, server, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    import numpy as np
+    from PIL import Image
+
+    photo = tmp_path / "upload.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(photo)
+    page = open_page(browser, server, "/cam", "Class activation maps")
+    settle(page)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(photo))
+    page.get_by_text("upload.png").first.wait_for(timeout=60_000)
+    settle(page, 2)
+    assert_no_exception(page)
+    assert page.locator('[data-testid="stImage"] img').count() == 2  # two finished runs, side by side
+    page.screenshot(path=str(ARTIFACTS / "cam.png"), full_page=True)

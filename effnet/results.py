@@ -1,0 +1,161 @@
+"""What the runs achieved: the seed study's Table 1, per-class accuracy and confusions, from run files.
+
+Pure bookkeeping over ``checkpoints/<run>/{config.json, metrics.jsonl, confusion.json}``: no model
+is loaded. Params and MACs come from the model card of each run's spec.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from effnet import runs
+from effnet.jobs import list_runs
+from effnet.profile import model_card
+from effnet.scaling import OFFICIAL, ScalingSpec
+
+PAPER_IMAGENET_TOP1 = {name.upper(): v.imagenet_top1 for name, v in OFFICIAL.items()}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    path: Path
+    label: str
+    state: str
+    spec: ScalingSpec
+    rows: list[dict[str, Any]]
+
+    @property
+    def params(self) -> int:
+        return model_card(self.spec).params
+
+    @property
+    def macs(self) -> int:
+        return model_card(self.spec).macs
+
+    def best(self, key: str) -> float | None:
+        values = [r[key] for r in self.rows if r.get(key) is not None]
+        return max(values) if values else None
+
+    def final(self, key: str) -> float | None:
+        return self.rows[-1].get(key) if self.rows else None
+
+    @property
+    def best_val_row(self) -> dict[str, Any] | None:
+        rows = [r for r in self.rows if r.get("val_top1") is not None]
+        return max(rows, key=lambda r: r["val_top1"]) if rows else None
+
+
+def collect(root: str | Path | None = None) -> list[RunResult]:
+    """Every run with at least one finished epoch (running ones included), oldest first."""
+    results = []
+    for info in list_runs(root):
+        rows = runs.read_metrics(info.path)
+        spec_dict = info.config.get("spec")
+        if not rows or not spec_dict:
+            continue
+        try:
+            spec = ScalingSpec.from_dict(spec_dict)
+        except ValueError:
+            continue
+        results.append(RunResult(info.run_id, info.path, info.label, info.state, spec, rows))
+    labels = [r.label for r in results]
+    # Two runs of the same variant get their run id's tail, so table columns stay distinct.
+    return [RunResult(r.run_id, r.path, f"{r.label} ({r.run_id[-4:]})" if labels.count(r.label) > 1 else r.label,
+                      r.state, r.spec, r.rows) for r in results]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def study_table(results: list[RunResult]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(column labels, rows): one column per run as in the seed study's Table 1, rows = measures."""
+    columns = [r.label for r in results]
+
+    def row(name: str, values: list[Any]) -> dict[str, Any]:
+        return {"": name, **dict(zip(columns, values, strict=True))}
+
+    best_val = [r.best_val_row for r in results]
+    return columns, [
+        row("val top-1, best epoch (%)", [_round(r.best("val_top1")) for r in results]),
+        row("test top-1, best epoch (%)", [_round(r.best("test_top1")) for r in results]),
+        row("test top-1 at best val epoch (%)", [_round(b["test_top1"]) if b else None for b in best_val]),
+        row("val top-1, final epoch (%)", [_round(r.final("val_top1")) for r in results]),
+        row("test top-1, final epoch (%)", [_round(r.final("test_top1")) for r in results]),
+        row("epochs", [len(r.rows) for r in results]),
+        row("params (M)", [round(r.params / 1e6, 2) for r in results]),
+        row("MACs (G)", [round(r.macs / 1e9, 3) for r in results]),
+        row("paper: ImageNet top-1 (%), for reference", [PAPER_IMAGENET_TOP1.get(r.spec.name) for r in results]),
+    ]
+
+
+def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["", *columns])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    """Correlation coefficient; None with fewer than two points or no spread."""
+    n = len(xs)
+    if n < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """A test-set confusion matrix (rows: true class, columns: predicted) with class names."""
+
+    matrix: list[list[int]]
+    fine_names: list[str]
+    coarse_names: list[str]
+    fine_to_coarse: list[int]
+    epoch: int
+
+    def per_class(self) -> list[tuple[str, float, int]]:
+        """(name, accuracy %, images) for every class that has test images, best first."""
+        out = []
+        for i, row in enumerate(self.matrix):
+            n = sum(row)
+            if n:
+                out.append((self.fine_names[i], 100 * row[i] / n, n))
+        return sorted(out, key=lambda t: (-t[1], t[0]))
+
+    def coarse(self) -> list[list[int]]:
+        """The 20 superclasses: counts summed over their fine classes."""
+        k = len(self.coarse_names)
+        grid = [[0] * k for _ in range(k)]
+        for i, row in enumerate(self.matrix):
+            for j, count in enumerate(row):
+                grid[self.fine_to_coarse[i]][self.fine_to_coarse[j]] += count
+        return grid
+
+    def within(self, coarse_index: int) -> tuple[list[str], list[list[int]]]:
+        """Drill-down: the fine classes of one superclass against each other, plus 'elsewhere'."""
+        members = [i for i, c in enumerate(self.fine_to_coarse) if c == coarse_index]
+        grid = []
+        for i in members:
+            inside = [self.matrix[i][j] for j in members]
+            grid.append([*inside, sum(self.matrix[i]) - sum(inside)])
+        return [self.fine_names[i] for i in members], grid
+
+
+def load_confusion(run_dir: Path, which: str = "best") -> Confusion | None:
+    """The run's confusion matrix ("best" or "final" epoch), or None if it has none yet."""
+    data = runs.read_json(run_dir / runs.CONFUSION) or {}
+    entry, classes = data.get(which), data.get("classes")
+    if not entry or not classes:
+        return None
+    return Confusion(entry["matrix"], classes["fine"], classes["coarse"], classes["fine_to_coarse"], entry["epoch"])
