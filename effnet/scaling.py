@@ -49,8 +49,12 @@ STOCHASTIC_DEPTH = 0.2
 
 
 @dataclass(frozen=True)
-class BaseStage:
-    """One row of the paper's Table 1 (B0): MBConv expansion, kernel, stride, channels, repeats."""
+class Stage:
+    """One MBConv stage: expansion, kernel, stride, channels, repeats.
+
+    ``B0_STAGES`` holds the paper's Table 1; ``ScalingSpec.stages`` the scaled ones the model builds
+    and the card counts.
+    """
 
     expand: int
     kernel: int
@@ -61,14 +65,14 @@ class BaseStage:
 
 
 STEM_CHANNELS = 32
-B0_STAGES: tuple[BaseStage, ...] = (
-    BaseStage(1, 3, 1, 32, 16, 1),
-    BaseStage(6, 3, 2, 16, 24, 2),
-    BaseStage(6, 5, 2, 24, 40, 2),
-    BaseStage(6, 3, 2, 40, 80, 3),
-    BaseStage(6, 5, 1, 80, 112, 3),
-    BaseStage(6, 5, 2, 112, 192, 4),
-    BaseStage(6, 3, 1, 192, 320, 1),
+B0_STAGES: tuple[Stage, ...] = (
+    Stage(1, 3, 1, 32, 16, 1),
+    Stage(6, 3, 2, 16, 24, 2),
+    Stage(6, 5, 2, 24, 40, 2),
+    Stage(6, 3, 2, 40, 80, 3),
+    Stage(6, 5, 1, 80, 112, 3),
+    Stage(6, 5, 2, 112, 192, 4),
+    Stage(6, 3, 1, 192, 320, 1),
 )
 
 
@@ -142,18 +146,6 @@ def stage_strides(output_stride: int) -> tuple[int, tuple[int, ...]]:
             strides[i] = 1
             removed -= 1
     return strides[0], tuple(strides[1:])
-
-
-@dataclass(frozen=True)
-class StageShape:
-    """A scaled stage: what the model builds and what the card counts."""
-
-    expand: int
-    kernel: int
-    stride: int
-    in_channels: int
-    out_channels: int
-    repeats: int
 
 
 @dataclass(frozen=True)
@@ -316,12 +308,12 @@ class ScalingSpec:
         return round_channels(STEM_CHANNELS * self.width_mult)
 
     @property
-    def stages(self) -> tuple[StageShape, ...]:
+    def stages(self) -> tuple[Stage, ...]:
         """The seven scaled MBConv stages with this geometry's strides."""
         _, strides = stage_strides(self.stride)
         w, d = self.width_mult, self.depth_mult
         return tuple(
-            StageShape(
+            Stage(
                 s.expand,
                 s.kernel,
                 stride,

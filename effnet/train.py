@@ -101,6 +101,8 @@ class TrainConfig:
             (self.checkpoint_minutes >= 0, "checkpoint_minutes", "must be 0 or more"),
             (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "device", "must be auto, cpu or cuda[:N]"),
             (not self.pretrained or spec.is_official, "pretrained", "needs an official variant (b0-b7)"),
+            (not self.pretrained or spec.normalization == "imagenet", "pretrained",
+             "needs the spec's normalization='imagenet' (the statistics the weights were trained with)"),
         ]
         for ok, name, message in checks:
             if not ok:
@@ -378,7 +380,8 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, de
 
     # ---- model, optimizer, EMA
     torch.manual_seed(config.seed)
-    model: EfficientNet = load_pretrained(spec) if config.pretrained else build_model(spec)
+    # ImageNet weights only for a fresh run: a resumed one takes every weight from its checkpoint (offline too).
+    model: EfficientNet = load_pretrained(spec) if config.pretrained and checkpoint is None else build_model(spec)
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -430,8 +433,7 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, de
             return stop.is_set()
         # All ranks must agree, or one would wait forever in the next collective.
         flag = torch.tensor(float(stop.is_set()), device=device)
-        if world > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
     # For the live view: where this process started and how fast it goes (host-side counts, no GPU sync).

@@ -79,7 +79,8 @@ with controls:
 
 images: list[tuple[str, object]] = []
 with source:
-    uploads = st.file_uploader("Images (PNG, JPEG, WebP; any size)", type=["png", "jpg", "jpeg", "webp"],
+    uploads = st.file_uploader("Images (PNG, JPEG, WebP, GIF, BMP, TIFF; any size)",
+                               type=["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"],
                                accept_multiple_files=True, key="cam_upload")
     for upload in uploads or []:
         images.append((upload.name, upload.getvalue()))  # bytes in memory: nothing is written to disk

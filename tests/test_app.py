@@ -185,3 +185,15 @@ def test_cam_page_explains_imagenet_weights_are_unavailable_offline(with_runs, m
     at.multiselect(key="cam_imagenet").set_value(["B0"]).run()
     assert not at.exception
     assert any("ImageNet weights are unavailable" in e.value and "copy that file" in e.value for e in at.error)
+
+
+def test_measure_button_times_the_chosen_model(app_env):
+    at = open_page(PAGES[0])
+    at.radio(key="mode").set_value("Custom φ, α, β, γ").run()
+    at.number_input(key="phi_input").set_value(-4.0).run()
+    at.number_input(key="measure_batch").set_value(4).run()
+    at.button(key="measure").click().run()
+    assert not at.exception
+    shown = metrics(at)
+    assert float(shown["Inference, 1 image"].split()[0]) > 0
+    assert float(shown["Training, batch 4"].split()[0]) > 0

@@ -147,7 +147,10 @@ def test_cam_page_shows_one_overlay_per_run_for_an_upload(browser, server, tmp_p
     from PIL import Image
 
     photo = tmp_path / "upload.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(photo)
+    yy, xx = np.mgrid[0:96, 0:128]
+    picture = np.stack([xx * 2, yy * 2, np.full_like(xx, 90)], axis=-1).astype(np.uint8)
+    picture[30:60, 70:100] = (230, 30, 30)  # a red square on a smooth background
+    Image.fromarray(picture).save(photo)
     page = open_page(browser, server, "/cam", "Class activation maps")
     settle(page)
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(photo))

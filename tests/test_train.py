@@ -179,3 +179,30 @@ def test_ddp_with_two_gloo_processes(tmp_path, cifar_dir):
     state = load_checkpoint(out / "last.pt")
     assert not any(k.startswith("module.") for k in state["model"])
     build_model(ScalingSpec(phi=-4)).load_state_dict(state["model"])
+
+
+def test_pretrained_fails_clearly_offline_and_fine_tunes_from_cached_weights(tmp_path, cifar_dir, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    base = ["--variant", "b0", "--pretrained", "--epochs", "1", "--subset", "64"]
+    cmd = [a for a in train_cmd(tmp_path / "offline", cifar_dir) if a not in ("--phi", "-4")]
+    env = {**python_env(), "TORCH_HOME": str(tmp_path / "torch")}
+    done = subprocess.run([*cmd, *base], capture_output=True, text=True, cwd=PROJECT, env=env)
+    assert done.returncode == 1 and "without internet, copy that file to" in done.stderr
+
+    import torchvision
+
+    weights = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)
+    reference = torchvision.models.efficientnet_b0().state_dict()
+    torch.save(reference, cache / weights.url.rsplit("/", 1)[-1])
+    out = tmp_path / "finetune"
+    cmd = [a for a in train_cmd(out, cifar_dir) if a not in ("--phi", "-4")]
+    done = subprocess.run([*cmd, *base, "--lr", "1e-9"], capture_output=True, text=True, cwd=PROJECT, env=env)
+    assert done.returncode == 0, done.stderr
+    spec = ScalingSpec.from_dict(json.loads((out / "config.json").read_text())["spec"])
+    assert spec.normalization == "imagenet" and spec.variant == "b0"
+    trained = load_checkpoint(out / "last.pt")["model"]
+    # a negligible learning rate: the features are still the loaded ImageNet ones, not a fresh init
+    key = "features.1.0.block.0.0.weight"
+    assert torch.allclose(trained[key], reference[key], atol=1e-6)
