@@ -34,9 +34,9 @@ from typing import Any
 
 from effnet import runs
 from effnet.profile import model_card
-from effnet.train import TrainConfig, config_to_argv
+from effnet.train import SCHEDULES, TrainConfig, config_to_argv
 
-__all__ = ["RunInfo", "TrainConfig", "delete", "list_runs", "progress", "resume", "stop", "submit"]
+__all__ = ["SCHEDULES", "RunInfo", "TrainConfig", "delete", "list_runs", "progress", "resume", "stop", "submit"]
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 ACTIVE = ("starting", "loading data", "running")

@@ -8,6 +8,8 @@ spec is all anyone needs to use a model.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -32,7 +34,12 @@ def to_model_input(images: Tensor, spec: ScalingSpec) -> Tensor:
     size = spec.resolution
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean, std = STATS[spec.normalization]
-    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    mean, std = _stats(spec.normalization, x.device)
+    return (x - mean) / std
+
+
+@lru_cache(maxsize=16)
+def _stats(normalization: str, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Mean and std as (1, 3, 1, 1) tensors, made once per device (a host-to-GPU copy every step would stall)."""
+    mean, std = STATS[normalization]
+    return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1)

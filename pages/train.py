@@ -8,7 +8,6 @@ from effnet import OFFICIAL, ScalingSpec, jobs, runs
 from effnet.charts import training_curves
 from effnet.data import AUGMENTATIONS, data_dir, dataset_present, missing_data_message
 from effnet.scaling import GEOMETRIES, SCALINGS
-from effnet.train import SCHEDULES
 
 VARIANTS = [v.upper() for v in OFFICIAL]
 DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": 1.2, "c_beta": 1.1, "c_gamma": 1.15,
@@ -87,7 +86,7 @@ with st.form("new_runs"):
             cols[1].number_input("Weight decay", 0.0, 0.1, format="%.5f", key="t_wd")
             cols[2].number_input("Label smoothing", 0.0, 0.9, key="t_smoothing")
             cols = st.columns(3)
-            cols[0].selectbox("Schedule", SCHEDULES, key="t_schedule")
+            cols[0].selectbox("Schedule", jobs.SCHEDULES, key="t_schedule")
             cols[1].number_input("Warm-up epochs", 0.0, 100.0, key="t_warmup")
             cols[2].number_input("EMA decay (0 = off)", 0.0, 0.9999, format="%.4f", key="t_ema")
             cols = st.columns(3)
