@@ -28,11 +28,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from effnet import runs
+from effnet.data import data_dir
 from effnet.profile import model_card
 from effnet.train import SCHEDULES, TrainConfig, config_to_argv
 
@@ -232,10 +233,8 @@ def submit(config: TrainConfig, root: str | os.PathLike | None = None, label: st
     check_fits(config)
     root = checkpoints_dir(root).resolve()
     label = label or config.model_spec.name
-    if config.data_dir is None:
-        from effnet.data import data_dir
-
-        config.data_dir = str(data_dir().resolve())
+    if config.data_dir is None:  # the runner may start elsewhere: pin the data folder this process sees
+        config = replace(config, data_dir=str(data_dir().resolve()))
     with _locked(root / ".queue.lock"):
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(label)}-{secrets.token_hex(2)}"
         run_dir = root / run_id

@@ -85,7 +85,14 @@ with source:
     for upload in uploads or []:
         images.append((upload.name, upload.getvalue()))  # bytes in memory: nothing is written to disk
     if dataset_present():
-        pick = st.text_input("CIFAR-100 test images (indices, comma separated)", "", key="cam_cifar",
+
+        def pick_random() -> None:
+            n = len(cifar_test().test)
+            st.session_state.cam_cifar = ", ".join(str(i) for i in np.random.default_rng().choice(n, min(4, n),
+                                                                                                   replace=False))
+
+        st.button("Pick 4 random CIFAR-100 test images", on_click=pick_random, key="cam_random")
+        pick = st.text_input("CIFAR-100 test images (indices, comma separated)", key="cam_cifar",
                              placeholder="e.g. 0, 7, 42")
         if pick.strip():
             try:

@@ -177,6 +177,8 @@ def test_cam_page_gives_one_overlay_per_selected_run_and_refuses_garbage(with_ru
     assert len(at.get("image")) == 1
     at.text_input(key="cam_cifar").set_value("0, 5").run()
     assert len(at.get("image")) == 3 and not at.exception
+    at.button(key="cam_random").click().run()
+    assert len(at.get("image")) == 5 and not at.exception  # the upload plus four test images
 
 
 def test_cam_page_explains_imagenet_weights_are_unavailable_offline(with_runs, monkeypatch, tmp_path):
