@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from effnet.scaling import SE_RATIO, STOCHASTIC_DEPTH, ScalingSpec, round_channels
+from effnet.scaling import STOCHASTIC_DEPTH, ScalingSpec, round_channels, squeeze_channels
 
 
 class ConvBNAct(nn.Sequential):
@@ -53,7 +53,7 @@ class MBConv(nn.Module):
             layers.append(ConvBNAct(cin, mid, 1, bn=bn))
         layers += [
             ConvBNAct(mid, mid, kernel, stride, groups=mid, bn=bn),
-            SqueezeExcite(mid, max(1, int(cin * SE_RATIO))),
+            SqueezeExcite(mid, squeeze_channels(cin)),
             ConvBNAct(mid, cout, 1, act=False, bn=bn),
         ]
         self.block = nn.Sequential(*layers)

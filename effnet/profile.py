@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from effnet.scaling import OFFICIAL, SCALINGS, ScalingSpec, round_channels
+from effnet.scaling import OFFICIAL, SCALINGS, ScalingSpec, round_channels, squeeze_channels
 
 BYTES_FP32 = 4
 # Weights, their gradients and SGD's momentum buffer: three fp32 copies while training.
@@ -97,7 +97,7 @@ def _mbconv(cin: int, cout: int, expand: int, k: int, stride: int, size: int) ->
         params, macs, acts = params + p, macs + m, acts + 3 * mid * size * size
     p, m = _conv_bn(mid, mid, k, out, groups=mid)
     params, macs = params + p, macs + m
-    squeeze = max(1, cin // 4)
+    squeeze = squeeze_channels(cin)
     params += 2 * mid * squeeze + squeeze + mid  # fc1 and fc2, both with bias
     macs += 2 * mid * squeeze
     p, m = _conv_bn(mid, cout, 1, out)

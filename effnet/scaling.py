@@ -112,6 +112,11 @@ def round_repeats(repeats: int, depth_mult: float) -> int:
     return max(1, math.ceil(repeats * depth_mult - 1e-9))
 
 
+def squeeze_channels(block_in_channels: int) -> int:
+    """Squeeze-and-excitation width: 0.25 of the block's *input* channels (not the expanded ones)."""
+    return max(1, int(block_in_channels * SE_RATIO))
+
+
 def round_resolution(base: int, resolution_mult: float) -> int:
     """Nearest pixel."""
     return round(base * resolution_mult)
