@@ -393,6 +393,8 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, de
     if config.compile:
         step_model = torch.compile(step_model)
     amp = device.type == "cuda"
+    if amp:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
 
     global_batch = config.batch_size * world
     steps = max(1, len(train_set) // global_batch)
