@@ -38,7 +38,7 @@ def test_torchvision_weights_load_strictly_and_give_the_same_logits(variant):
     assert (bn.eps, bn.momentum) == ((1e-3, 0.01) if variant in ("b5", "b6", "b7") else (1e-5, 0.1))
 
 
-@pytest.mark.parametrize("variant, gmacs", zip(VARIANTS, PAPER_GMACS, strict=True))
+@pytest.mark.parametrize("variant, gmacs", list(zip(VARIANTS, PAPER_GMACS, strict=True)))
 def test_card_matches_torchvision_reference_numbers(variant, gmacs):
     card = model_card(ScalingSpec.official(variant, geometry="imagenet", num_classes=1000))
     tv_params = {"b0": 5_288_548, "b7": 66_347_960}
