@@ -206,3 +206,17 @@ def test_pretrained_fails_clearly_offline_and_fine_tunes_from_cached_weights(tmp
     # a negligible learning rate: the features are still the loaded ImageNet ones, not a fresh init
     key = "features.1.0.block.0.0.weight"
     assert torch.allclose(trained[key], reference[key], atol=1e-6)
+
+
+def test_ema_cutout_onecycle_and_label_smoothing_options_run(tmp_path, cifar_dir):
+    out = tmp_path / "options"
+    done = run_train(out, cifar_dir, "--epochs", "1", "--ema", "0.9", "--augment", "cutout", "--schedule",
+                     "onecycle", "--label-smoothing", "0.1", "--no-nesterov", "--val-size", "0")
+    assert done.returncode == 0, done.stderr
+    state = load_checkpoint(out / "last.pt")
+    assert set(state["ema"]) == set(state["model"])
+    assert not all(torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])
+    best = load_checkpoint(out / "best.pt")["model"]  # the EMA weights are the ones evaluated and kept
+    assert all(torch.equal(best[k], state["ema"][k]) for k in best)
+    row = metrics(out)[0]
+    assert row["val_top1"] is None and row["test_top1"] is not None
