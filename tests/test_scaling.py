@@ -144,3 +144,13 @@ def test_scaling_module_does_not_import_torch():
     code = "import sys, effnet.scaling, effnet.profile; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_library_never_imports_streamlit():
+    import subprocess
+    import sys
+
+    modules = ["scaling", "profile", "model", "preprocess", "data", "train", "runs", "jobs", "results", "charts", "measure", "images", "cam"]
+    code = "import sys\n" + "".join(f"import effnet.{m}\n" for m in modules) + "print('streamlit' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
