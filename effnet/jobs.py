@@ -10,6 +10,8 @@ same truth, and runs survive the app rerunning or restarting:
   and exits when the queue is empty. Nobody starts it by hand; two Start presses at once still
   give one runner (the lock, not a check-then-act race), so one GPU never trains two runs.
 - Queue transitions (submit, cancel, pick next) happen under ``<root>/.queue.lock``.
+- Each run the runner starts holds ``<root>/.device.lock`` while it trains, so even a run orphaned
+  by a killed runner never shares the device with the next one (the next one shows "waiting").
 - A run whose process is gone, or whose heartbeat stopped, is reported as failed with the
   end of its log, never as running forever.
 """
@@ -35,12 +37,12 @@ from typing import Any
 from effnet import runs
 from effnet.data import data_dir
 from effnet.profile import model_card
-from effnet.train import SCHEDULES, TrainConfig, config_to_argv
+from effnet.train import DEVICE_LOCK_ENV, SCHEDULES, TrainConfig, config_to_argv
 
 __all__ = ["SCHEDULES", "RunInfo", "TrainConfig", "delete", "list_runs", "progress", "resume", "stop", "submit"]
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-ACTIVE = ("starting", "loading data", "running")
+ACTIVE = ("starting", "waiting", "loading data", "running")
 HEARTBEAT_TIMEOUT_S = 60.0
 
 
@@ -71,7 +73,7 @@ class RunInfo:
 
     run_id: str
     path: Path
-    state: str  # queued, starting, loading data, running, stopped, finished, failed
+    state: str  # queued, starting, waiting, loading data, running, stopped, finished, failed
     label: str
     config: dict[str, Any]
     status: dict[str, Any]
@@ -317,8 +319,9 @@ def _start_next(root: Path) -> tuple[Path, subprocess.Popen] | None:
             return None
         job = runs.read_json(run_dir / runs.JOB) or {}
         with open(run_dir / runs.LOG, "ab") as log:
+            env = {**os.environ, DEVICE_LOCK_ENV: str(root / ".device.lock")}
             proc = subprocess.Popen([sys.executable, "-m", "effnet.train", *job.get("argv", [])], cwd=PROJECT_DIR,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         runs.write_json(run_dir / runs.STATUS, {"state": "starting", "pid": proc.pid, "heartbeat": time.time()})
         return run_dir, proc
 

@@ -353,6 +353,30 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> list[dict[str
         status.close()
 
 
+DEVICE_LOCK_ENV = "EFFNET_DEVICE_LOCK"
+
+
+def _wait_for_device(status: Status) -> object | None:
+    """Runs started by the job queue hold an exclusive flock on the queue's device lock while they train.
+
+    The queue's runner starts one run at a time; this lock also covers the case where a runner died
+    and a new one started while the orphaned run still trains: the next run waits instead of sharing
+    the GPU. Returns the open lock file (the lock lasts as long as it stays open).
+    """
+    path = os.environ.get(DEVICE_LOCK_ENV)
+    if not path:
+        return None
+    import fcntl
+
+    lock = open(path, "a")  # noqa: SIM115 (held open for the life of the process)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        status.update(state="waiting", phase="another run holds the device")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
 def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, device: torch.device,
            world: int, rank: int, status: Status) -> list[dict[str, Any]]:
     main = rank == 0
@@ -364,6 +388,7 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, de
         out.mkdir(parents=True, exist_ok=True)
         runs.write_json(out / runs.CONFIG, {"spec": spec.to_dict(), "train": dataclasses.asdict(config),
                                             "world_size": world, "device": str(device)})
+    device_lock = _wait_for_device(status) if main else None  # noqa: F841 (held until the process ends)
     status.update(state="loading data", device=str(device), world_size=world)
 
     # ---- data: held-out validation split, optional subsets, everything on the device as uint8

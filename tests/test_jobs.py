@@ -125,3 +125,18 @@ def test_submit_refuses_what_cannot_fit_or_is_invalid(root, cifar_dir):
     with pytest.raises(ValueError, match="^epochs:"):
         jobs.submit(tiny_config(cifar_dir, epochs=0), root)
     assert not root.exists() or jobs.list_runs(root) == []
+
+
+def test_a_run_waits_while_another_process_holds_the_device(root, cifar_dir):
+    """As if a killed runner had left a run training: the next run must wait for the device, not share it."""
+    import fcntl
+
+    root.mkdir(parents=True)
+    with open(root / ".device.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        run_id = jobs.submit(tiny_config(cifar_dir), root)
+        wait_for(lambda: jobs.read_run(root / run_id).state == "waiting", timeout=60, what="the run to wait")
+        time.sleep(2)
+        assert jobs.read_run(root / run_id).state == "waiting"
+        fcntl.flock(held, fcntl.LOCK_UN)
+    wait_for(lambda: jobs.read_run(root / run_id).state == "finished", timeout=120, what="the run to finish")
