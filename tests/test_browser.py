@@ -6,6 +6,7 @@ missing; .ci/run installs both, so CI always runs these.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -112,6 +113,8 @@ def test_explorer_slider_changes_the_numbers(browser, server):
         page.keyboard.press("ArrowRight")
     page.get_by_text("B3", exact=True).first.wait_for(timeout=30_000)
     settle(page)
+    playwright_api.expect(page.locator('[data-testid="stMetricValue"]').filter(has_text="43 px")).to_have_count(
+        1, timeout=30_000)
     after = metric_values(page)
     assert after != before and "43 px" in after, after
     assert_no_exception(page)
@@ -125,7 +128,10 @@ def test_explorer_slider_changes_the_numbers(browser, server):
     phi.focus()
     for _ in range(10):
         page.keyboard.press("ArrowRight")
-    settle(page, 2)
+    page.wait_for_function("(before) => JSON.stringify([...document.querySelectorAll("
+                           "'[data-testid=\"stMetricValue\"]')].map(e => e.innerText)) !== before",
+                           arg=json.dumps(custom), timeout=30_000)
+    settle(page, 1)
     assert metric_values(page) != custom
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "explorer-custom.png"), full_page=True)
@@ -157,5 +163,8 @@ def test_cam_page_shows_one_overlay_per_run_for_an_upload(browser, server, tmp_p
     page.get_by_text("upload.png").first.wait_for(timeout=60_000)
     settle(page, 2)
     assert_no_exception(page)
-    assert page.locator('[data-testid="stImage"] img').count() == 2  # two finished runs, side by side
+    # two finished runs, side by side (the second may still be drawing: wait for it)
+    playwright_api.expect(page.locator('[data-testid="stImage"] img')).to_have_count(2, timeout=60_000)
+    settle(page)
+    assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "cam.png"), full_page=True)
