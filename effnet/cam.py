@@ -148,8 +148,7 @@ def class_names(run_dir: Path, num_classes: int) -> list[str]:
     """A run's class names (stored with its confusion matrix), else 'class i'."""
     from effnet import runs
 
-    classes = (runs.read_json(run_dir / runs.CONFUSION) or {}).get("classes") or {}
-    names = classes.get("fine") or []
+    names = (runs.read_classes(run_dir) or {}).get("fine") or []
     return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
 
 

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # 40 MP: any photo; far below what would exhaust memory when decoded
+EXIF_ORIENTATION = 0x0112
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
@@ -33,6 +34,8 @@ def _high_depth_to_8bit(img: Image.Image) -> Image.Image:
 def decode_image(data: bytes | Image.Image, name: str = "image") -> Image.Image:
     """An RGB ``PIL.Image`` from raw upload bytes (or an already opened image)."""
     if isinstance(data, Image.Image):
+        if data.mode == "RGB" and not data.getexif().get(EXIF_ORIENTATION):
+            return data  # already decoded: explain() and overlay() get the page's picture as is
         img = data
     else:
         if len(data) == 0:

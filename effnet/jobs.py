@@ -78,6 +78,7 @@ class RunInfo:
     config: dict[str, Any]
     status: dict[str, Any]
     error: str | None
+    queued_at: int = 0  # ns; queue order (0 for runs started from the command line)
 
     @property
     def active(self) -> bool:
@@ -169,7 +170,8 @@ def read_run(run_dir: Path) -> RunInfo:
             if tail:
                 error += "\nLast output:\n" + tail
     label = job.get("label") or _label(config.get("spec"))
-    return RunInfo(run_dir.name, run_dir, state, label, config or job.get("config", {}), status, error)
+    return RunInfo(run_dir.name, run_dir, state, label, config or job.get("config", {}), status, error,
+                   int(job.get("queued_at", 0) or 0))
 
 
 def _label(spec: dict[str, Any] | None) -> str:
@@ -190,12 +192,7 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
         return []
     found = [read_run(d) for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
              and ((d / runs.JOB).exists() or (d / runs.CONFIG).exists())]
-    return sorted(found, key=lambda r: (_queued_at(r.path), r.run_id))
-
-
-def _queued_at(run_dir: Path) -> int:
-    job = runs.read_json(run_dir / runs.JOB) or {}
-    return int(job.get("queued_at", 0) or 0)
+    return sorted(found, key=lambda r: (r.queued_at, r.run_id))
 
 
 def available_memory_bytes(device: str) -> int:

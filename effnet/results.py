@@ -53,21 +53,20 @@ class RunResult:
 
 def collect(root: str | Path | None = None) -> list[RunResult]:
     """Every run with at least one finished epoch (running ones included), oldest first."""
-    results = []
+    usable = []
     for info in list_runs(root):
         rows = runs.read_metrics(info.path)
-        spec_dict = info.config.get("spec")
-        if not rows or not spec_dict:
-            continue
         try:
-            spec = ScalingSpec.from_dict(spec_dict)
-        except ValueError:
+            spec = ScalingSpec.from_dict(info.config["spec"])
+        except (KeyError, TypeError, ValueError):
             continue
-        results.append(RunResult(info.run_id, info.path, info.label, info.state, spec, rows))
-    labels = [r.label for r in results]
+        if rows:
+            usable.append((info, spec, rows))
+    labels = [info.label for info, _, _ in usable]
     # Two runs of the same variant get their run id's tail, so table columns stay distinct.
-    return [RunResult(r.run_id, r.path, f"{r.label} ({r.run_id[-4:]})" if labels.count(r.label) > 1 else r.label,
-                      r.state, r.spec, r.rows) for r in results]
+    return [RunResult(info.run_id, info.path,
+                      f"{info.label} ({info.run_id[-4:]})" if labels.count(info.label) > 1 else info.label,
+                      info.state, spec, rows) for info, spec, rows in usable]
 
 
 def _round(value: float | None) -> float | None:
@@ -154,8 +153,7 @@ class Confusion:
 
 def load_confusion(run_dir: Path, which: str = "best") -> Confusion | None:
     """The run's confusion matrix ("best" or "final" epoch), or None if it has none yet."""
-    data = runs.read_json(run_dir / runs.CONFUSION) or {}
-    entry, classes = data.get(which), data.get("classes")
+    entry, classes = (runs.read_json(run_dir / runs.CONFUSION) or {}).get(which), runs.read_classes(run_dir)
     if not entry or not classes:
         return None
     return Confusion(entry["matrix"], classes["fine"], classes["coarse"], classes["fine_to_coarse"], entry["epoch"])

@@ -114,6 +114,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def read_classes(run_dir: Path) -> dict[str, Any] | None:
+    """The class names a run was trained with (stored in confusion.json): fine, coarse, fine_to_coarse."""
+    classes = (read_json(run_dir / CONFUSION) or {}).get("classes")
+    return classes if isinstance(classes, dict) else None
+
+
 def load_model(run_dir: Path, which: str = "best") -> tuple[Any, Any]:
     """(model in eval mode on the CPU, its spec) from a run's ``best.pt`` or ``last.pt``.
 

@@ -66,11 +66,10 @@ with main:
         st.warning(f"α·β²·γ² = {spec.constraint:.2f} is far from 2: FLOPs will grow by about "
                    f"{spec.constraint:.2f}× per unit of φ instead of the paper's 2×.")
     if spec.variant not in (None, "b0"):
-        f = spec.baseline.replace(phi=spec.phi)
         st.info(f"{spec.name} as released: depth ×{spec.depth_mult:g}, width ×{spec.width_mult:g}, "
                 f"{spec.resolution} px. The formula α^φ, β^φ, γ^φ at φ={spec.phi:g} would give depth "
-                f"×{f.depth_mult:.2f}, width ×{f.width_mult:.2f}, {f.resolution} px: the released models do not "
-                "follow the formula exactly.")
+                f"×{spec.formula_depth_mult:.2f}, width ×{spec.formula_width_mult:.2f}, {spec.formula_resolution} px: "
+                "the released models do not follow the formula exactly.")
 
 with st.expander("The formulas", expanded=False):
     st.latex(r"d = \alpha^{\phi},\quad w = \beta^{\phi},\quad r = \gamma^{\phi}")
