@@ -210,16 +210,15 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.params = {name for name, _ in model.named_parameters()}
+        # Pair the tensors once: updates then touch them in place every step, no dict building.
+        self.params = (list(self.model.parameters()), list(model.parameters()))
+        self.buffers = list(zip(self.model.buffers(), model.buffers(), strict=True))
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        current = model.state_dict()
-        for k, v in self.model.state_dict().items():
-            if k in self.params:
-                v.lerp_(current[k], 1 - self.decay)
-            else:
-                v.copy_(current[k])  # BatchNorm statistics follow the live model
+    def update(self) -> None:
+        torch._foreach_lerp_(self.params[0], self.params[1], 1 - self.decay)
+        for mine, live in self.buffers:
+            mine.copy_(live)  # BatchNorm statistics follow the live model
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
@@ -489,7 +488,7 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, de
             y = train_set.labels[idx]
             loss, logits = train_step(step_model, optimizer, train_set.images[idx], y, spec, config, gen, amp)
             if ema is not None:
-                ema.update(model)
+                ema.update()
             acc["loss"] += loss.double() * len(y)
             acc["correct"] += (logits.argmax(1) == y).sum()
             acc["seen"] += len(y)
