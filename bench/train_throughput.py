@@ -34,8 +34,9 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from effnet import ScalingSpec, build_model, model_card
+from effnet.config import TrainConfig
 from effnet.preprocess import STATS
-from effnet.train import TrainConfig, make_optimizer, train_step
+from effnet.train import make_optimizer, train_step
 
 EPOCH_IMAGES = 45_000  # CIFAR-100 training split after holding out 5,000 for validation
 
@@ -87,7 +88,7 @@ def time_ours(model, optimizer, images, labels, spec, config, device, steps: int
     start = time.perf_counter()
     for _step in range(steps):
         idx = torch.randint(0, n, (batch,), device=device, generator=gen)
-        train_step(model, optimizer, images[idx], labels[idx], spec, config, gen, amp)
+        train_step(model, optimizer, images[idx], labels[idx], config, gen, amp)
     sync()
     return time.perf_counter() - start
 
@@ -130,7 +131,7 @@ def main() -> None:
     base = baseline_model(spec).to(device)
     base_opt = torch.optim.SGD(base.parameters(), lr=0.01, momentum=0.9, nesterov=True)
 
-    config = TrainConfig(spec=spec.to_dict(), batch_size=args.batch_size, channels_last=args.channels_last,
+    config = TrainConfig(spec=spec, batch_size=args.batch_size, channels_last=args.channels_last,
                          compile=args.compile)
     ours = build_model(spec).to(device)
     if config.channels_last:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from effnet.profile import ModelCard, model_card
+from effnet.card import ModelCard, model_card
 from effnet.scaling import OFFICIAL, ScalingSpec
 
 _TORCH_NAMES = {"EfficientNet", "build_model", "load_pretrained"}

@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-from effnet.cli import add_spec_arguments, spec_from_args
-from effnet.profile import ModelCard, model_card
+from effnet.card import ModelCard, model_card
+from effnet.spec_flags import add_spec_arguments, spec_from_args
 
 
 def format_card(card: ModelCard, batch_size: int) -> str:

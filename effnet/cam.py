@@ -28,9 +28,10 @@ from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from effnet import runs
+from effnet.card import model_card
 from effnet.images import decode_image, to_uint8_tensor
 from effnet.preprocess import to_model_input
-from effnet.profile import model_card
 from effnet.scaling import ScalingSpec
 
 MIN_CAM_SIZE = 4
@@ -146,17 +147,18 @@ def overlay(image: Image.Image | bytes, heatmap: np.ndarray, alpha: float = 0.5)
 
 def class_names(run_dir: Path, num_classes: int) -> list[str]:
     """A run's class names (stored with its confusion matrix), else 'class i'."""
-    from effnet import runs
-
     names = (runs.read_classes(run_dir) or {}).get("fine") or []
     return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
 
 
-def run_model(run_dir: Path, device: str = "cpu") -> tuple[nn.Module, ScalingSpec, list[str]]:
-    """A run's best weights (last if no best yet) as a separate eval-mode model, with its class names."""
-    from effnet import runs
+def default_device() -> str:
+    """Where CAMs are computed: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
-    model, spec = runs.load_model(run_dir, "best" if (run_dir / runs.BEST).exists() else "last")
+
+def run_model(run_dir: Path, device: str = "cpu") -> tuple[nn.Module, ScalingSpec, list[str]]:
+    """A run's shown checkpoint (best, else last) as a separate eval-mode model, with its class names."""
+    model, spec = runs.load_model(run_dir)
     return model.to(device), spec, class_names(run_dir, spec.num_classes)
 
 

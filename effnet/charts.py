@@ -12,7 +12,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from effnet.profile import ModelCard, model_card, official_cards, sweep
+from effnet.card import ModelCard, model_card, official_cards, sweep
 from effnet.scaling import ScalingSpec
 
 # Okabe & Ito (2008): blue, orange, bluish green, vermillion, reddish purple, sky blue, yellow, black.

@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from effnet.config import AUGMENTATIONS
+
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE = "cifar-100-python.tar.gz"
 ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 FOLDER = "cifar-100-python"
 NUM_FINE, NUM_COARSE = 100, 20
-AUGMENTATIONS = ("none", "standard", "cutout")
 
 
 class DataError(RuntimeError):

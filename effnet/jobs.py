@@ -1,26 +1,26 @@
-"""Training runs as background jobs: submit, queue, list, stop, resume, delete.
+"""The job queue: submit, the runner, stop, resume, delete. Run folders themselves belong to ``effnet.runs``.
 
-State lives on disk under the checkpoints folder, so every app session (and the CLI) sees the
-same truth, and runs survive the app rerunning or restarting:
+State lives on disk under the checkpoints folder, so every app session, every app process and the
+CLI see the same truth, and runs survive the app rerunning or restarting:
 
-- ``submit`` writes ``<root>/<run-id>/job.json`` (the training command line) and a "queued"
-  status, then makes sure a *runner* is alive.
-- The runner (``python -m effnet.jobs runner``) is a detached process that holds an exclusive
-  ``flock`` on ``<root>/.runner.lock`` while it trains queued runs one at a time, oldest first,
-  and exits when the queue is empty. Nobody starts it by hand; two Start presses at once still
-  give one runner (the lock, not a check-then-act race), so one GPU never trains two runs.
-- Queue transitions (submit, cancel, pick next) happen under ``<root>/.queue.lock``.
-- Each run the runner starts holds ``<root>/.device.lock`` while it trains, so even a run orphaned
-  by a killed runner never shares the device with the next one (the next one shows "waiting").
-- A run whose process is gone, or whose heartbeat stopped, is reported as failed with the
-  end of its log, never as running forever.
+- ``submit`` writes ``<root>/<run-id>/job.json`` (the config, label, owner, queue time and a
+  generation number) and a "queued" status, then makes sure a *runner* is alive.
+- The runner (``python -m effnet.jobs runner``) is a detached process holding ``.runner.lock``. It
+  trains queued runs oldest first, one per device slot at a time (every GPU, or the CPU), and exits
+  when nothing is queued or running. Whoever looks at the queue (the Train page, ``jobs list``)
+  and finds queued runs with no runner starts one, so a killed runner never stalls the queue.
+- Queue transitions (submit, stop, resume, pick next) happen under ``.queue.lock``. Each queueing
+  bumps the run's generation; the runner's bookkeeping after a process exits only applies if the
+  generation is still the one it started, so a run resumed meanwhile is never marked failed.
+- Each run holds the lock of its device slot while it trains, so even a run orphaned by a killed
+  runner never shares its device with the next one (the next one shows "waiting").
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
+import errno
 import os
 import re
 import secrets
@@ -29,172 +29,49 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from effnet import runs
-from effnet.data import data_dir
-from effnet.profile import model_card
-from effnet.train import DEVICE_LOCK_ENV, SCHEDULES, TrainConfig, config_to_argv
-
-__all__ = ["SCHEDULES", "RunInfo", "TrainConfig", "delete", "list_runs", "progress", "resume", "stop", "submit"]
+from effnet import locks, runs
+from effnet.card import model_card
+from effnet.config import TrainConfig
+from effnet.locks import DEVICE_LOCK_ENV
+from effnet.runs import ACTIVE, RunInfo, checkpoints_dir, list_runs, run_path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-ACTIVE = ("starting", "waiting", "loading data", "running")
-HEARTBEAT_TIMEOUT_S = 60.0
-
-
-def checkpoints_dir(path: str | os.PathLike | None = None) -> Path:
-    """``path``, else ``$EFFNET_CHECKPOINTS``, else ``./checkpoints``."""
-    return Path(path or os.environ.get("EFFNET_CHECKPOINTS") or "checkpoints")
-
-
-@contextlib.contextmanager
-def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
-    """An exclusive ``flock`` on ``path``; yields False (without waiting) if ``blocking`` is off and it is taken."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+QUEUE_LOCK, RUNNER_LOCK = ".queue.lock", ".runner.lock"
+DEVICES_ENV = "EFFNET_DEVICES"  # e.g. "cuda:0,cuda:1"; "cpu#0,cpu#1" simulates two slots on the CPU
+MAX_QUEUED_ENV, DEFAULT_MAX_QUEUED = "EFFNET_MAX_QUEUED", 2
+# Checkpoints written at once (last.pt, its temporary copy, best.pt) and a margin for metrics and logs.
+CHECKPOINT_COPIES, DISK_MARGIN_BYTES = 4, 64 * 1024**2
+POLL_S = 0.5
 
 
 @dataclass(frozen=True)
-class RunInfo:
-    """One run as the app shows it."""
+class Caller:
+    """Who asks: a browser's owner token and whether it signed in as the teacher.
 
-    run_id: str
-    path: Path
-    state: str  # queued, starting, waiting, loading data, running, stopped, finished, failed
-    label: str
-    config: dict[str, Any]
-    status: dict[str, Any]
-    error: str | None
-    queued_at: int = 0  # ns; queue order (0 for runs started from the command line)
+    ``Caller.operator()`` (the command line, tests) may do anything.
+    """
 
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE
+    owner: str | None
+    teacher: bool = False
 
+    @classmethod
+    def operator(cls) -> Caller:
+        return cls(None, teacher=True)
 
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) is not alive.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    def may_manage(self, info: RunInfo) -> bool:
+        """Only a run's owner, or the teacher, may stop, resume, rename or delete it."""
+        return self.teacher or (info.owner is not None and info.owner == self.owner)
 
 
-@dataclass(frozen=True)
-class Progress:
-    fraction: float  # of the whole run, 0..1
-    text: str
-    eta_s: float | None
+def _check_caller(info: RunInfo, caller: Caller | None, action: str) -> None:
+    if caller is not None and not caller.may_manage(info):
+        raise PermissionError(f"run {info.run_id} belongs to another user; only its owner or the teacher may {action} it")
 
 
-def progress(info: RunInfo) -> Progress:
-    """Where a run is (epoch, step, phase) and, while it runs, when it should end."""
-    s = info.status
-    epochs, steps = int(s.get("epochs") or info.config.get("train", {}).get("epochs") or 1), int(s.get("steps") or 0)
-    epoch, step = int(s.get("epoch") or 0), int(s.get("step") or 0)
-    if info.state == "finished":
-        return Progress(1.0, f"finished {epochs} epochs", None)
-    if not steps or not epoch:
-        return Progress(0.0, info.state, None)
-    fraction = min(1.0, ((epoch - 1) + step / steps) / epochs)
-    text = f"epoch {epoch}/{epochs} · step {step}/{steps}"
-    if s.get("phase") == "evaluating":
-        text += " · evaluating"
-    eta = None
-    if info.active and s.get("running_since"):
-        done = fraction - float(s.get("start_fraction") or 0.0)
-        elapsed = time.time() - float(s["running_since"])
-        if done > 0.002 and elapsed > 1:
-            eta = elapsed / done * (1 - fraction)
-            text += f" · ETA {_duration(eta)}"
-    return Progress(fraction, text, eta)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds} s"
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def log_tail(run_dir: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join((run_dir / runs.LOG).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def read_run(run_dir: Path) -> RunInfo:
-    """A run's state from its files, with dead processes detected."""
-    status = runs.read_json(run_dir / runs.STATUS) or {}
-    job = runs.read_json(run_dir / runs.JOB) or {}
-    config = runs.read_json(run_dir / runs.CONFIG) or {}
-    state = status.get("state", "queued" if job else "unknown")
-    error = status.get("error")
-    if state in ACTIVE:
-        age = time.time() - float(status.get("heartbeat", 0) or 0)
-        if not _pid_alive(status.get("pid")) or age > HEARTBEAT_TIMEOUT_S:
-            state = "failed"
-            why = "its process is gone" if not _pid_alive(status.get("pid")) else f"no heartbeat for {age:.0f} s"
-            error = f"The training process died ({why}: killed, out of memory, or the machine restarted)."
-            tail = log_tail(run_dir)
-            if tail:
-                error += "\nLast output:\n" + tail
-    label = job.get("label") or _label(config.get("spec"))
-    return RunInfo(run_dir.name, run_dir, state, label, config or job.get("config", {}), status, error,
-                   int(job.get("queued_at", 0) or 0))
-
-
-def _label(spec: dict[str, Any] | None) -> str:
-    if not spec:
-        return "?"
-    from effnet.scaling import ScalingSpec
-
-    try:
-        return ScalingSpec.from_dict(spec).name
-    except ValueError:
-        return "?"
-
-
-def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
-    """All runs under ``root``, oldest first (queue order for queued ones)."""
-    root = checkpoints_dir(root)
-    if not root.is_dir():
-        return []
-    found = [read_run(d) for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-             and ((d / runs.JOB).exists() or (d / runs.CONFIG).exists())]
-    return sorted(found, key=lambda r: (r.queued_at, r.run_id))
-
-
+# ----------------------------------------------------------------------------- checks before queueing
 def available_memory_bytes(device: str) -> int:
     """Memory the run will have: the GPU's total, or this machine's RAM."""
     if device.startswith("cuda") or device == "auto":
@@ -206,92 +83,232 @@ def available_memory_bytes(device: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+# A run may plan to use this share of the device's memory; the rest is the framework's and the system's.
+MEMORY_SHARE = 0.9
+
+
 def check_fits(config: TrainConfig) -> None:
-    """Refuse a run whose estimated training memory exceeds the device's (analytic, from the card)."""
-    card = model_card(config.model_spec)
+    """Refuse a run whose estimated training memory exceeds what the device can give it (analytic, from the card)."""
+    card = model_card(config.spec)
     need = card.train_memory_bytes(config.batch_size)
     have = available_memory_bytes(config.device)
-    if need > 0.9 * have:
+    if need > MEMORY_SHARE * have:
         raise ValueError(
-            f"batch_size: {card.spec.name} at batch {config.batch_size} needs about {need / 1024**3:.1f} GiB "
-            f"to train, more than the {have / 1024**3:.1f} GiB available; lower the batch size or phi"
+            f"batch_size: {card.spec.name} at batch {config.batch_size} needs about {need / 1024**3:.1f} GiB to "
+            f"train; this device has {have / 1024**3:.1f} GiB, of which a run may use "
+            f"{MEMORY_SHARE * have / 1024**3:.1f} GiB. Lower the batch size or phi"
         )
 
 
+def checkpoint_bytes(config: TrainConfig) -> int:
+    """Bytes of a run's checkpoints on disk: last.pt (weights, momentum, EMA) and best.pt, fp32."""
+    params = model_card(config.spec).params
+    return 4 * params * (2 + (config.ema > 0)) + 4 * params
+
+
+def check_disk(config: TrainConfig, root: Path) -> None:
+    """Refuse a run when the checkpoints disk cannot hold a few of its checkpoints."""
+    need = CHECKPOINT_COPIES * checkpoint_bytes(config) + DISK_MARGIN_BYTES
+    probe = root if root.exists() else root.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise ValueError(f"disk: {probe} has {free / 1024**2:.0f} MB free; this run's checkpoints need about "
+                         f"{need / 1024**2:.0f} MB. Free some space (delete old runs) first")
+
+
+def max_queued() -> int:
+    """Queued or running runs one owner may have at once (``$EFFNET_MAX_QUEUED``, default 2)."""
+    try:
+        return max(1, int(os.environ.get(MAX_QUEUED_ENV, DEFAULT_MAX_QUEUED)))
+    except ValueError:
+        return DEFAULT_MAX_QUEUED
+
+
+def _check_quota(root: Path, caller: Caller | None, adding: int) -> None:
+    if caller is None or caller.teacher:
+        return
+    mine = [r for r in list_runs(root) if r.owner == caller.owner and (r.active or r.state == "queued")]
+    if len(mine) + adding > max_queued():
+        raise ValueError(f"queue: you already have {len(mine)} run(s) queued or training; each user may have "
+                         f"{max_queued()} at once. Wait for one to finish or stop one")
+
+
+# ----------------------------------------------------------------------------- queue actions
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "run"
 
 
 def submit(config: TrainConfig, root: str | os.PathLike | None = None, label: str | None = None,
-           start_runner: bool = True) -> str:
+           caller: Caller | None = None, distributed: bool = False, start_runner: bool = True) -> str:
     """Queue a training run; returns its run id.
 
-    Everything is checked first (settings, spec, memory), so a refused run leaves no trace.
+    Everything is checked first (settings, spec, memory, disk, the caller's quota), so a refused run
+    leaves no trace. ``distributed``: one DDP job across every device slot of the queue.
     """
-    config.validate()
-    check_fits(config)
+    return submit_many([config], root, [label], caller, distributed, start_runner)[0]
+
+
+def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = None,
+                labels: list[str | None] | None = None, caller: Caller | None = None, distributed: bool = False,
+                start_runner: bool = True) -> list[str]:
+    """Queue several runs, all or none: each is checked before the first is written."""
     root = checkpoints_dir(root).resolve()
-    label = label or config.model_spec.name
-    if config.data_dir is None:  # the runner may start elsewhere: pin the data folder this process sees
-        config = replace(config, data_dir=str(data_dir().resolve()))
-    with _locked(root / ".queue.lock"):
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(label)}-{secrets.token_hex(2)}"
-        run_dir = root / run_id
-        run_dir.mkdir(parents=True)
-        runs.write_json(run_dir / runs.JOB, {"argv": config_to_argv(config, run_dir), "label": label,
-                                             "queued_at": time.time_ns(), "config": asdict(config)})
-        runs.write_json(run_dir / runs.STATUS, {"state": "queued"})
+    labels = labels or [None] * len(configs)
+    pinned = []
+    for config in configs:
+        config.validate()
+        check_fits(config)
+        check_disk(config, root)
+        if config.data_dir is None:  # the runner may start elsewhere: pin the data folder this process sees
+            from effnet.data import data_dir
+
+            config = config.replace(data_dir=str(data_dir().resolve()))
+        pinned.append(config)
+    ids = []
+    with locks.exclusive(root / QUEUE_LOCK):
+        _check_quota(root, caller, len(pinned))
+        for config, label in zip(pinned, labels, strict=True):
+            label = label or config.spec.name
+            run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(label)}-{secrets.token_hex(2)}"
+            run_dir = root / run_id
+            run_dir.mkdir(parents=True)
+            runs.write_json(run_dir / runs.JOB, {"config": config.to_dict(), "label": label, "queued_at": time.time_ns(),
+                                                 "generation": 1, "owner": caller.owner if caller else None,
+                                                 "resume": False, "distributed": distributed})
+            runs.write_json(run_dir / runs.STATUS, {"state": "queued", "generation": 1})
+            ids.append(run_id)
     if start_runner:
         ensure_runner(root)
-    return run_id
+    return ids
 
 
-def resume(run_id: str, root: str | os.PathLike | None = None) -> None:
+def resume(run_id: str, root: str | os.PathLike | None = None, caller: Caller | None = None) -> None:
     """Queue a stopped or failed run again; it continues from its last checkpoint."""
     root = checkpoints_dir(root).resolve()
-    run_dir = root / run_id
-    with _locked(root / ".queue.lock"):
-        info = read_run(run_dir)
-        if info.active or info.state == "queued":
-            raise ValueError(f"run {run_id} is already {info.state}")
-        job = runs.read_json(run_dir / runs.JOB)
-        if job is None:
-            raise ValueError(f"run {run_id} was not started from the app; resume it with python -m effnet.train --resume")
-        argv = [a for a in job["argv"] if a != "--resume"] + ["--resume"]
-        runs.write_json(run_dir / runs.JOB, {**job, "argv": argv, "queued_at": time.time_ns()})
-        runs.write_json(run_dir / runs.STATUS, {**info.status, "state": "queued", "error": None})
+    run_dir = run_path(root, run_id)
+    with locks.exclusive(root / QUEUE_LOCK):
+        info = runs.read_run(run_dir)
+        _check_caller(info, caller, "resume")
+        if not resumable(info):
+            raise ValueError(f"run {run_id} cannot be resumed: it is {info.state}"
+                             + ("" if info.from_queue else " and was not started from the queue (use python -m "
+                                "effnet.train --resume)"))
+        _check_quota(root, caller, 1)
+        job = runs.load_json(run_dir / runs.JOB) or {}
+        generation = int(job.get("generation", 0)) + 1
+        runs.write_json(run_dir / runs.JOB, {**job, "resume": True, "queued_at": time.time_ns(),
+                                             "generation": generation})
+        runs.write_json(run_dir / runs.STATUS, {**info.status, "state": "queued", "error": None,
+                                                "generation": generation})
     ensure_runner(root)
 
 
-def stop(run_id: str, root: str | os.PathLike | None = None) -> str:
+def resumable(info: RunInfo) -> bool:
+    """Stopped or failed with a checkpoint to continue from (a run refused before training has none)."""
+    if not info.from_queue or info.damaged:
+        return False
+    return info.state in ("stopped", "failed") and (info.path / runs.LAST).is_file()
+
+
+def _is_trainer(pid: int, run_dir: Path) -> bool:
+    """Whether ``pid`` is a training process of this run (a status file can name any pid)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"effnet.train" in argv and any(a.decode(errors="replace").rstrip("/").endswith(run_dir.name)
+                                           for a in argv)
+
+
+def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | None = None) -> str:
     """Cancel a queued run, or ask a running one to checkpoint and exit (SIGTERM). Returns the new state."""
     root = checkpoints_dir(root).resolve()
-    run_dir = root / run_id
-    with _locked(root / ".queue.lock"):
-        info = read_run(run_dir)
+    run_dir = run_path(root, run_id)
+    with locks.exclusive(root / QUEUE_LOCK):
+        info = runs.read_run(run_dir)
+        _check_caller(info, caller, "stop")
         if info.state == "queued":
             runs.write_json(run_dir / runs.STATUS, {**info.status, "state": "stopped"})
             return "stopped"
-    if info.active:
+    pid = info.status.get("pid")
+    if info.active and isinstance(pid, int) and _is_trainer(pid, run_dir):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(int(info.status["pid"]), signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)
         return "stopping"
     return info.state
 
 
-def delete(run_id: str, root: str | os.PathLike | None = None, wait_s: float = 30.0) -> None:
-    """Stop the run if needed, then remove its folder."""
+def delete(run_id: str, root: str | os.PathLike | None = None, wait_s: float = 30.0,
+           caller: Caller | None = None) -> None:
+    """Stop the run if needed, then remove its folder (a symbolic link in its place: only the link)."""
     root = checkpoints_dir(root).resolve()
-    run_dir = root / run_id
-    if not run_dir.is_dir() or run_dir.parent != root:
-        raise ValueError(f"no run {run_id!r} in {root}")
+    link = root / run_id if isinstance(run_id, str) and runs.RUN_ID.fullmatch(run_id) else None
+    if link is not None and link.is_symlink():
+        if caller is not None and not caller.teacher:
+            raise PermissionError(f"{run_id} is not a run; only the teacher may remove it")
+        link.unlink()
+        return
+    run_dir = run_path(root, run_id)
+    info = runs.read_run(run_dir)
+    _check_caller(info, caller, "delete")
     stop(run_id, root)
     deadline = time.monotonic() + wait_s
-    while read_run(run_dir).active:
+    while runs.read_run(run_dir).active:
         if time.monotonic() > deadline:
             raise RuntimeError(f"run {run_id} did not stop within {wait_s:.0f} s; try again")
         time.sleep(0.2)
     shutil.rmtree(run_dir)
+
+
+def rename(run_id: str, label: str, root: str | os.PathLike | None = None, caller: Caller | None = None) -> None:
+    """Give a run the label every page shows (kept in its job.json, or a new one for a CLI-started run)."""
+    label = " ".join(str(label).split())
+    if not 1 <= len(label) <= 80:
+        raise ValueError("label: give a name of 1 to 80 characters")
+    root = checkpoints_dir(root).resolve()
+    run_dir = run_path(root, run_id)
+    with locks.exclusive(root / QUEUE_LOCK):
+        info = runs.read_run(run_dir)
+        _check_caller(info, caller, "rename")
+        if info.damaged:
+            raise ValueError(f"run {run_id} is damaged ({info.error}); delete it instead")
+        runs.write_json(run_dir / runs.LABEL, {"label": label})
+
+
+# ----------------------------------------------------------------------------- devices and the runner
+def device_slots() -> list[str]:
+    """Where the queue trains, one run per slot at a time: ``$EFFNET_DEVICES``, else each GPU, else the CPU.
+
+    A slot is a device name (``cuda:1``); ``cpu#0,cpu#1`` gives two CPU slots, which simulates a
+    two-GPU server on a machine without one (tests use it).
+    """
+    listed = [d.strip() for d in os.environ.get(DEVICES_ENV, "").split(",") if d.strip()]
+    if listed:
+        return listed
+    import torch
+
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+
+
+def slot_device(slot: str) -> str:
+    """The torch device of a slot: ``cpu#1`` -> ``cpu``."""
+    return slot.split("#")[0]
+
+
+def _fits_slot(config: TrainConfig, slot: str) -> bool:
+    """auto and cpu runs take any slot (a CPU run still occupies one); cuda needs a GPU, cuda:N that GPU."""
+    wanted, device = config.device, slot_device(slot)
+    return wanted in ("auto", "cpu", device) or (wanted == "cuda" and device.startswith("cuda"))
+
+
+def heal(root: str | os.PathLike | None = None, infos: list[RunInfo] | None = None) -> bool:
+    """Start a runner when queued runs wait and none is alive; True if one was started."""
+    root = checkpoints_dir(root).resolve()
+    infos = list_runs(root) if infos is None else infos
+    if not any(i.state == "queued" for i in infos) or locks.is_held(root / RUNNER_LOCK):
+        return False
+    ensure_runner(root)
+    return True
 
 
 def ensure_runner(root: Path) -> None:
@@ -303,66 +320,135 @@ def ensure_runner(root: Path) -> None:
                          start_new_session=True, close_fds=True)
 
 
-def _next_queued(root: Path) -> Path | None:
-    queued = [r for r in list_runs(root) if r.state == "queued"]
-    return queued[0].path if queued else None
+@dataclass
+class _Started:
+    run_dir: Path
+    proc: subprocess.Popen
+    generation: int
+    slots: list[str]
 
 
-def _start_next(root: Path) -> tuple[Path, subprocess.Popen] | None:
-    """Under the queue lock: launch the oldest queued run and record its pid, or None if none is queued."""
-    with _locked(root / ".queue.lock"):
-        run_dir = _next_queued(root)
-        if run_dir is None:
+def device_lock(root: Path, slot: str) -> Path:
+    """The lock a run holds while it trains on ``slot``."""
+    return root / f".device-{re.sub(r'[^A-Za-z0-9]+', '-', slot)}.lock"
+
+
+def _command(info: RunInfo, job: dict, slots: list[str]) -> list[str]:
+    train = ["-m", "effnet.train", "--config", str(info.path / runs.JOB), "--out", str(info.path)]
+    train += ["--resume"] if job.get("resume") else []
+    if info.config.device == "cpu":
+        return [sys.executable, *train, "--device", "cpu"]
+    if len(slots) == 1:
+        return [sys.executable, *train, "--device", slot_device(slots[0])]
+    device = "cpu" if all(slot_device(s) == "cpu" for s in slots) else "cuda"
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(len(slots)),
+            *train, "--device", device]
+
+
+def _pick(queued: list[RunInfo], free: list[str]) -> tuple[RunInfo, list[str]] | None:
+    """The oldest queued run that can start on the free slots now.
+
+    A waiting distributed run needs every slot: once it is first in line, nothing overtakes it.
+    """
+    slots = device_slots()
+    for info in queued:
+        job = runs.load_json(info.path / runs.JOB) or {}
+        if job.get("distributed"):
+            return (info, slots) if len(free) == len(slots) else None
+        chosen = next((s for s in free if _fits_slot(info.config, s)), None)
+        if chosen is not None:
+            return info, [chosen]
+    return None
+
+
+def _start_next(root: Path, running: list[_Started]) -> _Started | None:
+    """Under the queue lock: launch the oldest queued run that fits a free slot, or None."""
+    with locks.exclusive(root / QUEUE_LOCK):
+        taken = {s for r in running for s in r.slots}
+        free = [s for s in device_slots() if s not in taken]
+        queued = [r for r in list_runs(root) if r.state == "queued"]
+        picked = _pick(queued, free)
+        if picked is None:
             return None
-        job = runs.read_json(run_dir / runs.JOB) or {}
-        with open(run_dir / runs.LOG, "ab") as log:
-            env = {**os.environ, DEVICE_LOCK_ENV: str(root / ".device.lock")}
-            proc = subprocess.Popen([sys.executable, "-m", "effnet.train", *job.get("argv", [])], cwd=PROJECT_DIR,
-                                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        runs.write_json(run_dir / runs.STATUS, {"state": "starting", "pid": proc.pid, "heartbeat": time.time()})
-        return run_dir, proc
+        info, slots = picked
+        job = runs.load_json(info.path / runs.JOB) or {}
+        generation = int(info.status.get("generation", job.get("generation", 0)))
+        env = {**os.environ, DEVICE_LOCK_ENV: os.pathsep.join(str(device_lock(root, s)) for s in slots)}
+        with open(info.path / runs.LOG, "ab") as log:
+            proc = subprocess.Popen(_command(info, job, slots), cwd=PROJECT_DIR, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        runs.write_json(info.path / runs.STATUS, {"state": "starting", "pid": proc.pid, "heartbeat": time.time(),
+                                                  "generation": generation, "slot": ", ".join(slots)})
+        return _Started(info.path, proc, generation, slots)
 
 
-def _finish(run_dir: Path, code: int) -> None:
-    """After the process exits: make sure its status is final even if it could not write it itself."""
-    status = runs.read_json(run_dir / runs.STATUS) or {}
-    if status.get("state") not in ACTIVE and (code == 0 or status.get("state") == "failed"):
-        return
-    if code == -signal.SIGTERM:  # stopped before it could install its own handler
-        runs.write_json(run_dir / runs.STATUS, {**status, "state": "stopped"})
-        return
-    tail = log_tail(run_dir)
-    runs.write_json(run_dir / runs.STATUS, {**status, "state": "failed", "exit_code": code,
-                                            "error": f"training exited with code {code}\n{tail}".strip()})
+def _finish(started: _Started, code: int) -> None:
+    """After the process exits: make its status final if it could not, unless the run was queued again meanwhile."""
+    run_dir = started.run_dir
+    with locks.exclusive(run_dir.parent / QUEUE_LOCK):
+        status = runs.read_json(run_dir / runs.STATUS) or {}
+        if int(status.get("generation", started.generation)) != started.generation:
+            return  # resumed (or otherwise requeued) after this process started: not ours to touch
+        if status.get("state") not in ACTIVE and (code == 0 or status.get("state") == "failed"):
+            return
+        if code == -signal.SIGTERM:  # stopped before it could install its own handler
+            runs.write_json(run_dir / runs.STATUS, {**status, "state": "stopped"})
+            return
+        tail = runs.log_tail(run_dir)
+        runs.write_json(run_dir / runs.STATUS, {**status, "state": "failed", "exit_code": code,
+                                                "error": f"training exited with code {code}\n{tail}".strip()})
+
+
+def _drain(root: Path) -> None:
+    """Start runs while slots are free, reap those that end, until nothing is queued or running."""
+    running: list[_Started] = []
+    while True:
+        for started in [r for r in running if r.proc.poll() is not None]:
+            running.remove(started)
+            try:
+                _finish(started, started.proc.returncode)
+            except OSError as exc:  # a full disk must not kill the runner: the next run may fit
+                print(f"could not record the end of {started.run_dir.name}: {exc}", file=sys.stderr, flush=True)
+        try:
+            while (started := _start_next(root, running)) is not None:
+                running.append(started)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            print(f"disk full while starting a run: {exc}", file=sys.stderr, flush=True)
+        if not running:
+            return
+        time.sleep(POLL_S)
 
 
 def run_queue(root: Path) -> None:
-    """The runner's loop: while holding the runner lock, train queued runs one by one."""
+    """The runner's life: while holding the runner lock, drain the queue."""
     while True:
-        with _locked(root / ".runner.lock", blocking=False) as mine:
+        with locks.exclusive(root / RUNNER_LOCK, wait=False) as mine:
             if not mine:
                 return  # another runner is alive and will see our job
-            while (started := _start_next(root)) is not None:
-                run_dir, proc = started
-                _finish(run_dir, proc.wait())
+            _drain(root)
         # A job submitted while we were deciding to leave found the lock taken; look once more.
-        with _locked(root / ".queue.lock"):
-            if _next_queued(root) is None:
+        with locks.exclusive(root / QUEUE_LOCK):
+            if not any(r.state == "queued" for r in list_runs(root)):
                 return
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m effnet.jobs", description="training job queue")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("runner", help="train queued runs one at a time (started automatically)").add_argument(
-        "--root", required=True)
+    sub.add_parser("runner", help="train queued runs (started automatically)").add_argument("--root", required=True)
     sub.add_parser("list", help="list runs and their states").add_argument("--root")
     args = parser.parse_args(argv)
     if args.command == "runner":
         run_queue(Path(args.root))
-    else:
-        for r in list_runs(args.root):
-            print(f"{r.run_id:<48} {r.state:<10} {r.label}")
+        return 0
+    infos = list_runs(args.root)
+    if heal(args.root, infos):
+        print("(queued runs had no runner: started one)", file=sys.stderr)
+    for r in infos:
+        state = r.error if r.damaged else r.state
+        print(f"{r.run_id:<48} {state:<10} {r.label}")
     return 0
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from effnet.card import model_card
 from effnet.model import build_model
-from effnet.profile import model_card
 from effnet.scaling import ScalingSpec
 
 _LOCK = threading.Lock()

@@ -8,10 +8,14 @@ All shapes come from the spec; this file only turns them into modules.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
-from effnet.scaling import STOCHASTIC_DEPTH, ScalingSpec, round_channels, squeeze_channels
+from effnet.card import model_card
+from effnet.scaling import STOCHASTIC_DEPTH, Block, ScalingSpec
 
 
 class ConvBNAct(nn.Sequential):
@@ -42,22 +46,21 @@ class SqueezeExcite(nn.Module):
 
 
 class MBConv(nn.Module):
-    """Inverted residual: expand 1x1 -> depthwise kxk -> SE -> project 1x1 (+ residual)."""
+    """Inverted residual: expand 1x1 -> depthwise kxk -> SE -> project 1x1 (+ residual). Shape from ``Block``."""
 
-    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int,
-                 drop_path: float, bn: tuple[float, float]) -> None:
+    def __init__(self, block: Block, drop_path: float, bn: tuple[float, float]) -> None:
         super().__init__()
-        mid = round_channels(cin * expand)
+        mid = block.expanded
         layers: list[nn.Module] = []
-        if mid != cin:
-            layers.append(ConvBNAct(cin, mid, 1, bn=bn))
+        if block.has_expansion:
+            layers.append(ConvBNAct(block.in_channels, mid, 1, bn=bn))
         layers += [
-            ConvBNAct(mid, mid, kernel, stride, groups=mid, bn=bn),
-            SqueezeExcite(mid, squeeze_channels(cin)),
-            ConvBNAct(mid, cout, 1, act=False, bn=bn),
+            ConvBNAct(mid, mid, block.kernel, block.stride, groups=mid, bn=bn),
+            SqueezeExcite(mid, block.squeeze),
+            ConvBNAct(mid, block.out_channels, 1, act=False, bn=bn),
         ]
         self.block = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
+        self.residual = block.residual
         self.drop_path = drop_path
 
     def forward(self, x: Tensor) -> Tensor:
@@ -73,7 +76,7 @@ class MBConv(nn.Module):
 
 
 class EfficientNet(nn.Module):
-    """The network for one spec. ``features`` ends at the last feature map (used by CAMs)."""
+    """The network for one spec: ``features`` (stem, seven stages, head conv), pooling, classifier."""
 
     def __init__(self, spec: ScalingSpec) -> None:
         super().__init__()
@@ -84,11 +87,9 @@ class EfficientNet(nn.Module):
         index = 0
         for st in spec.stages:
             blocks = []
-            for r in range(st.repeats):
+            for block in st.blocks:
                 # Linear stochastic-depth schedule over all blocks: 0 for the first, up to 0.2.
-                drop = STOCHASTIC_DEPTH * index / total
-                blocks.append(MBConv(st.in_channels if r == 0 else st.out_channels, st.out_channels,
-                                     st.expand, st.kernel, st.stride if r == 0 else 1, drop, bn))
+                blocks.append(MBConv(block, STOCHASTIC_DEPTH * index / total, bn))
                 index += 1
             layers.append(nn.Sequential(*blocks))
         layers.append(ConvBNAct(spec.stages[-1].out_channels, spec.head_channels, 1, bn=bn))
@@ -111,56 +112,78 @@ class EfficientNet(nn.Module):
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
 
-    @property
-    def target_layer(self) -> nn.Module:
-        """The last feature map (head conv): the layer class activation maps explain."""
-        return self.features[-1]
-
     def forward(self, x: Tensor) -> Tensor:
         x = self.avgpool(self.features(x)).flatten(1)
         return self.classifier(x)
 
 
 def build_model(spec: ScalingSpec, device: torch.device | str | None = None) -> EfficientNet:
-    """A freshly initialised model for ``spec`` (already validated: its size is within bounds).
+    """A freshly initialised model for ``spec``; ``ValueError`` first if the card says it is too large.
 
     With ``device=None`` the current default device applies (``with torch.device("meta")`` works).
     """
+    model_card(spec)  # the size guard: refuses before a single tensor is allocated
     if device is None:
         return EfficientNet(spec)
     with torch.device(device):
         return EfficientNet(spec)
 
 
+# torchvision's weight files are named <model>-<first hex digits of their sha256>.pth.
+WEIGHTS_HASH = re.compile(r"-([a-f0-9]{6,})\.pth$")
+
+
+def imagenet_state_dict(variant: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet weights for ``variant``: downloaded once (sha256 checked) into torch's cache.
+
+    The file is loaded with ``weights_only=True``: a poisoned file in the cache cannot run code.
+    ``RuntimeError`` saying where to put the file when it cannot be had (offline).
+    """
+    import torchvision.models as tvm
+
+    url = tvm.get_model_weights(f"efficientnet_{variant}").IMAGENET1K_V1.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Written to a temporary file and moved into place only when the hash matches.
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=WEIGHTS_HASH.search(path.name).group(1),
+                                           progress=False)
+        except Exception as exc:  # urllib/ssl/hash errors all mean: no usable weights here
+            raise RuntimeError(
+                f"Could not get torchvision's ImageNet weights for {variant.upper()} ({exc.__class__.__name__}: "
+                f"{exc}). They download from {url}; without internet, copy that file to {path}."
+            ) from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(f"{path} is not a usable weights file ({exc.__class__.__name__}: "
+                           f"{str(exc).splitlines()[0]}); delete it and it downloads again") from exc
+    if not isinstance(state, dict):
+        raise RuntimeError(f"{path} does not hold a state dict; delete it and it downloads again")
+    return state
+
+
 def load_pretrained(spec: ScalingSpec, device: torch.device | str | None = None) -> EfficientNet:
-    """``spec``'s model with torchvision's ImageNet weights (downloaded once into torch's cache).
+    """``spec``'s model with torchvision's ImageNet weights (see ``imagenet_state_dict``).
 
     Needs an official variant. With ``num_classes != 1000`` the classifier stays freshly
-    initialised (fine-tuning); everything else is loaded strictly. Offline this raises
-    ``RuntimeError`` saying where to put the weights file.
+    initialised (fine-tuning); everything else is loaded strictly.
     """
     if spec.variant is None:
         raise ValueError("variant: ImageNet weights exist only for the official variants b0-b7")
     if spec.normalization != "imagenet":
         raise ValueError("normalization: ImageNet weights expect normalization='imagenet' in the spec")
-    import torchvision.models as tvm
-
-    weights = tvm.get_model_weights(f"efficientnet_{spec.variant}").IMAGENET1K_V1
-    try:
-        state = weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:  # urllib/ssl/hash errors all mean: no usable weights here
-        cache = torch.hub.get_dir() + "/checkpoints/" + weights.url.rsplit("/", 1)[-1]
-        raise RuntimeError(
-            f"Could not get torchvision's ImageNet weights for {spec.variant.upper()} ({exc.__class__.__name__}: "
-            f"{exc}). They download from {weights.url}; without internet, copy that file to {cache}."
-        ) from exc
+    state = imagenet_state_dict(spec.variant)
     model = build_model(spec, device)
-    if spec.num_classes != 1000:
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or set(missing) != {"classifier.1.weight", "classifier.1.bias"}:
-            raise RuntimeError(f"ImageNet weights do not fit {spec.name}: missing {missing}, unexpected {unexpected}")
-    else:
-        model.load_state_dict(state, strict=True)
+    try:
+        if spec.num_classes != 1000:
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or set(missing) != {"classifier.1.weight", "classifier.1.bias"}:
+                raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
+        else:
+            model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise RuntimeError(f"ImageNet weights do not fit {spec.name}: {str(exc).splitlines()[0]}") from exc
     return model
-

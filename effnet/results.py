@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet import runs
-from effnet.jobs import list_runs
-from effnet.profile import model_card
+from effnet.card import model_card
 from effnet.scaling import OFFICIAL, ScalingSpec
 
 PAPER_IMAGENET_TOP1 = {name.upper(): v.imagenet_top1 for name, v in OFFICIAL.items()}
@@ -51,22 +50,42 @@ class RunResult:
         return max(rows, key=lambda r: r["val_top1"]) if rows else None
 
 
-def collect(root: str | Path | None = None) -> list[RunResult]:
-    """Every run with at least one finished epoch (running ones included), oldest first."""
-    usable = []
-    for info in list_runs(root):
-        rows = runs.read_metrics(info.path)
-        try:
-            spec = ScalingSpec.from_dict(info.config["spec"])
-        except (KeyError, TypeError, ValueError):
+@dataclass(frozen=True)
+class Gathered:
+    """The runs that have results, and why each other run is left out (``(run id, reason)``)."""
+
+    results: list[RunResult]
+    left_out: list[tuple[str, str]]
+
+
+def gather(root: str | Path | None = None) -> Gathered:
+    """Every run with at least one finished epoch (running ones included), oldest first; the rest with reasons."""
+    usable, left_out = [], []
+    for info in runs.list_runs(root):
+        if info.damaged or info.spec is None:
+            left_out.append((info.run_id, info.error or "no config.json or job.json"))
             continue
-        if rows:
-            usable.append((info, spec, rows))
-    labels = [info.label for info, _, _ in usable]
+        try:
+            rows = runs.load_metrics(info.path)
+            model_card(info.spec)
+        except ValueError as exc:
+            left_out.append((info.run_id, f"damaged: {exc}"))
+            continue
+        if not rows:
+            left_out.append((info.run_id, f"no finished epoch yet ({info.state})"))
+            continue
+        usable.append((info, rows))
+    labels = [info.label for info, _ in usable]
     # Two runs of the same variant get their run id's tail, so table columns stay distinct.
-    return [RunResult(info.run_id, info.path,
-                      f"{info.label} ({info.run_id[-4:]})" if labels.count(info.label) > 1 else info.label,
-                      info.state, spec, rows) for info, spec, rows in usable]
+    results = [RunResult(info.run_id, info.path,
+                         f"{info.label} ({info.run_id[-4:]})" if labels.count(info.label) > 1 else info.label,
+                         info.state, info.spec, rows) for info, rows in usable]
+    return Gathered(results, left_out)
+
+
+def collect(root: str | Path | None = None) -> list[RunResult]:
+    """``gather(root).results``: the runs that have results."""
+    return gather(root).results
 
 
 def _round(value: float | None) -> float | None:
@@ -152,8 +171,17 @@ class Confusion:
 
 
 def load_confusion(run_dir: Path, which: str = "best") -> Confusion | None:
-    """The run's confusion matrix ("best" or "final" epoch), or None if it has none yet."""
-    entry, classes = (runs.read_json(run_dir / runs.CONFUSION) or {}).get(which), runs.read_classes(run_dir)
+    """The run's confusion matrix ("best" or "final" epoch), or None if it has none yet.
+
+    ``runs.Damaged`` when confusion.json is malformed (a page shows that instead of breaking).
+    """
+    entry, classes = (runs.load_json(run_dir / runs.CONFUSION) or {}).get(which), runs.load_classes(run_dir)
     if not entry or not classes:
         return None
-    return Confusion(entry["matrix"], classes["fine"], classes["coarse"], classes["fine_to_coarse"], entry["epoch"])
+    n = len(classes["fine"])
+    matrix = entry.get("matrix") if isinstance(entry, dict) else None
+    if not (isinstance(matrix, list) and len(matrix) == n and all(
+            isinstance(row, list) and len(row) == n and all(isinstance(c, int) and c >= 0 for c in row)
+            for row in matrix)) or not isinstance(entry.get("epoch"), int):
+        raise runs.Damaged(f"{runs.CONFUSION}: the {which} matrix is not {n}x{n} counts")
+    return Confusion(matrix, classes["fine"], classes["coarse"], classes["fine_to_coarse"], entry["epoch"])

@@ -18,11 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Literal
-
-Geometry = Literal["imagenet", "cifar"]
-Scaling = Literal["compound", "depth", "width", "resolution"]
-Normalization = Literal["cifar100", "imagenet"]
 
 GEOMETRIES: tuple[str, ...] = ("imagenet", "cifar")
 SCALINGS: tuple[str, ...] = ("compound", "depth", "width", "resolution")
@@ -30,14 +25,14 @@ NORMALIZATIONS: tuple[str, ...] = ("cifar100", "imagenet")
 
 # The paper's grid-search result at phi=1 (alpha * beta^2 * gamma^2 ~ 2).
 PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA = 1.2, 1.1, 1.15
+# The constraint's target (FLOPs double per unit of phi) and how far from it a spec may stray before
+# the lab warns that FLOPs no longer grow by about 2x per step of phi.
+CONSTRAINT_TARGET, CONSTRAINT_TOLERANCE = 2.0, 0.2
+# What the lab offers for alpha, beta, gamma: below 1 a dimension would shrink as phi grows.
+COEFFICIENT_RANGE = (0.5, 3.0)
 
 PHI_RANGE = (-4.0, 10.0)
 MIN_RESOLUTION = 16
-# Analytic guards, checked before anything is allocated: 1 G parameters is 4 GB of fp32 weights
-# (12 GB with gradients and SGD momentum), and 16 GiB of activations for one training image
-# (this machine has 24 GiB): past either, building or training it here cannot work.
-MAX_PARAMS = 1_000_000_000
-MAX_ACTIVATION_BYTES_PER_IMAGE = 16 * 1024**3
 
 DEFAULT_BASE_RESOLUTION = {"imagenet": 224, "cifar": 32}
 DEFAULT_OUTPUT_STRIDE = {"imagenet": 32, "cifar": 8}
@@ -62,6 +57,42 @@ class Stage:
     in_channels: int
     out_channels: int
     repeats: int
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        """The stage's MBConv blocks: the first changes channels and stride, the repeats keep both."""
+        first = Block.of(self.in_channels, self.out_channels, self.expand, self.kernel, self.stride)
+        rest = Block.of(self.out_channels, self.out_channels, self.expand, self.kernel, 1)
+        return (first,) + (rest,) * (self.repeats - 1)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One MBConv block's shape: expand 1x1 -> depthwise kxk -> squeeze-excite -> project 1x1.
+
+    The model builds exactly these and the card counts exactly these, so the two cannot disagree.
+    """
+
+    in_channels: int
+    out_channels: int
+    expanded: int  # channels of the depthwise conv (= in_channels when there is no expansion)
+    squeeze: int  # squeeze-and-excitation bottleneck width
+    kernel: int
+    stride: int
+
+    @classmethod
+    def of(cls, cin: int, cout: int, expand: int, kernel: int, stride: int) -> Block:
+        return cls(cin, cout, round_channels(cin * expand), squeeze_channels(cin), kernel, stride)
+
+    @property
+    def has_expansion(self) -> bool:
+        """MBConv1 (expansion ratio 1) has no expand conv: the depthwise conv works on the input."""
+        return self.expanded != self.in_channels
+
+    @property
+    def residual(self) -> bool:
+        """A skip connection exists only where input and output shapes match."""
+        return self.stride == 1 and self.in_channels == self.out_channels
 
 
 STEM_CHANNELS = 32
@@ -179,28 +210,17 @@ class ScalingSpec:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def official(
-        cls,
-        name: str,
-        geometry: str = "cifar",
-        num_classes: int = 100,
-        scaling: str = "compound",
-        **overrides: object,
-    ) -> ScalingSpec:
+    def official(cls, name: str, geometry: str = "cifar", num_classes: int = 100, **overrides: object) -> ScalingSpec:
         """The paper's released variant ``name`` (b0..b7).
 
         In the ``cifar`` geometry the width and depth stay the paper's and the resolution is
         32 px scaled by the paper's resolution ratio (B3: 32 * 300/224 -> 43).
-        With ``scaling`` other than compound, returns the single-dimension model at the
-        FLOPs budget ``2**phi`` for phi = the variant's index (B3 -> phi 3).
+        ``.with_scaling("width")`` turns it into the width-only model at its budget.
         """
         key = str(name).lower()
         if key not in OFFICIAL:
             raise ValueError(f"variant: {name!r} is not one of {', '.join(OFFICIAL)}")
-        phi = float(key[1:])
-        if scaling != "compound":
-            return cls(phi=phi, geometry=geometry, num_classes=num_classes, scaling=scaling, **overrides)
-        return cls(phi=phi, geometry=geometry, num_classes=num_classes, variant=key, **overrides)
+        return cls(phi=float(key[1:]), geometry=geometry, num_classes=num_classes, variant=key, **overrides)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -215,7 +235,10 @@ class ScalingSpec:
         return replace(self, phi=0.0, variant=None, scaling="compound", dropout=None)
 
     def with_scaling(self, method: str) -> ScalingSpec:
-        """This spec's FLOPs budget reached by ``method`` (compound, or one dimension alone at 2^phi)."""
+        """This spec's FLOPs budget reached by ``method`` (compound, or one dimension alone at 2^phi).
+
+        An official variant becomes a custom spec at its phi (B3 -> phi 3): it is no longer the released model.
+        """
         if method == "compound":
             return self
         return replace(self, variant=None, scaling=method)
@@ -251,6 +274,11 @@ class ScalingSpec:
     @property
     def is_official(self) -> bool:
         return self.variant is not None
+
+    @property
+    def constraint_off(self) -> bool:
+        """Whether alpha * beta^2 * gamma^2 strays from 2 by more than the lab's tolerance."""
+        return abs(self.constraint - CONSTRAINT_TARGET) > CONSTRAINT_TOLERANCE
 
     @property
     def _mults(self) -> tuple[float, float, float]:
@@ -376,7 +404,11 @@ def _whole_number(name: str, value: object) -> int:
 
 
 def _validate(spec: ScalingSpec) -> None:
-    """Raise ``ValueError`` naming the offending field; sizes are checked analytically."""
+    """Raise ``ValueError`` naming the offending field.
+
+    Whether the model is small enough to build is the model card's question (``effnet.card``):
+    it needs the per-layer counts, and this module stays below the card.
+    """
     for name in ("alpha", "beta", "gamma"):
         if _finite_number(name, getattr(spec, name)) <= 0:
             raise ValueError(f"{name}: must be positive, got {getattr(spec, name)!r}")
@@ -393,7 +425,7 @@ def _validate(spec: ScalingSpec) -> None:
         if spec.variant not in OFFICIAL:
             raise ValueError(f"variant: {spec.variant!r} is not one of {', '.join(OFFICIAL)}")
         if spec.scaling != "compound":
-            raise ValueError("scaling: an official variant is compound-scaled; use ScalingSpec.official(..., scaling=...)")
+            raise ValueError("scaling: an official variant is compound-scaled; use .with_scaling(method) for one dimension")
     if _whole_number("num_classes", spec.num_classes) < 1:
         raise ValueError(f"num_classes: must be at least 1, got {spec.num_classes}")
     if spec.base_resolution is not None and _whole_number("base_resolution", spec.base_resolution) < MIN_RESOLUTION:
@@ -406,25 +438,4 @@ def _validate(spec: ScalingSpec) -> None:
         raise ValueError(
             f"resolution: {spec.base} px x {spec.resolution_mult:.3g} = {spec.resolution} px is below "
             f"the minimum of {MIN_RESOLUTION} px (raise phi, gamma or base_resolution)"
-        )
-    _check_size(spec)
-
-
-def _check_size(spec: ScalingSpec) -> None:
-    # Imported here: profile builds on this module (the card is pure arithmetic too).
-    from effnet.profile import model_card
-
-    card = model_card(spec)
-    params = card.params
-    if params > MAX_PARAMS:
-        raise ValueError(
-            f"phi: {spec.name} would have {params / 1e9:.2f} G parameters, more than the "
-            f"{MAX_PARAMS / 1e9:.0f} G this machine-friendly limit allows (lower phi or beta)"
-        )
-    act_bytes = card.activation_bytes(batch_size=1)
-    if act_bytes > MAX_ACTIVATION_BYTES_PER_IMAGE:
-        raise ValueError(
-            f"phi: {spec.name} at {spec.resolution} px needs {act_bytes / 1024**3:.1f} GiB of activations "
-            f"per training image, more than the {MAX_ACTIVATION_BYTES_PER_IMAGE / 1024**3:.0f} GiB limit "
-            "(lower phi, gamma or the resolution)"
         )

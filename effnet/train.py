@@ -1,6 +1,7 @@
 """Train an EfficientNet on CIFAR-100: ``python -m effnet.train --variant b0 --epochs 3 ...``.
 
-Read top to bottom: configuration, the learning-rate schedule, evaluation, then ``train``.
+Read top to bottom: the command line, the learning-rate schedule and seeds, one step, evaluation,
+the run's bookkeeping, then ``Run`` (a run in progress, step by step) and ``train``.
 
 Design choices, and why:
 - The data lives on the training device as uint8 and is augmented there in batches
@@ -9,18 +10,22 @@ Design choices, and why:
   generator seeded by (seed, epoch) and each step reseeds torch before augmenting and running
   the model (dropout, stochastic depth). A resumed run therefore replays exactly what an
   uninterrupted one would have done, and on the CPU ends with bitwise identical weights.
-- Checkpoints hold the exact position within the epoch (step, running sums) and are written
-  atomically at every epoch end, every ``--checkpoint-minutes`` within an epoch, and on SIGTERM.
+- Checkpoints hold the exact position within the epoch (step, running sums, time spent) and are
+  written atomically at every epoch end, every ``--checkpoint-minutes`` within an epoch, and on SIGTERM.
 - ``metrics.jsonl`` is rewritten from the rows stored in the checkpoint, so an epoch appears
   exactly once however often the run was killed and resumed.
+- The accelerator path (bf16 autocast, channels_last) is chosen by ``--precision`` and
+  ``--no-channels-last``, not by the device, so the CPU runs it too (``--precision bf16``) and tests keep it alive.
 - Under ``torchrun`` the same command trains with DDP (gloo on CPU, NCCL on GPU); rank 0 writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
+import errno
 import hashlib
 import math
 import os
@@ -29,7 +34,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,83 +42,23 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from effnet import runs
-from effnet.cli import add_spec_arguments, spec_from_args
-from effnet.data import AUGMENTATIONS, DataError, Split, augment, load_cifar100, split_train_val
+from effnet import locks, runs
+from effnet.config import AUGMENTATIONS, PRECISIONS, SCHEDULES, TrainConfig, normalization_for
+from effnet.data import DataError, Split, augment, load_cifar100, split_train_val
 from effnet.model import EfficientNet, build_model, load_pretrained
 from effnet.preprocess import to_model_input
-from effnet.scaling import ScalingSpec
+from effnet.spec_flags import add_spec_arguments, spec_from_args
 
-SCHEDULES = ("cosine", "onecycle", "constant")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a run besides the spec. Stored in ``config.json``."""
-
-    spec: dict[str, Any] = field(default_factory=lambda: ScalingSpec.official("b0").to_dict())
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    warmup_epochs: float = 1.0
-    schedule: str = "cosine"
-    ema: float = 0.0
-    augment: str = "standard"
-    subset: int | None = None
-    eval_subset: int | None = None
-    val_size: int = 5000
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False
-    channels_last: bool = True
-    pretrained: bool = False
-    data_dir: str | None = None
-    checkpoint_minutes: float = 10.0
-    eval_batch_size: int = 256
-
-    @property
-    def model_spec(self) -> ScalingSpec:
-        return ScalingSpec.from_dict(self.spec)
-
-    def validate(self) -> None:
-        """``ValueError`` naming the setting, before anything is loaded or started."""
-        spec = self.model_spec
-        checks = [
-            (self.epochs >= 1, "epochs", "must be at least 1"),
-            (self.batch_size >= 1, "batch_size", "must be at least 1"),
-            (self.eval_batch_size >= 1, "eval_batch_size", "must be at least 1"),
-            (math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number"),
-            (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
-            (self.weight_decay >= 0, "weight_decay", "must be 0 or more"),
-            (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
-            (self.warmup_epochs >= 0, "warmup_epochs", "must be 0 or more"),
-            (self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}"),
-            (0 <= self.ema < 1, "ema", "must be in [0, 1) (0 turns it off)"),
-            (self.augment in AUGMENTATIONS, "augment", f"must be one of {', '.join(AUGMENTATIONS)}"),
-            (self.subset is None or self.subset >= 1, "subset", "must be at least 1"),
-            (self.eval_subset is None or self.eval_subset >= 1, "eval_subset", "must be at least 1"),
-            (self.val_size >= 0, "val_size", "must be 0 or more"),
-            (self.checkpoint_minutes >= 0, "checkpoint_minutes", "must be 0 or more"),
-            (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "device", "must be auto, cpu or cuda[:N]"),
-            (not self.pretrained or spec.is_official, "pretrained", "needs an official variant (b0-b7)"),
-            (not self.pretrained or spec.normalization == "imagenet", "pretrained",
-             "needs the spec's normalization='imagenet' (the statistics the weights were trained with)"),
-        ]
-        for ok, name, message in checks:
-            if not ok:
-                raise ValueError(f"{name}: {message}, got {getattr(self, name)!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("device: CUDA was asked for but no GPU is available here (use --device cpu or auto)")
+# With --config, the file is the whole config; only where to write and where to run may be given beside it.
+CONFIG_COMPANIONS = ("--config", "--out", "--resume", "--device", "--data-dir")
 
 
 # ----------------------------------------------------------------------------- command line
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m effnet.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="a JSON config (or a queue's job.json) instead of the flags below")
     add_spec_arguments(p, num_classes_default=None)
     d = TrainConfig()
     p.add_argument("--epochs", type=int, default=d.epochs)
@@ -131,7 +76,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     p.add_argument("--eval-subset", type=int, help="evaluate on the first N validation and test images")
     p.add_argument("--val-size", type=int, default=d.val_size, help="images held out from training for validation")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help="auto (CUDA if present), cpu, cuda, cuda:N")
+    p.add_argument("--device", default=None, help="auto (CUDA if present; the default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 also works on the CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow to start on CPU)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights")
@@ -141,42 +88,34 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--out", required=True, help="run folder, e.g. checkpoints/my-run")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
+    """(config, run folder, resume) from the flags, or from ``--config FILE`` plus ``--out``."""
+    p = _parser()
     args = p.parse_args(argv)
     try:
-        extra = {"normalization": "imagenet"} if args.pretrained else {}
-        spec = spec_from_args(args, num_classes=args.num_classes or 100, **extra)
-        config = TrainConfig(
-            spec=spec.to_dict(), **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                                    if f.name != "spec"})
+        if args.config is not None:
+            given = [a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")]
+            extra = sorted(set(given) - set(CONFIG_COMPANIONS))
+            if extra:
+                raise ValueError(f"config: with --config, the file holds the settings; drop {', '.join(extra)}")
+            config = TrainConfig.load(Path(args.config))
+            config = config.replace(**{k: v for k, v in (("device", args.device), ("data_dir", args.data_dir))
+                                       if v is not None})
+        else:
+            extra = {"normalization": normalization_for(args.pretrained)}
+            spec = spec_from_args(args, num_classes=args.num_classes or 100, **extra)
+            names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("spec", "device")]
+            config = TrainConfig(spec=spec, device=args.device or "auto", **{n: getattr(args, n) for n in names})
         config.validate()
     except ValueError as exc:
         p.error(str(exc))
     return config, Path(args.out), args.resume
 
 
-def config_to_argv(config: TrainConfig, out: Path, resume: bool = False) -> list[str]:
-    """The command line that ``parse_args`` turns back into ``config`` (used by the job queue)."""
-    spec = config.model_spec
-    argv = ["--variant", spec.variant] if spec.variant else [
-        "--phi", repr(spec.phi), "--alpha", repr(spec.alpha), "--beta", repr(spec.beta), "--gamma", repr(spec.gamma)]
-    argv += ["--geometry", spec.geometry, "--num-classes", str(spec.num_classes), "--scaling", spec.scaling]
-    for name in ("base_resolution", "output_stride", "dropout"):
-        if getattr(spec, name) is not None:
-            argv += [f"--{name.replace('_', '-')}", str(getattr(spec, name))]
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(config, f.name)
-        if f.name == "spec" or value is None or value == getattr(defaults, f.name):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append({"nesterov": "--no-nesterov", "channels_last": "--no-channels-last"}.get(f.name, flag))
-        else:
-            argv += [flag, str(value)]
-    return [*argv, "--out", str(out), *(["--resume"] if resume else [])]
-
-
-# ----------------------------------------------------------------------------- schedule, seeds
+# ----------------------------------------------------------------------------- schedule, seeds, one step
 def lr_at(step: int, total: int, warmup: int, base_lr: float, schedule: str) -> float:
     """Learning rate at global step ``step`` (0-based): linear warmup, then the schedule's decay."""
     if schedule == "onecycle":
@@ -208,26 +147,26 @@ class EMA:
     """Exponential moving average of the weights (buffers are copied), evaluated instead of the raw model."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self._update = get_ema_multi_avg_fn(decay)  # torch's public EMA rule (a fused lerp over all tensors)
         # Pair the tensors once: updates then touch them in place every step, no dict building.
         self.params = (list(self.model.parameters()), list(model.parameters()))
         self.buffers = list(zip(self.model.buffers(), model.buffers(), strict=True))
 
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(self.params[0], self.params[1], 1 - self.decay)
+        self._update(self.params[0], self.params[1], None)
         for mine, live in self.buffers:
             mine.copy_(live)  # BatchNorm statistics follow the live model
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-               spec: ScalingSpec, config: TrainConfig, generator: torch.Generator, amp: bool) -> tuple[Tensor, Tensor]:
+               config: TrainConfig, generator: torch.Generator, amp: bool) -> tuple[Tensor, Tensor]:
     """One SGD step on uint8 images: augment and preprocess on their device, forward, backward, update.
 
     Returns (loss, logits), detached, still on the device (no host sync here).
     """
-    x = to_model_input(augment(images, generator, config.augment), spec)
+    x = to_model_input(augment(images, generator, config.augment), config.spec)
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -241,13 +180,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tenso
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, spec: ScalingSpec, batch_size: int, amp: bool,
+def evaluate(model: nn.Module, split: Split, config: TrainConfig, amp: bool,
              stop: threading.Event | None = None) -> dict[str, Any] | None:
     """top-1/top-5 (percent), loss and the confusion matrix; None if ``stop`` was set midway."""
+    spec, batch_size = config.spec, config.eval_batch_size
     was_training = model.training
     model.eval()
-    k = min(5, spec.num_classes)
-    n_classes = spec.num_classes
+    k, n_classes = min(5, spec.num_classes), spec.num_classes
     confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=split.labels.device)
     top1 = top5 = 0
     loss = 0.0
@@ -256,9 +195,11 @@ def evaluate(model: nn.Module, split: Split, spec: ScalingSpec, batch_size: int,
             model.train(was_training)
             return None
         x = to_model_input(split.images[i : i + batch_size], spec)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = split.labels[i : i + batch_size]
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+            logits = model(x).float()
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         best = logits.topk(k, dim=1).indices
         top1 += (best[:, 0] == y).sum().item()
@@ -280,7 +221,9 @@ class Status:
         self.path = run_dir / runs.STATUS
         self.enabled = enabled
         self.lock = threading.Lock()
-        self.fields: dict[str, Any] = {"state": "starting", "pid": os.getpid(), "started": time.time()}
+        # The queue's generation stays: it tells the runner this status belongs to the run it started.
+        kept = {k: v for k, v in (runs.read_json(self.path) or {}).items() if k in ("generation", "slot")}
+        self.fields: dict[str, Any] = {**kept, "state": "starting", "pid": os.getpid(), "started": time.time()}
         self.last_write = 0.0
         self._stop = threading.Event()
         if enabled:
@@ -289,18 +232,18 @@ class Status:
     def update(self, force: bool = True, **fields: Any) -> None:
         with self.lock:
             self.fields.update(fields)
-            if fields.get("state") in ("finished", "stopped", "failed"):
+            if fields.get("state") in runs.ENDED:
                 self.fields["ended"] = time.time()
             if self.enabled and (force or time.time() - self.last_write > 1.0):
                 self._write()
 
     def _write(self) -> None:
         self.fields["heartbeat"] = self.last_write = time.time()
-        runs.write_json(self.path, self.fields)
+        runs.write_status(self.path, self.fields)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.HEARTBEAT_SECONDS):
-            with self.lock:
+            with self.lock, contextlib.suppress(OSError):  # a full disk: the loop itself will report it
                 self._write()
 
     def close(self) -> None:
@@ -308,6 +251,28 @@ class Status:
         self._stop.set()
         with self.lock:
             pass
+
+
+class Stopwatch:
+    """Seconds spent per phase ("train" steps, the whole "epoch"), carried across checkpoints.
+
+    ``read()`` includes the phases still running, so a checkpoint taken mid-epoch stores the time
+    so far and a resumed epoch reports its whole duration.
+    """
+
+    def __init__(self, totals: dict[str, float] | None = None) -> None:
+        self.totals = {"train": 0.0, "epoch": 0.0, **(totals or {})}
+        self._since: dict[str, float] = {}
+
+    def start(self, phase: str) -> None:
+        self._since[phase] = time.monotonic()
+
+    def stop(self, phase: str) -> None:
+        self.totals[phase] += time.monotonic() - self._since.pop(phase)
+
+    def read(self) -> dict[str, float]:
+        now = time.monotonic()
+        return {k: v + (now - self._since[k] if k in self._since else 0.0) for k, v in self.totals.items()}
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -318,7 +283,231 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
+@dataclass(frozen=True)
+class Data:
+    """The run's three splits on its device, and CIFAR-100's class names."""
+
+    train: Split
+    val: Split
+    test: Split
+    classes: dict[str, Any]
+
+
+def load_data(config: TrainConfig, device: torch.device) -> Data:
+    """Held-out validation split, optional subsets, everything on the device as uint8."""
+    data = load_cifar100(config.data_dir)
+    train_idx, val_idx = split_train_val(len(data.train), config.val_size)
+    if config.subset is not None:
+        train_idx = train_idx[: config.subset]
+    n_eval = config.eval_subset
+    classes = {"fine": data.fine_names, "coarse": data.coarse_names, "fine_to_coarse": data.fine_to_coarse}
+    return Data(data.train.take(train_idx).to(device), data.train.take(val_idx[:n_eval]).to(device),
+                data.test.take(torch.arange(len(data.test))[:n_eval]).to(device), classes)
+
+
+# ----------------------------------------------------------------------------- a run in progress
+class Run:
+    """One run: model, optimizer, EMA, where it stands, and the steps that move it on.
+
+    ``train`` drives it: ``restore`` (if resuming), then per epoch ``train_epoch`` and ``end_epoch``.
+    Each returns False when a stop was asked for; the run is then checkpointed at that exact point.
+    """
+
+    def __init__(self, config: TrainConfig, out: Path, data: Data, device: torch.device, world: int, rank: int,
+                 status: Status, fresh: bool) -> None:
+        self.config, self.out, self.data, self.device = config, out, data, device
+        self.world, self.rank, self.main, self.status = world, rank, rank == 0, status
+        self.stop = threading.Event()
+        # SIGTERM (the app's Stop, or torchrun passing one on) asks for a checkpoint at the next step.
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        self.amp = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        torch.manual_seed(config.seed)
+        # ImageNet weights only for a fresh run: a resumed one takes every weight from its checkpoint (offline too).
+        model: EfficientNet = load_pretrained(config.spec) if config.pretrained and fresh else build_model(config.spec)
+        self.model = model.to(device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, config)
+        self.ema = EMA(self.model, config.ema) if config.ema > 0 else None
+        self.step_model: nn.Module = self.model
+        if world > 1:
+            ids = [device] if device.type == "cuda" else None
+            self.step_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if config.compile:
+            self.step_model = torch.compile(self.step_model)
+        self.steps = max(1, len(data.train) // (config.batch_size * world))
+        self.total_steps = self.steps * config.epochs
+        self.warmup = min(int(config.warmup_epochs * self.steps), self.total_steps // 2)
+        self.epoch, self.step, self.best_val = 0, 0, -1.0
+        self.rows: list[dict[str, Any]] = []
+        self.acc = self._zero_acc()
+        self.clock = Stopwatch()
+        self.last_save = time.monotonic()
+
+    def _zero_acc(self) -> dict[str, Tensor]:
+        d = self.device
+        return {"loss": torch.zeros((), dtype=torch.float64, device=d), "correct": torch.zeros((), dtype=torch.long,
+                device=d), "seen": torch.zeros((), dtype=torch.long, device=d)}
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.model if self.ema is not None else self.model
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continue exactly where ``checkpoint`` stopped: weights, optimizer, EMA, position, sums, time."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.model.load_state_dict(checkpoint["ema"])
+        self.epoch, self.step, self.best_val = checkpoint["epoch"], checkpoint["step"], checkpoint["best_val"]
+        self.rows = list(checkpoint["rows"])
+        self.acc = {k: v.to(self.device) for k, v in checkpoint["acc"].items()}
+        self.clock = Stopwatch(checkpoint["seconds"])
+
+    def save(self) -> None:
+        """Checkpoint the current position to last.pt (rank 0 only)."""
+        if not self.main:
+            return
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+                 "step": self.step, "best_val": self.best_val, "rows": self.rows,
+                 "acc": {k: v.cpu() for k, v in self.acc.items()}, "seconds": self.clock.read(),
+                 "spec": self.config.spec.to_dict(), "config": self.config.to_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.model.state_dict()
+        runs.save_checkpoint(self.out / runs.LAST, state)
+        self.last_save = time.monotonic()
+
+    def stop_requested(self) -> bool:
+        if self.world == 1:
+            return self.stop.is_set()
+        # All ranks must agree, or one would wait forever in the next collective.
+        flag = torch.tensor(float(self.stop.is_set()), device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _stopped(self) -> bool:
+        self.save()
+        self.status.update(state="stopped", epoch=self.epoch + 1, step=self.step)
+        return False
+
+    def train_epoch(self, running_since: float, images_done: list[int]) -> bool:
+        """The epoch's remaining steps; False (checkpointed at the step) when a stop was asked for."""
+        config, seed, epoch = self.config, self.config.seed, self.epoch
+        order = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(step_seed(seed, epoch)))
+        order = order.to(self.device)
+        global_batch = config.batch_size * self.world
+        self.model.train()
+        self.clock.start("train")
+        while self.step < self.steps:
+            if self.stop_requested():
+                return self._stopped()
+            step = self.step
+            idx = order[step * global_batch : (step + 1) * global_batch][self.rank :: self.world]
+            torch.manual_seed(step_seed(seed, epoch, step, self.rank))
+            gen = torch.Generator(device=self.device).manual_seed(step_seed(seed, epoch, step, self.rank, 1))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(epoch * self.steps + step, self.total_steps, self.warmup, config.lr, config.schedule)
+            y = self.data.train.labels[idx]
+            loss, logits = train_step(self.step_model, self.optimizer, self.data.train.images[idx], y, config, gen,
+                                      self.amp)
+            if self.ema is not None:
+                self.ema.update()
+            self.acc["loss"] += loss.double() * len(y)
+            self.acc["correct"] += (logits.argmax(1) == y).sum()
+            self.acc["seen"] += len(y)
+            self.step += 1
+            images_done[0] += len(idx) * self.world
+            self.status.update(force=False, epoch=epoch + 1, step=self.step, phase="train",
+                               images_per_second=images_done[0] / max(1e-9, time.time() - running_since))
+            if time.monotonic() - self.last_save >= 60 * config.checkpoint_minutes:
+                self.save()
+        self.clock.stop("train")
+        return True
+
+    def end_epoch(self) -> bool:
+        """Evaluate, record the epoch's row, write best.pt/last.pt/metrics; False when a stop came first."""
+        self.status.update(phase="evaluating", step=self.steps)
+        val_set, amp = self.data.val, self.amp
+        val = evaluate(self.eval_model, val_set, self.config, amp, self.stop) if len(val_set) else None
+        test = evaluate(self.eval_model, self.data.test, self.config, amp, self.stop)
+        if self.stop_requested() or test is None or (len(val_set) and val is None):
+            return self._stopped()
+        self.clock.stop("epoch")
+        row = self._row(val, test)
+        self.rows.append(row)
+        score = row["val_top1"] if row["val_top1"] is not None else row["test_top1"]
+        improved = score > self.best_val
+        self.best_val = max(self.best_val, score)
+        self.epoch, self.step = self.epoch + 1, 0
+        self.acc, self.clock = self._zero_acc(), Stopwatch()
+        if self.main:
+            self._record(row, test["confusion"], improved)
+        self.status.update(epoch=min(self.epoch + 1, self.config.epochs), step=0, phase="train")
+        return True
+
+    def _row(self, val: dict[str, Any] | None, test: dict[str, Any]) -> dict[str, Any]:
+        stats = self.acc
+        if self.world > 1:
+            stats = {k: v.clone() for k, v in self.acc.items()}
+            for v in stats.values():
+                dist.all_reduce(v)
+        seconds = self.clock.read()
+        seen = max(1, int(stats["seen"].item()))
+        return {
+            "epoch": self.epoch + 1, "train_loss": stats["loss"].item() / seen,
+            "train_top1": 100 * stats["correct"].item() / seen,
+            "val_top1": val["top1"] if val else None, "val_top5": val["top5"] if val else None,
+            "test_top1": test["top1"], "test_top5": test["top5"],
+            "val_loss": val["loss"] if val else None, "test_loss": test["loss"],
+            "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds["epoch"],
+            "images_per_second": seen / max(1e-9, seconds["train"]),
+        }
+
+    def _record(self, row: dict[str, Any], confusion_matrix: list[list[int]], improved: bool) -> None:
+        """Rank 0: confusion matrices, best.pt when validation improved, last.pt, metrics, one printed line."""
+        out = self.out
+        confusion = runs.read_json(out / runs.CONFUSION) or {}
+        confusion["final"] = {"epoch": row["epoch"], "matrix": confusion_matrix}
+        confusion["classes"] = self.data.classes
+        if improved:
+            confusion["best"] = confusion["final"]
+            runs.save_checkpoint(out / runs.BEST, {"model": self.eval_model.state_dict(), "epoch": row["epoch"],
+                                                   "val_top1": row["val_top1"], "spec": self.config.spec.to_dict()})
+        self.save()
+        runs.write_json(out / runs.CONFUSION, confusion)
+        runs.write_metrics(out, self.rows)
+        val = row["val_top1"] if row["val_top1"] is not None else float("nan")
+        print(f"epoch {row['epoch']}/{self.config.epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%"
+              f"  val {val:.2f}%  test {row['test_top1']:.2f}%  {row['images_per_second']:.0f} img/s  "
+              f"{row['epoch_seconds']:.0f} s", flush=True)
+
+
 # ----------------------------------------------------------------------------- training
+def _open(config: TrainConfig, out: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The config to train and the checkpoint to continue from; refuses to overwrite a run without ``resume``."""
+    if not (out / runs.LAST).is_file():
+        return config, None
+    if not resume:
+        raise ValueError(f"out: {out} already holds a run; pass --resume to continue it or choose another --out")
+    checkpoint = runs.load_checkpoint(out / runs.LAST)
+    saved = runs.read_json(out / runs.CONFIG)
+    if saved is not None and isinstance(saved.get("train"), dict):
+        # The run continues with its own settings; only where it runs may change.
+        config = TrainConfig.from_dict(saved["train"]).replace(device=config.device, data_dir=config.data_dir)
+    return config, checkpoint
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    """The status fields of a failed run; a full disk says so (and that the last checkpoint is kept)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = exc.filename or "the checkpoints folder"
+        return {"error": f"disk full: could not write {where}. The last good checkpoint is kept; free some space, "
+                         "then resume the run.", "disk_full": True}
+    return {"error": f"{exc.__class__.__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+
+
 def train(config: TrainConfig, out: Path, resume: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) a training run in ``out``; returns the metrics rows. Writes only on rank 0.
 
@@ -326,16 +515,9 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> list[dict[str
     error) before it propagates; a refusal before that (bad settings, an existing run) touches nothing.
     """
     config.validate()
+    config, checkpoint = _open(config, out, resume)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    checkpoint: dict[str, Any] | None = None
-    if resume and (out / runs.LAST).is_file():
-        checkpoint = runs.load_checkpoint(out / runs.LAST)
-        saved = runs.read_json(out / runs.CONFIG)
-        if saved is not None:
-            config = TrainConfig(**{**saved["train"], "device": config.device, "data_dir": config.data_dir})
-    elif (out / runs.LAST).is_file():
-        raise ValueError(f"out: {out} already holds a run; pass --resume to continue it or choose another --out")
     device = pick_device(config.device, local_rank)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -343,225 +525,43 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> list[dict[str
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     status = Status(out, enabled=rank == 0)
     try:
-        return _train(config, out, checkpoint, device, world, rank, status)
+        with contextlib.ExitStack() as held:
+            if rank == 0:
+                out.mkdir(parents=True, exist_ok=True)
+                runs.write_json(out / runs.CONFIG, {"spec": config.spec.to_dict(), "train": config.to_dict(),
+                                                    "world_size": world, "device": str(device)})
+                for path in filter(None, os.environ.get(locks.DEVICE_LOCK_ENV, "").split(os.pathsep)):
+                    # Runs started by the queue hold their device's lock while they train (see effnet.jobs).
+                    held.enter_context(locks.exclusive(Path(path), on_busy=lambda: status.update(
+                        state="waiting", phase="another run holds the device")))
+            status.update(state="loading data", device=str(device), world_size=world)
+            return _loop(Run(config, out, load_data(config, device), device, world, rank, status, checkpoint is None),
+                         checkpoint)
     except BaseException as exc:
-        status.update(state="failed", error=f"{exc.__class__.__name__}: {exc}",
-                      traceback=traceback.format_exc()[-4000:])
+        with contextlib.suppress(OSError):
+            status.update(state="failed", **_failure(exc))
         raise
     finally:
         status.close()
 
 
-DEVICE_LOCK_ENV = "EFFNET_DEVICE_LOCK"
-
-
-def _wait_for_device(status: Status) -> object | None:
-    """Runs started by the job queue hold an exclusive flock on the queue's device lock while they train.
-
-    The queue's runner starts one run at a time; this lock also covers the case where a runner died
-    and a new one started while the orphaned run still trains: the next run waits instead of sharing
-    the GPU. Returns the open lock file (the lock lasts as long as it stays open).
-    """
-    path = os.environ.get(DEVICE_LOCK_ENV)
-    if not path:
-        return None
-    import fcntl
-
-    lock = open(path, "a")  # noqa: SIM115 (held open for the life of the process)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        status.update(state="waiting", phase="another run holds the device")
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    return lock
-
-
-def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, device: torch.device,
-           world: int, rank: int, status: Status) -> list[dict[str, Any]]:
-    main = rank == 0
-    spec = config.model_spec
-    # SIGTERM (the app's Stop, or torchrun passing one on) asks for a checkpoint at the next step.
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        runs.write_json(out / runs.CONFIG, {"spec": spec.to_dict(), "train": dataclasses.asdict(config),
-                                            "world_size": world, "device": str(device)})
-    device_lock = _wait_for_device(status) if main else None  # noqa: F841 (held until the process ends)
-    status.update(state="loading data", device=str(device), world_size=world)
-
-    # ---- data: held-out validation split, optional subsets, everything on the device as uint8
-    data = load_cifar100(config.data_dir)
-    if spec.num_classes < 100:
-        raise ValueError(f"num_classes: CIFAR-100 labels go up to 99, so {spec.num_classes} classes cannot fit")
-    train_idx, val_idx = split_train_val(len(data.train), config.val_size)
-    if config.subset is not None:
-        train_idx = train_idx[: config.subset]
-    n_eval = config.eval_subset
-    train_set = data.train.take(train_idx).to(device)
-    val_set = data.train.take(val_idx[:n_eval]).to(device)
-    test_set = data.test.take(torch.arange(len(data.test))[:n_eval]).to(device)
-
-    # ---- model, optimizer, EMA
-    torch.manual_seed(config.seed)
-    # ImageNet weights only for a fresh run: a resumed one takes every weight from its checkpoint (offline too).
-    model: EfficientNet = load_pretrained(spec) if config.pretrained and checkpoint is None else build_model(spec)
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)
-    ema = EMA(model, config.ema) if config.ema > 0 else None
-    step_model: nn.Module = model
-    if world > 1:
-        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if config.compile:
-        step_model = torch.compile(step_model)
-    amp = device.type == "cuda"
-    if amp:
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
-
-    global_batch = config.batch_size * world
-    steps = max(1, len(train_set) // global_batch)
-    total_steps = steps * config.epochs
-    warmup = min(int(config.warmup_epochs * steps), total_steps // 2)
-
-    # ---- where to start: a fresh run, or the exact step of the last checkpoint
-    start_epoch, start_step, best_val = 0, 0, -1.0
-    rows: list[dict[str, Any]] = []
-    acc = {"loss": torch.zeros((), dtype=torch.float64, device=device),
-           "correct": torch.zeros((), dtype=torch.long, device=device),
-           "seen": torch.zeros((), dtype=torch.long, device=device)}
-    seconds = {"train": 0.0, "epoch": 0.0}
+def _loop(run: Run, checkpoint: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Epoch after epoch from where the run stands, until the last one or a stop."""
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if ema is not None and "ema" in checkpoint:
-            ema.model.load_state_dict(checkpoint["ema"])
-        start_epoch, start_step, best_val = checkpoint["epoch"], checkpoint["step"], checkpoint["best_val"]
-        rows = list(checkpoint["rows"])
-        acc = {k: v.to(device) for k, v in checkpoint["acc"].items()}
-        seconds = dict(checkpoint["seconds"])
-    if main:
-        runs.write_metrics(out, rows)
-
-    def save(epoch: int, step: int) -> None:
-        if not main:
-            return
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                 "best_val": best_val, "rows": rows, "acc": {k: v.cpu() for k, v in acc.items()},
-                 "seconds": seconds, "spec": spec.to_dict(), "config": dataclasses.asdict(config)}
-        if ema is not None:
-            state["ema"] = ema.model.state_dict()
-        runs.save_checkpoint(out / runs.LAST, state)
-
-    def stop_requested() -> bool:
-        if world == 1:
-            return stop.is_set()
-        # All ranks must agree, or one would wait forever in the next collective.
-        flag = torch.tensor(float(stop.is_set()), device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    # For the live view: where this process started and how fast it goes (host-side counts, no GPU sync).
-    running_since, images_done = time.time(), 0
-    status.update(state="running", epoch=start_epoch + 1, epochs=config.epochs, step=start_step, steps=steps,
-                  running_since=running_since, start_fraction=(start_epoch + start_step / steps) / config.epochs)
-    last_save = time.monotonic()
-    for epoch in range(start_epoch, config.epochs):
-        epoch_start = time.monotonic()
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(step_seed(config.seed, epoch)))
-        order = order.to(device)
-        model.train()
-        train_start = time.monotonic()
-        for step in range(start_step, steps):
-            if stop_requested():
-                seconds["train"] += time.monotonic() - train_start
-                seconds["epoch"] += time.monotonic() - epoch_start
-                save(epoch, step)
-                status.update(state="stopped", epoch=epoch + 1, step=step)
-                return rows
-            idx = order[step * global_batch : (step + 1) * global_batch][rank::world]
-            torch.manual_seed(step_seed(config.seed, epoch, step, rank))
-            gen = torch.Generator(device=device).manual_seed(step_seed(config.seed, epoch, step, rank, 1))
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch * steps + step, total_steps, warmup, config.lr, config.schedule)
-            y = train_set.labels[idx]
-            loss, logits = train_step(step_model, optimizer, train_set.images[idx], y, spec, config, gen, amp)
-            if ema is not None:
-                ema.update()
-            acc["loss"] += loss.double() * len(y)
-            acc["correct"] += (logits.argmax(1) == y).sum()
-            acc["seen"] += len(y)
-            images_done += len(idx) * world
-            status.update(force=False, epoch=epoch + 1, step=step + 1, phase="train",
-                          images_per_second=images_done / max(1e-9, time.time() - running_since))
-            if time.monotonic() - last_save >= 60 * config.checkpoint_minutes:
-                seconds["train"] += time.monotonic() - train_start
-                seconds["epoch"] += time.monotonic() - epoch_start
-                train_start = epoch_start = time.monotonic()
-                save(epoch, step + 1)
-                last_save = time.monotonic()
-        seconds["train"] += time.monotonic() - train_start
-        start_step = 0
-
-        # ---- end of epoch: evaluate, record, checkpoint (a stop here resumes at the evaluation)
-        status.update(phase="evaluating", step=steps)
-        eval_model = ema.model if ema is not None else model
-        val = evaluate(eval_model, val_set, spec, config.eval_batch_size, amp, stop) if len(val_set) else None
-        test = evaluate(eval_model, test_set, spec, config.eval_batch_size, amp, stop)
-        if stop_requested() or test is None or (len(val_set) and val is None):
-            seconds["epoch"] += time.monotonic() - epoch_start
-            save(epoch, steps)
-            status.update(state="stopped")
-            return rows
-        stats = acc
-        if world > 1:
-            stats = {k: v.clone() for k, v in acc.items()}
-            for v in stats.values():
-                dist.all_reduce(v)
-        seconds["epoch"] += time.monotonic() - epoch_start
-        seen = max(1, int(stats["seen"].item()))
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": stats["loss"].item() / seen,
-            "train_top1": 100 * stats["correct"].item() / seen,
-            "val_top1": val["top1"] if val else None,
-            "val_top5": val["top5"] if val else None,
-            "test_top1": test["top1"],
-            "test_top5": test["top5"],
-            "val_loss": val["loss"] if val else None,
-            "test_loss": test["loss"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": seconds["epoch"],
-            "images_per_second": seen / max(1e-9, seconds["train"]),
-        }
-        rows.append(row)
-        score = row["val_top1"] if row["val_top1"] is not None else row["test_top1"]
-        improved = score > best_val
-        if improved:
-            best_val = score
-        acc = {k: torch.zeros_like(v) for k, v in acc.items()}
-        seconds = {"train": 0.0, "epoch": 0.0}
-        if main:
-            confusion = runs.read_json(out / runs.CONFUSION) or {}
-            confusion["final"] = {"epoch": epoch + 1, "matrix": test["confusion"]}
-            confusion["classes"] = {"fine": data.fine_names, "coarse": data.coarse_names,
-                                    "fine_to_coarse": data.fine_to_coarse}
-            if improved:
-                confusion["best"] = confusion["final"]
-                best_state = (ema.model if ema is not None else model).state_dict()
-                runs.save_checkpoint(out / runs.BEST, {"model": best_state, "epoch": epoch + 1,
-                                                       "val_top1": row["val_top1"], "spec": spec.to_dict()})
-            save(epoch + 1, 0)
-            last_save = time.monotonic()
-            runs.write_json(out / runs.CONFUSION, confusion)
-            runs.write_metrics(out, rows)
-            print(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%  "
-                  f"val {row['val_top1'] if val else float('nan'):.2f}%  test {row['test_top1']:.2f}%  "
-                  f"{row['images_per_second']:.0f} img/s  {row['epoch_seconds']:.0f} s", flush=True)
-        status.update(epoch=min(epoch + 2, config.epochs), step=0, phase="train")
-    status.update(state="finished", phase=None)
-    return rows
+        run.restore(checkpoint)
+    if run.main:
+        runs.write_metrics(run.out, run.rows)
+    running_since, images_done = time.time(), [0]
+    config = run.config
+    run.status.update(state="running", epoch=run.epoch + 1, epochs=config.epochs, step=run.step, steps=run.steps,
+                      running_since=running_since,
+                      start_fraction=(run.epoch + run.step / run.steps) / config.epochs)
+    while run.epoch < config.epochs:
+        run.clock.start("epoch")
+        if not run.train_epoch(running_since, images_done) or not run.end_epoch():
+            return run.rows
+    run.status.update(state="finished", phase=None)
+    return run.rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -573,6 +573,12 @@ def main(argv: list[str] | None = None) -> int:
         # Expected failures get one clear line; anything else keeps its traceback.
         if rank == 0:
             print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        if rank == 0:
+            print(f"error: {_failure(exc)['error']}", file=sys.stderr, flush=True)
         return 1
     finally:
         if dist.is_initialized():

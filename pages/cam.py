@@ -7,13 +7,13 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from effnet import jobs, runs
-from effnet.cam import METHOD_NOTES, METHODS, explain, imagenet_model, overlay, run_model
+from effnet import runs
+from effnet.cam import METHOD_NOTES, METHODS, default_device, explain, imagenet_model, overlay, run_model
 from effnet.data import DataError, dataset_present, load_cifar100
 from effnet.images import decode_image
-from effnet.scaling import OFFICIAL
+from effnet.scaling import OFFICIAL, ScalingSpec
 
-DEVICE = "cuda" if jobs.cuda_available() else "cpu"
+DEVICE = default_device()
 TOP = "(top prediction)"
 
 
@@ -37,7 +37,7 @@ st.title("Class activation maps")
 st.caption("Where does each model look? The map is computed on the last feature map of at least 4x4 "
            "and drawn over the whole image (viridis: bright = strong evidence).")
 
-usable = [i for i in jobs.list_runs() if (i.path / runs.BEST).exists() or (i.path / runs.LAST).exists()]
+usable = [i for i in runs.list_runs() if not i.damaged and runs.shown_checkpoint(i.path) is not None]
 by_id = {i.run_id: i for i in usable}
 
 controls, source = st.columns([1, 1], gap="large")
@@ -51,13 +51,14 @@ with controls:
                                                  "scorecam": "Score-CAM (slow)", "eigencam": "EigenCAM"}[m])
     st.caption(METHOD_NOTES[method])
     if method == "scorecam":
-        st.warning("Score-CAM runs one forward pass per channel of the target layer (1,280 for B0): seconds per "
-                   "model on a CPU, longer for wide models.")
+        b0_head = ScalingSpec.official("b0").head_channels
+        st.warning(f"Score-CAM runs one forward pass per channel of the target layer ({b0_head:,} for B0): seconds "
+                   "per model on a CPU, longer for wide models.")
 
 models = []
 for rid in chosen_runs:
     info = by_id[rid]
-    checkpoint = info.path / (runs.BEST if (info.path / runs.BEST).exists() else runs.LAST)
+    checkpoint = runs.shown_checkpoint(info.path)
     try:
         model, spec, names = cached_run_model(str(info.path), os.path.getmtime(checkpoint))
         models.append((f"{info.label}", model, spec, names))

@@ -4,9 +4,19 @@ import pandas as pd
 import streamlit as st
 
 from effnet import OFFICIAL, ScalingSpec, model_card
+from effnet.card import official_vs_formula, scaling_methods
 from effnet.charts import network_picture, scaling_sweep
-from effnet.profile import official_vs_formula, scaling_methods
-from effnet.scaling import DEFAULT_BASE_RESOLUTION, GEOMETRIES, PHI_RANGE
+from effnet.scaling import (
+    COEFFICIENT_RANGE,
+    CONSTRAINT_TARGET,
+    DEFAULT_BASE_RESOLUTION,
+    GEOMETRIES,
+    MIN_RESOLUTION,
+    PAPER_ALPHA,
+    PAPER_BETA,
+    PAPER_GAMMA,
+    PHI_RANGE,
+)
 from pages.widgets import human, linked_number
 
 st.title("Compound scaling explorer")
@@ -20,13 +30,13 @@ with controls:
     else:
         phi = linked_number("φ (compound coefficient)", "phi", PHI_RANGE[0], PHI_RANGE[1], 0.1, 1.0,
                             help="Negative φ gives models smaller than B0, handy for CPU demos.")
-        alpha = linked_number("α (depth base)", "alpha", 0.5, 3.0, 0.01, 1.2)
-        beta = linked_number("β (width base)", "beta", 0.5, 3.0, 0.01, 1.1)
-        gamma = linked_number("γ (resolution base)", "gamma", 0.5, 3.0, 0.01, 1.15)
+        alpha = linked_number("α (depth base)", "alpha", *COEFFICIENT_RANGE, 0.01, PAPER_ALPHA)
+        beta = linked_number("β (width base)", "beta", *COEFFICIENT_RANGE, 0.01, PAPER_BETA)
+        gamma = linked_number("γ (resolution base)", "gamma", *COEFFICIENT_RANGE, 0.01, PAPER_GAMMA)
     geometry = st.radio("Geometry", GEOMETRIES, index=1, horizontal=True, key="geometry",
                         help="imagenet: the paper's (stride 32, 224 px). cifar: output stride 8, 32 px base, "
                              "so 32x32 images keep 4x4 final maps.")
-    base_resolution = st.number_input("Base resolution at φ=0 (px)", 16, 1024, DEFAULT_BASE_RESOLUTION[geometry],
+    base_resolution = st.number_input("Base resolution at φ=0 (px)", MIN_RESOLUTION, 1024, DEFAULT_BASE_RESOLUTION[geometry],
                                       key=f"base_{geometry}")
     num_classes = st.number_input("Classes", 1, 100_000, 100, key="classes")
     batch = st.number_input("Batch size (for the memory estimate)", 1, 4096, 128, key="batch")
@@ -37,11 +47,11 @@ try:
         spec = ScalingSpec.official(variant.lower(), **common)
     else:
         spec = ScalingSpec(phi=phi, alpha=alpha, beta=beta, gamma=gamma, **common)
+    card = model_card(spec)
 except ValueError as exc:
     main.error(f"This spec cannot be built: {exc}")
     st.stop()
 
-card = model_card(spec)
 with main:
     st.subheader(spec.name)
     row1 = st.columns(4)
@@ -62,9 +72,9 @@ with main:
                         "momentum.")
     st.markdown(f"**Constraint** α·β²·γ² = **{spec.constraint:.3f}**"
                 + ("" if spec.variant is None else " (of the formula; the released variant sets its own multipliers)"))
-    if abs(spec.constraint - 2) > 0.2:
-        st.warning(f"α·β²·γ² = {spec.constraint:.2f} is far from 2: FLOPs will grow by about "
-                   f"{spec.constraint:.2f}× per unit of φ instead of the paper's 2×.")
+    if spec.constraint_off:
+        st.warning(f"α·β²·γ² = {spec.constraint:.2f} is far from {CONSTRAINT_TARGET:g}: FLOPs will grow by about "
+                   f"{spec.constraint:.2f}× per unit of φ instead of the paper's {CONSTRAINT_TARGET:g}×.")
     if spec.variant not in (None, "b0"):
         st.info(f"{spec.name} as released: depth ×{spec.depth_mult:g}, width ×{spec.width_mult:g}, "
                 f"{spec.resolution} px. The formula α^φ, β^φ, γ^φ at φ={spec.phi:g} would give depth "
@@ -76,7 +86,8 @@ with st.expander("The formulas", expanded=False):
     st.markdown("One coefficient φ scales all three dimensions together: depth (blocks per stage), width "
                 "(channels) and input resolution, each by its own base.")
     st.latex(r"\alpha \cdot \beta^{2} \cdot \gamma^{2} \approx 2,\qquad \alpha, \beta, \gamma \ge 1")
-    st.markdown("The constraint the paper imposes during its grid search at φ=1 (it found α=1.2, β=1.1, γ=1.15).")
+    st.markdown("The constraint the paper imposes during its grid search at φ=1 (it found "
+                f"α={PAPER_ALPHA:g}, β={PAPER_BETA:g}, γ={PAPER_GAMMA:g}).")
     st.latex(r"\mathrm{FLOPs} \propto d \cdot w^{2} \cdot r^{2} \;\Rightarrow\; "
              r"\mathrm{FLOPs}(\phi) \approx (\alpha\beta^{2}\gamma^{2})^{\phi} \approx 2^{\phi}")
     st.markdown("Cost grows linearly with depth but quadratically with width and resolution, so with the "

@@ -3,14 +3,18 @@
 import pandas as pd
 import streamlit as st
 
-from effnet import jobs, results
+from effnet import results, runs
 from effnet.charts import accuracy_vs_size, confusion_heatmap, training_curves, val_vs_test
 
 st.title("Results")
 st.caption("Finished and running runs under the checkpoints folder. Test and validation top-1 are on CIFAR-100 "
            "(or the subsets the runs used); the paper's ImageNet numbers are shown for reference only.")
 
-found = results.collect(jobs.checkpoints_dir())
+gathered = results.gather(runs.checkpoints_dir())
+found = gathered.results
+if gathered.left_out:
+    with st.expander(f"{len(gathered.left_out)} run(s) left out of the results, and why"):
+        st.markdown("\n".join(f"- `{run_id}`: {why}" for run_id, why in gathered.left_out))
 if not found:
     st.info("No results yet: no run has finished an epoch. Start one on the Train page (the quick CPU demo takes "
             "a few minutes), then come back here.")
@@ -46,7 +50,11 @@ run = by_id[st.selectbox("Run", list(by_id), format_func=lambda i: f"{by_id[i].l
                          key="class_run")]
 which = st.radio("Epoch", ["best", "final"], horizontal=True, key="class_epoch",
                  help="best: the epoch with the best validation top-1")
-confusion = results.load_confusion(run.path, which)
+try:
+    confusion = results.load_confusion(run.path, which)
+except runs.Damaged as exc:
+    st.error(f"This run's class views cannot be shown: damaged: {exc}")
+    st.stop()
 if confusion is None:
     st.info("This run has no confusion matrix yet (it is written at the end of each epoch).")
     st.stop()

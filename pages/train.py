@@ -6,11 +6,13 @@ import streamlit as st
 
 from effnet import OFFICIAL, ScalingSpec, jobs, runs
 from effnet.charts import training_curves
-from effnet.data import AUGMENTATIONS, data_dir, dataset_present, missing_data_message
-from effnet.scaling import GEOMETRIES, SCALINGS
+from effnet.config import AUGMENTATIONS, SCHEDULES, TrainConfig, normalization_for
+from effnet.data import data_dir, dataset_present, missing_data_message
+from effnet.scaling import COEFFICIENT_RANGE, GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, PHI_RANGE, SCALINGS
 
 VARIANTS = [v.upper() for v in OFFICIAL]
-DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": 1.2, "c_beta": 1.1, "c_gamma": 1.15,
+DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": PAPER_ALPHA, "c_beta": PAPER_BETA,
+            "c_gamma": PAPER_GAMMA,
             "scaling": "compound", "geometry": "cifar", "start": "from scratch", "epochs": 3, "batch": 64,
             "lr": 0.05, "subset": 0, "eval_subset": 0, "val_size": 5000, "device": "auto", "momentum": 0.9,
             "nesterov": True, "wd": 5e-4, "smoothing": 0.0, "schedule": "cosine", "warmup": 1.0, "ema": 0.0,
@@ -30,8 +32,8 @@ def apply(preset: dict) -> None:
         st.session_state[f"t_{name}"] = value
 
 
-root = jobs.checkpoints_dir()
-has_gpu = jobs.cuda_available()
+root = runs.checkpoints_dir()
+has_gpu = jobs.device_slots()[0].startswith("cuda")
 
 st.title("Train on CIFAR-100")
 
@@ -60,10 +62,10 @@ with st.form("new_runs"):
         st.multiselect("Official variants (one run each)", VARIANTS, key="t_variants")
         st.checkbox("Add a custom spec", key="t_custom")
         cols = st.columns(4)
-        cols[0].number_input("φ", -4.0, 10.0, step=0.5, key="t_c_phi")
-        cols[1].number_input("α", 0.5, 3.0, step=0.05, key="t_c_alpha")
-        cols[2].number_input("β", 0.5, 3.0, step=0.05, key="t_c_beta")
-        cols[3].number_input("γ", 0.5, 3.0, step=0.05, key="t_c_gamma")
+        cols[0].number_input("φ", *PHI_RANGE, step=0.5, key="t_c_phi")
+        cols[1].number_input("α", *COEFFICIENT_RANGE, step=0.05, key="t_c_alpha")
+        cols[2].number_input("β", *COEFFICIENT_RANGE, step=0.05, key="t_c_beta")
+        cols[3].number_input("γ", *COEFFICIENT_RANGE, step=0.05, key="t_c_gamma")
         st.selectbox("Scaling method", SCALINGS, key="t_scaling",
                      help="compound, or one dimension alone with the same FLOPs budget (2^φ)")
         st.radio("Geometry", GEOMETRIES, horizontal=True, key="t_geometry")
@@ -86,7 +88,7 @@ with st.form("new_runs"):
             cols[1].number_input("Weight decay", 0.0, 0.1, format="%.5f", key="t_wd")
             cols[2].number_input("Label smoothing", 0.0, 0.9, key="t_smoothing")
             cols = st.columns(3)
-            cols[0].selectbox("Schedule", jobs.SCHEDULES, key="t_schedule")
+            cols[0].selectbox("Schedule", SCHEDULES, key="t_schedule")
             cols[1].number_input("Warm-up epochs", 0.0, 100.0, key="t_warmup")
             cols[2].number_input("EMA decay (0 = off)", 0.0, 0.9999, format="%.4f", key="t_ema")
             cols = st.columns(3)
@@ -100,19 +102,18 @@ with st.form("new_runs"):
 def planned_specs() -> list[ScalingSpec]:
     """The specs the form describes; ValueError (naming the field) when one cannot be built."""
     s = st.session_state
-    pretrained = s.t_start != "from scratch"
-    common = dict(geometry=s.t_geometry, num_classes=100, normalization="imagenet" if pretrained else "cifar100")
-    specs = [ScalingSpec.official(v.lower(), scaling=s.t_scaling, **common) for v in s.t_variants]
+    common = dict(geometry=s.t_geometry, num_classes=100, normalization=normalization_for(s.t_start != "from scratch"))
+    specs = [ScalingSpec.official(v.lower(), **common).with_scaling(s.t_scaling) for v in s.t_variants]
     if s.t_custom:
         specs.append(ScalingSpec(phi=s.t_c_phi, alpha=s.t_c_alpha, beta=s.t_c_beta, gamma=s.t_c_gamma,
                                  scaling=s.t_scaling, **common))
     return specs
 
 
-def config_for(spec: ScalingSpec) -> jobs.TrainConfig:
+def config_for(spec: ScalingSpec) -> TrainConfig:
     s = st.session_state
-    return jobs.TrainConfig(
-        spec=spec.to_dict(), epochs=int(s.t_epochs), batch_size=int(s.t_batch), lr=float(s.t_lr),
+    return TrainConfig(
+        spec=spec, epochs=int(s.t_epochs), batch_size=int(s.t_batch), lr=float(s.t_lr),
         momentum=float(s.t_momentum), nesterov=bool(s.t_nesterov), weight_decay=float(s.t_wd),
         label_smoothing=float(s.t_smoothing), warmup_epochs=float(s.t_warmup), schedule=s.t_schedule,
         ema=float(s.t_ema), augment=s.t_augment, subset=int(s.t_subset) or None,
@@ -125,27 +126,25 @@ if start:
         specs = planned_specs()
         if not specs:
             raise ValueError("variants: choose at least one variant or add a custom spec")
-        configs = [config_for(spec) for spec in specs]
-        for config in configs:  # refuse the whole batch before queueing any of it
-            config.validate()
-            jobs.check_fits(config)
+        # All or none: every run is checked (settings, memory, disk) before the first is queued.
+        started = jobs.submit_many([config_for(spec) for spec in specs], root)
     except ValueError as exc:
         st.error(f"Not started: {exc}")
     else:
-        started = [jobs.submit(config, root) for config in configs]
         st.success(f"Queued {len(started)} run(s): {', '.join(started)}. They train one at a time.")
 
 
 @st.fragment(run_every=2)
 def live_runs() -> None:
     """Re-run every 2 s: reads the runs' files (state lives on disk, shared by every session)."""
-    infos = jobs.list_runs(root)
+    infos = runs.list_runs(root)
+    jobs.heal(root, infos)
     st.subheader(f"Runs ({len(infos)})")
     if not infos:
         st.info("No runs yet: choose models above and press Start.")
         return
     for info in reversed(infos):
-        prog = jobs.progress(info)
+        prog = runs.progress(info)
         with st.container(border=True):
             head, bar, buttons = st.columns([2, 4, 2], vertical_alignment="center")
             head.markdown(f"**{info.label}**  \n`{info.run_id}` · {info.state}")
@@ -157,7 +156,7 @@ def live_runs() -> None:
                 if buttons.button("Stop", key=f"stop_{info.run_id}"):
                     jobs.stop(info.run_id, root)
                     st.rerun(scope="fragment")
-            elif info.state in ("stopped", "failed") and (info.path / runs.JOB).exists():
+            elif jobs.resumable(info):
                 if buttons.button("Resume", key=f"resume_{info.run_id}"):
                     jobs.resume(info.run_id, root)
                     st.rerun(scope="fragment")
@@ -174,7 +173,7 @@ def live_runs() -> None:
 live_runs()
 
 st.subheader("Manage a run")
-all_runs = jobs.list_runs(root)
+all_runs = runs.list_runs(root)
 if all_runs:
     chosen = st.selectbox("Run", [r.run_id for r in all_runs], key="manage_run",
                           format_func=lambda rid: next(f"{r.label} · {rid} · {r.state}" for r in all_runs

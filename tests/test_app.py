@@ -6,7 +6,8 @@ import pytest
 from conftest import PROJECT, wait_for
 from streamlit.testing.v1 import AppTest
 
-from effnet import ScalingSpec, jobs, model_card
+from effnet import ScalingSpec, jobs, model_card, runs
+from effnet.config import TrainConfig
 from pages.widgets import human
 
 PAGES = ["pages/explorer.py", "pages/train.py", "pages/results.py", "pages/cam.py"]
@@ -19,7 +20,7 @@ def app_env(tmp_path, monkeypatch, cifar_dir):
     monkeypatch.setenv("PYTHONPATH", str(PROJECT))
     monkeypatch.chdir(PROJECT)
     yield tmp_path / "checkpoints"
-    for info in jobs.list_runs(tmp_path / "checkpoints"):
+    for info in runs.list_runs(tmp_path / "checkpoints"):
         if info.active or info.state == "queued":
             jobs.stop(info.run_id, tmp_path / "checkpoints")
 
@@ -86,9 +87,9 @@ def test_train_page_starts_a_run_that_appears_in_the_list(app_env):
     at.selectbox(key="t_device").set_value("cpu")
     next(b for b in at.button if b.label == "Start").click().run()
     assert not at.exception and at.success, [e.value for e in at.error]
-    [info] = jobs.list_runs(app_env)
-    assert info.config["spec"]["phi"] == -4.0
-    wait_for(lambda: jobs.read_run(info.path).state == "finished", timeout=120, what="the run to finish")
+    [info] = runs.list_runs(app_env)
+    assert info.spec.phi == -4.0
+    wait_for(lambda: runs.read_run(info.path).state == "finished", timeout=120, what="the run to finish")
     at.run()
     assert any(info.run_id in m.value and "finished" in m.value for m in at.markdown)
     assert len(at.get("plotly_chart")) >= 2  # curves of the finished run
@@ -104,7 +105,7 @@ def test_train_page_refuses_invalid_runs_before_anything_starts(app_env):
     at.multiselect(key="t_variants").set_value([])
     next(b for b in at.button if b.label == "Start").click().run()
     assert any("choose at least one" in e.value for e in at.error)
-    assert jobs.list_runs(app_env) == []
+    assert runs.list_runs(app_env) == []
 
 
 def test_train_page_explains_missing_data(app_env, monkeypatch, tmp_path):
@@ -115,13 +116,13 @@ def test_train_page_explains_missing_data(app_env, monkeypatch, tmp_path):
 
 
 def test_stop_button_stops_a_running_run(app_env, cifar_dir):
-    config = jobs.TrainConfig(spec=ScalingSpec(phi=-4).to_dict(), epochs=20, batch_size=32, val_size=32,
+    config = TrainConfig(spec=ScalingSpec(phi=-4), epochs=20, batch_size=32, val_size=32,
                               eval_subset=32, device="cpu", data_dir=str(cifar_dir))
     run_id = jobs.submit(config, app_env)
-    wait_for(lambda: jobs.read_run(app_env / run_id).state == "running", timeout=60, what="the run to start")
+    wait_for(lambda: runs.read_run(app_env / run_id).state == "running", timeout=60, what="the run to start")
     at = open_page(PAGES[1])
     at.button(key=f"stop_{run_id}").click().run()
-    wait_for(lambda: jobs.read_run(app_env / run_id).state == "stopped", timeout=30, what="the run to stop")
+    wait_for(lambda: runs.read_run(app_env / run_id).state == "stopped", timeout=30, what="the run to stop")
     time.sleep(0.1)
     at.run()
     assert at.button(key=f"resume_{run_id}")

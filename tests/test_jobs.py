@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT, wait_for
 
-from effnet import ScalingSpec, jobs, runs
-from effnet.train import TrainConfig
+from effnet import ScalingSpec, jobs, locks, runs
+from effnet.config import TrainConfig
 
 
 def tiny_config(cifar_dir: Path, **changes) -> TrainConfig:
-    base = dict(spec=ScalingSpec(phi=-4).to_dict(), epochs=1, batch_size=32, lr=0.05, val_size=64, eval_subset=64,
+    base = dict(spec=ScalingSpec(phi=-4), epochs=1, batch_size=32, lr=0.05, val_size=64, eval_subset=64,
                 device="cpu", data_dir=str(cifar_dir))
     return TrainConfig(**{**base, **changes})
 
@@ -26,13 +26,13 @@ def tiny_config(cifar_dir: Path, **changes) -> TrainConfig:
 def root(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(PROJECT))
     yield tmp_path / "checkpoints"
-    for info in jobs.list_runs(tmp_path / "checkpoints"):  # leave no training process behind
+    for info in runs.list_runs(tmp_path / "checkpoints"):  # leave no training process behind
         if info.active:
             jobs.stop(info.run_id, tmp_path / "checkpoints")
 
 
 def states(root: Path) -> dict[str, str]:
-    return {r.run_id: r.state for r in jobs.list_runs(root)}
+    return {r.run_id: r.state for r in runs.list_runs(root)}
 
 
 def all_done(root: Path) -> bool:
@@ -56,7 +56,7 @@ def test_concurrent_submits_queue_in_order_and_train_one_at_a_time(root, cifar_d
     ids.append(jobs.submit(tiny_config(cifar_dir), root, label="third"))
     assert len(set(ids)) == 3
     wait_for(lambda: all_done(root), timeout=240, what="the queue to drain")
-    infos = jobs.list_runs(root)
+    infos = runs.list_runs(root)
     assert [i.state for i in infos] == ["finished"] * 3, [i.error for i in infos]
     spans = sorted((i.status["started"], i.status["ended"], i.run_id) for i in infos)
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), "two runs trained at the same time"
@@ -67,24 +67,23 @@ def test_concurrent_submits_queue_in_order_and_train_one_at_a_time(root, cifar_d
 
 
 def _runner_alive(root: Path) -> bool:
-    with jobs._locked(root / ".runner.lock", blocking=False) as free:
-        return not free
+    return locks.is_held(root / jobs.RUNNER_LOCK)
 
 
 def test_stop_running_then_resume_and_delete(root, cifar_dir):
     run_id = jobs.submit(tiny_config(cifar_dir, epochs=3, checkpoint_minutes=0), root)
     run_dir = root / run_id
-    wait_for(lambda: jobs.read_run(run_dir).status.get("step", 0) >= 2 and jobs.read_run(run_dir).state == "running",
+    wait_for(lambda: runs.read_run(run_dir).status.get("step", 0) >= 2 and runs.read_run(run_dir).state == "running",
              timeout=120, what="the run to train")
     assert jobs.stop(run_id, root) == "stopping"
-    wait_for(lambda: jobs.read_run(run_dir).state == "stopped", timeout=30, what="the run to stop")
+    wait_for(lambda: runs.read_run(run_dir).state == "stopped", timeout=30, what="the run to stop")
     assert (run_dir / runs.LAST).exists()
     jobs.resume(run_id, root)
-    wait_for(lambda: jobs.read_run(run_dir).state == "finished", timeout=240, what="the resumed run")
+    wait_for(lambda: runs.read_run(run_dir).state == "finished", timeout=240, what="the resumed run")
     assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2, 3]
-    assert "--resume" in json.loads((run_dir / runs.JOB).read_text())["argv"]
+    assert json.loads((run_dir / runs.JOB).read_text())["resume"] is True
     jobs.delete(run_id, root)
-    assert not run_dir.exists() and jobs.list_runs(root) == []
+    assert not run_dir.exists() and runs.list_runs(root) == []
 
 
 def test_cancel_a_queued_run(root, cifar_dir):
@@ -103,28 +102,28 @@ def test_a_dead_run_is_reported_failed_with_its_log(root):
     runs.write_json(run_dir / runs.STATUS, {"state": "running", "pid": dead.pid, "heartbeat": time.time()})
     (run_dir / runs.LOG).write_text("epoch 1/3 ...\nKilled\n")
     runs.write_json(run_dir / runs.CONFIG, {"spec": ScalingSpec.official("b1").to_dict()})
-    info = jobs.read_run(run_dir)
+    info = runs.read_run(run_dir)
     assert info.state == "failed" and "process is gone" in info.error and "Killed" in info.error
     assert info.label == "B1"
     # alive pid (ours) but silent for minutes: hung or a pid reused after a reboot
     runs.write_json(run_dir / runs.STATUS, {"state": "running", "pid": os.getpid(), "heartbeat": time.time() - 600})
-    assert jobs.read_run(run_dir).state == "failed"
+    assert runs.read_run(run_dir).state == "failed"
 
 
 def test_a_crashing_run_is_marked_failed_by_the_runner(root, tmp_path):
     run_id = jobs.submit(tiny_config(tmp_path / "no-data"), root)
     wait_for(lambda: all_done(root), timeout=120, what="the failing run")
-    info = jobs.read_run(root / run_id)
+    info = runs.read_run(root / run_id)
     assert info.state == "failed" and "CIFAR-100" in info.error
 
 
 def test_submit_refuses_what_cannot_fit_or_is_invalid(root, cifar_dir):
     with pytest.raises(ValueError, match="^batch_size:.*GiB"):
-        jobs.submit(tiny_config(cifar_dir, spec=ScalingSpec(phi=8, geometry="imagenet").to_dict(), batch_size=4096),
+        jobs.submit(tiny_config(cifar_dir, spec=ScalingSpec(phi=8, geometry="imagenet"), batch_size=4096),
                     root)
     with pytest.raises(ValueError, match="^epochs:"):
         jobs.submit(tiny_config(cifar_dir, epochs=0), root)
-    assert not root.exists() or jobs.list_runs(root) == []
+    assert not root.exists() or runs.list_runs(root) == []
 
 
 def test_a_run_waits_while_another_process_holds_the_device(root, cifar_dir):
@@ -132,11 +131,11 @@ def test_a_run_waits_while_another_process_holds_the_device(root, cifar_dir):
     import fcntl
 
     root.mkdir(parents=True)
-    with open(root / ".device.lock", "a") as held:
+    with open(jobs.device_lock(root, "cpu"), "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         run_id = jobs.submit(tiny_config(cifar_dir), root)
-        wait_for(lambda: jobs.read_run(root / run_id).state == "waiting", timeout=60, what="the run to wait")
+        wait_for(lambda: runs.read_run(root / run_id).state == "waiting", timeout=60, what="the run to wait")
         time.sleep(2)
-        assert jobs.read_run(root / run_id).state == "waiting"
+        assert runs.read_run(root / run_id).state == "waiting"
         fcntl.flock(held, fcntl.LOCK_UN)
-    wait_for(lambda: jobs.read_run(root / run_id).state == "finished", timeout=120, what="the run to finish")
+    wait_for(lambda: runs.read_run(root / run_id).state == "finished", timeout=120, what="the run to finish")

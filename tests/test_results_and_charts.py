@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from effnet import ScalingSpec, jobs, model_card, results
+from effnet import ScalingSpec, model_card, results, runs
 from effnet.charts import network_picture, scaling_sweep, training_curves, val_vs_test
 
 
@@ -73,14 +73,12 @@ def test_curves_and_val_test_charts():
 
 
 def test_progress_and_eta_from_status(tmp_path):
-    from effnet import runs
-
     run = tmp_path / "r"
     now = time.time()
     runs.write_json(run / runs.STATUS, {"state": "running", "pid": __import__("os").getpid(), "heartbeat": now,
                                         "epoch": 2, "epochs": 4, "step": 5, "steps": 10,
                                         "running_since": now - 100, "start_fraction": 0.0})
-    progress = jobs.progress(jobs.read_run(run))
+    progress = runs.progress(runs.read_run(run))
     assert progress.fraction == pytest.approx(1.5 / 4)
     assert progress.eta_s == pytest.approx(100 / 0.375 * 0.625, rel=0.05)
     assert "epoch 2/4" in progress.text and "step 5/10" in progress.text and "ETA" in progress.text

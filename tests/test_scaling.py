@@ -86,7 +86,7 @@ def test_single_dimension_scaling_hits_the_2_pow_phi_budget(method):
 
 
 def test_official_variant_with_single_dimension_scaling_uses_its_phi():
-    spec = ScalingSpec.official("b2", scaling="width")
+    spec = ScalingSpec.official("b2").with_scaling("width")
     assert spec.variant is None and spec.phi == 2 and spec.width_mult == pytest.approx(2.0)
 
 
@@ -116,13 +116,24 @@ def test_spec_round_trips_through_a_dict():
         (dict(dropout=1.0), "dropout"),
         (dict(scaling="diagonal"), "scaling"),
         (dict(phi=-4, gamma=1.5), "resolution"),  # 32 * 1.5**-4 = 6 px
-        (dict(phi=8, beta=2.0), "phi"),  # over a trillion parameters: refused before allocation
-        (dict(phi=10, gamma=2.0, geometry="imagenet"), "phi"),  # 229k px: activations too large
     ],
 )
 def test_bad_specs_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}:"):
         ScalingSpec(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(phi=8, beta=2.0),  # over a trillion parameters
+                                    dict(phi=10, gamma=2.0, geometry="imagenet")])  # 229k px: activations too large
+def test_too_large_specs_have_no_card_and_are_never_built(kwargs):
+    """The size guard lives with the card (scaling stays below it): refused before anything is allocated."""
+    from effnet import build_model
+
+    spec = ScalingSpec(**kwargs)
+    with pytest.raises(ValueError, match="^phi:"):
+        model_card(spec)
+    with pytest.raises(ValueError, match="^phi:"):
+        build_model(spec)
 
 
 def test_unknown_official_variant():
@@ -137,11 +148,12 @@ def test_documented_phi_range_builds_analytically(geometry, phi):
     assert model_card(spec).params > 0
 
 
-def test_scaling_module_does_not_import_torch():
+def test_arithmetic_and_run_reading_modules_do_not_import_torch():
+    """The explorer, the results page and the queue read specs and run folders without paying for torch."""
     import subprocess
     import sys
 
-    code = "import sys, effnet.scaling, effnet.profile; print('torch' in sys.modules)"
+    code = "import sys, effnet.scaling, effnet.card, effnet.config, effnet.runs, effnet.jobs, effnet.results; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -150,7 +162,7 @@ def test_library_never_imports_streamlit():
     import subprocess
     import sys
 
-    modules = ["scaling", "profile", "model", "preprocess", "data", "train", "runs", "jobs", "results", "charts", "measure", "images", "cam"]
+    modules = ["scaling", "card", "config", "locks", "spec_flags", "model", "preprocess", "data", "train", "runs", "jobs", "results", "charts", "measure", "images", "cam"]
     code = "import sys\n" + "".join(f"import effnet.{m}\n" for m in modules) + "print('streamlit' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

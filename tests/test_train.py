@@ -14,7 +14,8 @@ from conftest import PROJECT, python_env, read_status, run_train, train_cmd, wai
 
 from effnet import ScalingSpec, build_model
 from effnet.runs import CheckpointError, load_checkpoint
-from effnet.train import TrainConfig, config_to_argv, lr_at, parse_args
+from effnet.config import TrainConfig
+from effnet.train import lr_at, parse_args
 
 KEYS = {"epoch", "train_loss", "train_top1", "val_top1", "val_top5", "test_top1", "test_top5", "lr",
         "epoch_seconds", "images_per_second"}
@@ -146,15 +147,23 @@ def test_bad_settings_are_refused_before_anything_starts(tmp_path, flags, messag
 
 def test_variant_flag_builds_exactly_the_official_spec():
     config, out, resume = parse_args(["--variant", "b0", "--geometry", "cifar", "--out", "x"])
-    assert config.model_spec == ScalingSpec.official("b0", geometry="cifar", num_classes=100)
+    assert config.spec == ScalingSpec.official("b0", geometry="cifar", num_classes=100)
     assert out == Path("x") and not resume
 
 
-def test_config_round_trips_through_the_command_line():
-    config = TrainConfig(spec=ScalingSpec(phi=1.5, beta=1.05, scaling="width").to_dict(), epochs=7, ema=0.99,
-                         nesterov=False, subset=100, channels_last=False, schedule="onecycle")
-    again, out, resume = parse_args(config_to_argv(config, Path("runs/x"), resume=True))
+def test_the_job_file_is_the_config_and_the_flags_build_the_same_one(tmp_path):
+    flags = ["--phi", "1.5", "--beta", "1.05", "--scaling", "width", "--epochs", "7", "--ema", "0.99",
+             "--no-nesterov", "--subset", "100", "--no-channels-last", "--schedule", "onecycle", "--device", "cpu"]
+    from_flags, _, _ = parse_args([*flags, "--out", "x"])
+    config = TrainConfig(spec=ScalingSpec(phi=1.5, beta=1.05, scaling="width"), epochs=7, ema=0.99, nesterov=False,
+                         subset=100, channels_last=False, schedule="onecycle", device="cpu")
+    assert from_flags == config
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"config": config.to_dict(), "label": "x", "queued_at": 1}))
+    again, out, resume = parse_args(["--config", str(job), "--out", "runs/x", "--resume"])
     assert again == config and out == Path("runs/x") and resume
+    moved, _, _ = parse_args(["--config", str(job), "--out", "x", "--data-dir", "/elsewhere"])
+    assert moved == config.replace(data_dir="/elsewhere")
 
 
 def test_learning_rate_schedule():

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from effnet.scaling import GEOMETRIES, OFFICIAL, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS, ScalingSpec
+from effnet.scaling import (
+    GEOMETRIES,
+    OFFICIAL,
+    PAPER_ALPHA,
+    PAPER_BETA,
+    PAPER_GAMMA,
+    SCALINGS,
+    ScalingSpec,
+)
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser, num_classes_default: int | None = 100) -> None:
@@ -37,5 +45,5 @@ def spec_from_args(args: argparse.Namespace, num_classes: int | None = None, **e
         **extra,
     )
     if args.variant is not None:
-        return ScalingSpec.official(args.variant, scaling=args.scaling, **common)
+        return ScalingSpec.official(args.variant, **common).with_scaling(args.scaling)
     return ScalingSpec(phi=args.phi, alpha=args.alpha, beta=args.beta, gamma=args.gamma, scaling=args.scaling, **common)

@@ -16,11 +16,16 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from effnet.scaling import OFFICIAL, SCALINGS, ScalingSpec, round_channels, squeeze_channels
+from effnet.scaling import OFFICIAL, SCALINGS, Block, ScalingSpec
 
 BYTES_FP32 = 4
 # Weights, their gradients and SGD's momentum buffer: three fp32 copies while training.
 TRAINING_PARAM_COPIES = 3
+# A spec past either limit has no card, and so is never built: 1 G parameters is 4 GB of fp32 weights
+# (12 GB with gradients and SGD momentum), and 16 GiB of activations for one training image
+# (these machines have 24 GiB). Both are known from arithmetic, before anything is allocated.
+MAX_PARAMS = 1_000_000_000
+MAX_ACTIVATION_BYTES_PER_IMAGE = 16 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -87,29 +92,30 @@ def _conv_bn(cin: int, cout: int, k: int, out: int, groups: int = 1) -> tuple[in
     return weights + 2 * cout, weights * out * out
 
 
-def _mbconv(cin: int, cout: int, expand: int, k: int, stride: int, size: int) -> tuple[int, int, int, int]:
+def _mbconv(block: Block, size: int) -> tuple[int, int, int, int]:
     """(params, MACs, saved activations, output side) of one MBConv block with SE."""
-    mid = round_channels(cin * expand)
-    out = _out(size, stride)
+    mid, out = block.expanded, _out(size, block.stride)
     params = macs = acts = 0
-    if mid != cin:
-        p, m = _conv_bn(cin, mid, 1, size)
+    if block.has_expansion:
+        p, m = _conv_bn(block.in_channels, mid, 1, size)
         params, macs, acts = params + p, macs + m, acts + 3 * mid * size * size
-    p, m = _conv_bn(mid, mid, k, out, groups=mid)
+    p, m = _conv_bn(mid, mid, block.kernel, out, groups=mid)
     params, macs = params + p, macs + m
-    squeeze = squeeze_channels(cin)
-    params += 2 * mid * squeeze + squeeze + mid  # fc1 and fc2, both with bias
-    macs += 2 * mid * squeeze
-    p, m = _conv_bn(mid, cout, 1, out)
+    params += 2 * mid * block.squeeze + block.squeeze + mid  # fc1 and fc2, both with bias
+    macs += 2 * mid * block.squeeze
+    p, m = _conv_bn(mid, block.out_channels, 1, out)
     params, macs = params + p, macs + m
     # conv out, BN out, SiLU out of the depthwise conv; SE output; project conv out and BN out.
-    acts += (3 + 1) * mid * out * out + 2 * cout * out * out
+    acts += (3 + 1) * mid * out * out + 2 * block.out_channels * out * out
     return params, macs, acts, out
 
 
 @lru_cache(maxsize=512)
 def model_card(spec: ScalingSpec) -> ModelCard:
-    """The per-stage table and totals for ``spec``; microseconds, so the app calls it freely."""
+    """The per-stage table and totals for ``spec``; microseconds, so the app calls it freely.
+
+    ``ValueError`` (naming phi) when the spec is too large to build on these machines.
+    """
     size = spec.resolution
     rows = []
     stem, stem_out = spec.stem_channels, _out(size, spec.stem_stride)
@@ -119,18 +125,35 @@ def model_card(spec: ScalingSpec) -> ModelCard:
     size = stem_out
     for i, st in enumerate(spec.stages, start=1):
         params = macs = acts = 0
-        cin, stride, start = st.in_channels, st.stride, size
-        for _ in range(st.repeats):
-            p, m, a, size = _mbconv(cin, st.out_channels, st.expand, st.kernel, stride, size)
+        start = size
+        for block in st.blocks:
+            p, m, a, size = _mbconv(block, size)
             params, macs, acts = params + p, macs + m, acts + a
-            cin, stride = st.out_channels, 1
         rows.append(StageRow(f"stage {i}", f"MBConv{st.expand}", st.kernel, st.stride, st.in_channels,
                              st.out_channels, st.repeats, start, size, params, macs, acts))
     last, head, classes = spec.stages[-1].out_channels, spec.head_channels, spec.num_classes
     p, m = _conv_bn(last, head, 1, size)
     rows.append(StageRow("head", "Conv1x1, pool, FC", 1, 1, last, head, 1, size, size,
                          p + head * classes + classes, m + head * classes, 3 * head * size * size + head))
-    return ModelCard(spec, tuple(rows))
+    card = ModelCard(spec, tuple(rows))
+    _check_size(card)
+    return card
+
+
+def _check_size(card: ModelCard) -> None:
+    spec = card.spec
+    if card.params > MAX_PARAMS:
+        raise ValueError(
+            f"phi: {spec.name} would have {card.params / 1e9:.2f} G parameters, more than the "
+            f"{MAX_PARAMS / 1e9:.0f} G this lab builds (lower phi or beta)"
+        )
+    act_bytes = card.activation_bytes(batch_size=1)
+    if act_bytes > MAX_ACTIVATION_BYTES_PER_IMAGE:
+        raise ValueError(
+            f"phi: {spec.name} at {spec.resolution} px needs {act_bytes / 1024**3:.1f} GiB of activations "
+            f"per training image, more than the {MAX_ACTIVATION_BYTES_PER_IMAGE / 1024**3:.0f} GiB limit "
+            "(lower phi, gamma or the resolution)"
+        )
 
 
 def sweep(spec: ScalingSpec, phis: list[float]) -> list[ModelCard]:
@@ -160,10 +183,10 @@ def scaling_methods(spec: ScalingSpec) -> list[dict[str, object]]:
     for method in SCALINGS:
         try:
             s = spec.with_scaling(method)
+            c = model_card(s)
         except ValueError as exc:
             rows.append({"method": method, "note": str(exc)})
             continue
-        c = model_card(s)
         rows.append({"method": method, "depth x": round(s.depth_mult, 3), "width x": round(s.width_mult, 3),
                      "resolution": s.resolution, "params (M)": round(c.params / 1e6, 2),
                      "MACs (G)": round(c.macs / 1e9, 3), "FLOPs vs phi=0": round(c.flops_ratio, 2),
@@ -178,6 +201,7 @@ def official_vs_formula(spec: ScalingSpec) -> list[dict[str, object]]:
         s = card.spec
         try:
             formula = spec.baseline.replace(phi=s.phi)
+            formula_macs = model_card(formula).macs
         except ValueError as exc:
             rows.append({"variant": s.name, "note": str(exc)})
             continue
@@ -185,5 +209,5 @@ def official_vs_formula(spec: ScalingSpec) -> list[dict[str, object]]:
                      "width (formula)": round(formula.width_mult, 2), "depth (released)": s.depth_mult,
                      "depth (formula)": round(formula.depth_mult, 2), "resolution (released)": s.resolution,
                      "resolution (formula)": formula.resolution,
-                     "MACs released/formula": round(card.macs / model_card(formula).macs, 2)})
+                     "MACs released/formula": round(card.macs / formula_macs, 2)})
     return rows
