@@ -1,0 +1,85 @@
+"""The shape of the code: dependencies point one way, modules are what the README says, functions stay short."""
+
+import ast
+import re
+from pathlib import Path
+
+from conftest import PROJECT
+
+LIBRARY = PROJECT / "effnet"
+MAX_FUNCTION_LINES = 80
+
+
+def project_imports(path: Path) -> set[str]:
+    """The effnet modules a file imports anywhere in it (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("effnet")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("effnet"):
+            if node.module == "effnet":  # from effnet import runs, jobs (modules) or ScalingSpec (a name)
+                found |= {f"effnet.{a.name}" for a in node.names if (LIBRARY / f"{a.name}.py").exists()}
+                found.add("effnet")
+            else:
+                found.add(node.module)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in LIBRARY.glob("*.py"):
+        name = "effnet" if path.stem == "__init__" else f"effnet.{path.stem}"
+        graph[name] = project_imports(path) - {name}
+    return graph
+
+
+def test_no_import_circle_inside_the_library():
+    graph = import_graph()
+    # effnet/__init__ re-exports; a module importing the package root is a module importing those.
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                raise AssertionError("import circle: " + " -> ".join([*trail, node, nxt]))
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_the_bottom_of_the_house_imports_nothing_of_the_project():
+    graph = import_graph()
+    assert graph["effnet.scaling"] == set()
+    assert graph["effnet.card"] == {"effnet.scaling"}
+
+
+def test_run_readers_do_not_import_the_queue():
+    readers = [LIBRARY / "results.py", LIBRARY / "cam.py", *(p for p in (PROJECT / "pages").glob("*.py")
+                                                           if p.stem != "train")]
+    for path in readers:
+        assert "effnet.jobs" not in project_imports(path), f"{path.name} imports the queue to read runs"
+
+
+def test_no_library_function_is_over_80_lines():
+    long = []
+    for path in LIBRARY.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.name}:{node.name} ({lines} lines)")
+    assert not long, long
+
+
+def test_readme_module_table_names_every_library_module():
+    readme = (PROJECT / "README.md").read_text()
+    table = readme[readme.index("| module | concept |"):]
+    table = table[: table.index("\n\n")]
+    named = {m for line in table.splitlines()[2:] for m in re.findall(r"`(\w+)`", line.split("|")[1])}
+    modules = {p.stem for p in LIBRARY.glob("*.py") if not p.stem.startswith("_")}
+    assert named == modules, f"README lists {sorted(named - modules)} that do not exist, misses {sorted(modules - named)}"
