@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+from pages.widgets import caller, teacher_sign_in
+
 st.set_page_config(page_title="effnet-lab", page_icon=":material/schema:", layout="wide")
 
 navigation = st.navigation([
@@ -10,4 +12,6 @@ navigation = st.navigation([
     st.Page("pages/results.py", title="Results", icon=":material/leaderboard:"),
     st.Page("pages/cam.py", title="Class activation maps", icon=":material/visibility:"),
 ])
+who = caller()  # every run: keeps this browser's owner token in the URL across page switches
+teacher_sign_in(who)
 navigation.run()

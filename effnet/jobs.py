@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from effnet import locks, runs
+from effnet.access import Caller, max_queued, readonly
 from effnet.card import model_card
 from effnet.config import TrainConfig
 from effnet.locks import DEVICE_LOCK_ENV
@@ -41,32 +42,13 @@ from effnet.runs import ACTIVE, RunInfo, checkpoints_dir, list_runs, run_path
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 QUEUE_LOCK, RUNNER_LOCK = ".queue.lock", ".runner.lock"
 DEVICES_ENV = "EFFNET_DEVICES"  # e.g. "cuda:0,cuda:1"; "cpu#0,cpu#1" simulates two slots on the CPU
-MAX_QUEUED_ENV, DEFAULT_MAX_QUEUED = "EFFNET_MAX_QUEUED", 2
-# Checkpoints written at once (last.pt, its temporary copy, best.pt) and a margin for metrics and logs.
-CHECKPOINT_COPIES, DISK_MARGIN_BYTES = 4, 64 * 1024**2
 POLL_S = 0.5
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who asks: a browser's owner token and whether it signed in as the teacher.
-
-    ``Caller.operator()`` (the command line, tests) may do anything.
-    """
-
-    owner: str | None
-    teacher: bool = False
-
-    @classmethod
-    def operator(cls) -> Caller:
-        return cls(None, teacher=True)
-
-    def may_manage(self, info: RunInfo) -> bool:
-        """Only a run's owner, or the teacher, may stop, resume, rename or delete it."""
-        return self.teacher or (info.owner is not None and info.owner == self.owner)
-
-
 def _check_caller(info: RunInfo, caller: Caller | None, action: str) -> None:
+    """Refuse a browser's request it may not make; ``caller=None`` is the operator (command line)."""
+    if caller is not None and readonly():
+        raise PermissionError(f"this server is a read-only demo: nothing can be changed here ({action} refused)")
     if caller is not None and not caller.may_manage(info):
         raise PermissionError(f"run {info.run_id} belongs to another user; only its owner or the teacher may {action} it")
 
@@ -100,31 +82,9 @@ def check_fits(config: TrainConfig) -> None:
         )
 
 
-def checkpoint_bytes(config: TrainConfig) -> int:
-    """Bytes of a run's checkpoints on disk: last.pt (weights, momentum, EMA) and best.pt, fp32."""
-    params = model_card(config.spec).params
-    return 4 * params * (2 + (config.ema > 0)) + 4 * params
-
-
-def check_disk(config: TrainConfig, root: Path) -> None:
-    """Refuse a run when the checkpoints disk cannot hold a few of its checkpoints."""
-    need = CHECKPOINT_COPIES * checkpoint_bytes(config) + DISK_MARGIN_BYTES
-    probe = root if root.exists() else root.parent
-    free = shutil.disk_usage(probe).free
-    if free < need:
-        raise ValueError(f"disk: {probe} has {free / 1024**2:.0f} MB free; this run's checkpoints need about "
-                         f"{need / 1024**2:.0f} MB. Free some space (delete old runs) first")
-
-
-def max_queued() -> int:
-    """Queued or running runs one owner may have at once (``$EFFNET_MAX_QUEUED``, default 2)."""
-    try:
-        return max(1, int(os.environ.get(MAX_QUEUED_ENV, DEFAULT_MAX_QUEUED)))
-    except ValueError:
-        return DEFAULT_MAX_QUEUED
-
-
 def _check_quota(root: Path, caller: Caller | None, adding: int) -> None:
+    if caller is not None and readonly():
+        raise PermissionError("this server is a read-only demo: no run can be started here")
     if caller is None or caller.teacher:
         return
     mine = [r for r in list_runs(root) if r.owner == caller.owner and (r.active or r.state == "queued")]
@@ -158,7 +118,7 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
     for config in configs:
         config.validate()
         check_fits(config)
-        check_disk(config, root)
+        runs.check_disk(config, root)
         if config.data_dir is None:  # the runner may start elsewhere: pin the data folder this process sees
             from effnet.data import data_dir
 
@@ -244,7 +204,7 @@ def delete(run_id: str, root: str | os.PathLike | None = None, wait_s: float = 3
     root = checkpoints_dir(root).resolve()
     link = root / run_id if isinstance(run_id, str) and runs.RUN_ID.fullmatch(run_id) else None
     if link is not None and link.is_symlink():
-        if caller is not None and not caller.teacher:
+        if caller is not None and (readonly() or not caller.teacher):
             raise PermissionError(f"{run_id} is not a run; only the teacher may remove it")
         link.unlink()
         return
@@ -336,11 +296,10 @@ def device_lock(root: Path, slot: str) -> Path:
 def _command(info: RunInfo, job: dict, slots: list[str]) -> list[str]:
     train = ["-m", "effnet.train", "--config", str(info.path / runs.JOB), "--out", str(info.path)]
     train += ["--resume"] if job.get("resume") else []
-    if info.config.device == "cpu":
-        return [sys.executable, *train, "--device", "cpu"]
     if len(slots) == 1:
-        return [sys.executable, *train, "--device", slot_device(slots[0])]
-    device = "cpu" if all(slot_device(s) == "cpu" for s in slots) else "cuda"
+        device = "cpu" if info.config.device == "cpu" else slot_device(slots[0])
+        return [sys.executable, *train, "--device", device]
+    device = "cpu" if info.config.device == "cpu" or all(slot_device(s) == "cpu" for s in slots) else "cuda"
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(len(slots)),
             *train, "--device", device]
 

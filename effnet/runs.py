@@ -25,6 +25,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 import time
@@ -300,6 +301,27 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+# Checkpoints on disk at once (last.pt, its temporary copy, best.pt, its copy) and a margin for the rest.
+CHECKPOINT_COPIES, DISK_MARGIN_BYTES = 4, 64 * 1024**2
+
+
+def checkpoint_bytes(config: TrainConfig) -> int:
+    """Bytes of one checkpoint of the run: fp32 weights, SGD momentum and the EMA copy when there is one."""
+    from effnet.card import model_card
+
+    return 4 * model_card(config.spec).params * (2 + (config.ema > 0))
+
+
+def check_disk(config: TrainConfig, folder: Path) -> None:
+    """Refuse to start when the disk holding ``folder`` cannot take a few of the run's checkpoints."""
+    need = CHECKPOINT_COPIES * checkpoint_bytes(config) + DISK_MARGIN_BYTES
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise ValueError(f"disk: {probe} has {free / 1024**2:.0f} MB free; this run's checkpoints need about "
+                         f"{need / 1024**2:.0f} MB. Free some space (delete old runs) first")
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` into memory, then an atomic write: a kill never leaves half a checkpoint."""
     import io

@@ -516,6 +516,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> list[dict[str
     """
     config.validate()
     config, checkpoint = _open(config, out, resume)
+    runs.check_disk(config, out)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(config.device, local_rank)

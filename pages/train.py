@@ -5,10 +5,12 @@ from pathlib import Path
 import streamlit as st
 
 from effnet import OFFICIAL, ScalingSpec, jobs, runs
+from effnet.access import readonly
 from effnet.charts import training_curves
 from effnet.config import AUGMENTATIONS, SCHEDULES, TrainConfig, normalization_for
 from effnet.data import data_dir, dataset_present, missing_data_message
 from effnet.scaling import COEFFICIENT_RANGE, GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, PHI_RANGE, SCALINGS
+from pages.widgets import caller
 
 VARIANTS = [v.upper() for v in OFFICIAL]
 DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": PAPER_ALPHA, "c_beta": PAPER_BETA,
@@ -33,6 +35,7 @@ def apply(preset: dict) -> None:
 
 
 root = runs.checkpoints_dir()
+who = caller()
 has_gpu = jobs.device_slots()[0].startswith("cuda")
 
 st.title("Train on CIFAR-100")
@@ -96,7 +99,8 @@ with st.form("new_runs"):
             cols[1].number_input("Seed", 0, 2**31 - 1, key="t_seed")
             cols[2].checkbox("Nesterov", key="t_nesterov")
             st.checkbox("torch.compile (GPU; minutes to compile on a CPU)", key="t_compile")
-    start = st.form_submit_button("Start", type="primary")
+    start = st.form_submit_button("Start", type="primary", disabled=readonly(),
+                                  help="This server is a read-only demo" if readonly() else None)
 
 
 def planned_specs() -> list[ScalingSpec]:
@@ -127,11 +131,77 @@ if start:
         if not specs:
             raise ValueError("variants: choose at least one variant or add a custom spec")
         # All or none: every run is checked (settings, memory, disk) before the first is queued.
-        started = jobs.submit_many([config_for(spec) for spec in specs], root)
-    except ValueError as exc:
+        started = jobs.submit_many([config_for(spec) for spec in specs], root, caller=who)
+    except (ValueError, PermissionError) as exc:
         st.error(f"Not started: {exc}")
     else:
         st.success(f"Queued {len(started)} run(s): {', '.join(started)}. They train one at a time.")
+
+
+def act(action, info: runs.RunInfo) -> None:
+    """Run a queue action for this browser; a refusal is shown right under the run's buttons."""
+    try:
+        action(info.run_id, root, caller=who)
+    except (PermissionError, ValueError, RuntimeError) as exc:
+        st.session_state[f"refused_{info.run_id}"] = str(exc)
+
+
+def run_card(info: runs.RunInfo) -> None:
+    """One run: label, state, device, progress, the buttons its owner (or the teacher) may press, errors."""
+    prog = runs.progress(info)
+    mine = who.may_manage(info) and not readonly()
+    with st.container(border=True):
+        head, bar, buttons = st.columns([2, 4, 2], vertical_alignment="center")
+        where = f" · {info.status['slot']}" if info.status.get("slot") and info.active else ""
+        owner = " · yours" if info.owner is not None and info.owner == who.owner else ""
+        head.markdown(f"**{info.label}**  \n`{info.run_id}` · {info.state}{where}{owner}")
+        bar.progress(prog.fraction, text=prog.text)
+        ips = info.status.get("images_per_second")
+        if ips and info.active:
+            bar.caption(f"{ips:.0f} images/s")
+        if mine and (info.active or info.state == "queued"):
+            buttons.button("Stop", key=f"stop_{info.run_id}", on_click=act, args=(jobs.stop, info))
+        elif mine and jobs.resumable(info):
+            buttons.button("Resume", key=f"resume_{info.run_id}", on_click=act, args=(jobs.resume, info))
+        refused = st.session_state.pop(f"refused_{info.run_id}", None)
+        if refused:
+            buttons.error(refused)
+        if info.state in ("failed", "damaged") and info.error:
+            st.error(info.error)
+
+
+def manage(infos: list[runs.RunInfo]) -> None:
+    """Downloads, rename and delete for one chosen run (inside the live fragment, so it never goes stale)."""
+    st.subheader("Manage a run")
+    by_id = {r.run_id: r for r in infos}
+    chosen = st.selectbox("Run", list(by_id), key="manage_run",
+                          format_func=lambda rid: f"{by_id[rid].label} · {rid} · {by_id[rid].state}")
+    info = by_id[chosen]
+    cols = st.columns(4)
+    for col, name in zip(cols[:2], (runs.BEST, runs.LAST), strict=True):
+        path: Path = info.path / name
+        if path.is_file() and not path.is_symlink():
+            col.download_button(f"Download {name} ({path.stat().st_size / 1e6:.0f} MB)", key=f"dl_{name}",
+                                data=lambda p=path: runs.read_file(p, max_bytes=1 << 40), on_click="ignore",
+                                file_name=f"{info.run_id}-{name}", mime="application/octet-stream")
+        else:
+            col.caption(f"No {name} yet" if not path.is_symlink() else f"{name} is a symbolic link: refused")
+    if not who.may_manage(info) or readonly():
+        cols[2].caption("Only its owner or the teacher can rename or delete this run.")
+        return
+    with cols[2].form(f"rename_{chosen}", border=False):
+        label = st.text_input("New name", value=info.label, max_chars=80, key=f"label_{chosen}")
+        if st.form_submit_button("Rename"):
+            act(lambda rid, r, caller: jobs.rename(rid, label, r, caller=caller), info)
+    confirm = cols[3].checkbox("Yes, delete it", key="confirm_delete")
+    if cols[3].button("Delete run", disabled=not confirm, key="delete_run"):
+        act(jobs.delete, info)
+        st.session_state.pop("confirm_delete", None)
+        if f"refused_{chosen}" not in st.session_state:
+            st.rerun(scope="fragment")
+    refused = st.session_state.pop(f"refused_{chosen}", None)
+    if refused:
+        cols[3].error(refused)
 
 
 @st.fragment(run_every=2)
@@ -144,56 +214,14 @@ def live_runs() -> None:
         st.info("No runs yet: choose models above and press Start.")
         return
     for info in reversed(infos):
-        prog = runs.progress(info)
-        with st.container(border=True):
-            head, bar, buttons = st.columns([2, 4, 2], vertical_alignment="center")
-            head.markdown(f"**{info.label}**  \n`{info.run_id}` · {info.state}")
-            bar.progress(prog.fraction, text=prog.text)
-            ips = info.status.get("images_per_second")
-            if ips and info.active:
-                bar.caption(f"{ips:.0f} images/s")
-            if info.active or info.state == "queued":
-                if buttons.button("Stop", key=f"stop_{info.run_id}"):
-                    jobs.stop(info.run_id, root)
-                    st.rerun(scope="fragment")
-            elif jobs.resumable(info):
-                if buttons.button("Resume", key=f"resume_{info.run_id}"):
-                    jobs.resume(info.run_id, root)
-                    st.rerun(scope="fragment")
-            if info.state == "failed" and info.error:
-                st.error(info.error)
+        run_card(info)
     with_metrics = [(i.label + " · " + i.run_id[-4:], runs.read_metrics(i.path)) for i in infos]
     with_metrics = [(label, rows) for label, rows in with_metrics if rows]
     if with_metrics:
         left, right = st.columns(2)
         left.plotly_chart(training_curves(with_metrics, "top1"), width="stretch", key="curve_top1")
         right.plotly_chart(training_curves(with_metrics, "loss"), width="stretch", key="curve_loss")
+    manage(infos)
 
 
 live_runs()
-
-st.subheader("Manage a run")
-all_runs = runs.list_runs(root)
-if all_runs:
-    chosen = st.selectbox("Run", [r.run_id for r in all_runs], key="manage_run",
-                          format_func=lambda rid: next(f"{r.label} · {rid} · {r.state}" for r in all_runs
-                                                       if r.run_id == rid))
-    info = next(r for r in all_runs if r.run_id == chosen)
-    cols = st.columns(3)
-    for col, name in zip(cols[:2], (runs.BEST, runs.LAST), strict=True):
-        path: Path = info.path / name
-        if path.exists():
-            col.download_button(f"Download {name} ({path.stat().st_size / 1e6:.0f} MB)", data=path.read_bytes,
-                                file_name=f"{info.run_id}-{name}", mime="application/octet-stream",
-                                key=f"dl_{name}", on_click="ignore")
-        else:
-            col.caption(f"No {name} yet")
-    confirm = cols[2].checkbox("Yes, delete it", key="confirm_delete")
-    if cols[2].button("Delete run", disabled=not confirm, key="delete_run"):
-        try:
-            jobs.delete(info.run_id, root)
-        except (RuntimeError, ValueError) as exc:
-            st.error(str(exc))
-        else:
-            st.session_state.pop("confirm_delete", None)
-            st.rerun()
