@@ -35,6 +35,8 @@ from effnet.preprocess import to_model_input
 from effnet.scaling import ScalingSpec
 
 MIN_CAM_SIZE = 4
+# Uploads are shrunk to this side when decoded: the models see 32-600 px, a projector shows ~1,000.
+DISPLAY_SIDE = 1024
 SCORECAM_MEMORY = 2 * 1024**3
 
 
@@ -141,7 +143,7 @@ def overlay(image: Image.Image | bytes, heatmap: np.ndarray, alpha: float = 0.5)
     from matplotlib import colormaps
 
     img = decode_image(image)
-    colours = (colormaps["viridis"](heatmap)[..., :3] * 255).astype(np.uint8)
+    colours = colormaps["viridis"](heatmap, bytes=True)[..., :3]  # uint8 straight away: no float64 RGBA copy
     return Image.blend(img, Image.fromarray(colours).resize(img.size), alpha)
 
 

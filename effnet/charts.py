@@ -1,16 +1,28 @@
 """Plotly figures for the app: built here from the core's numbers, laid out by the pages.
 
 Every chart uses the Okabe-Ito palette (distinguishable with the common colour-vision
-deficiencies) and large fonts, since the lab is shown on projectors.
+deficiencies) and text of at least 14 px, since the lab is shown on projectors; pages show them
+with Streamlit's theme off so these sizes hold.
+
+Speed, measured (bench/classroom_load.py, profiled): a figure on plotly's "plotly_white" template costs
+about 35 ms of server CPU (the template is validated and deep-copied into every figure), the same look
+set by ``update_layout`` calls about 29 ms, and a small registered template of our own about 5 ms. Figures that depend only on a spec are cached
+(``lru_cache``): the explorer rebuilds nothing when a class looks at the same B0-B7. Callers must
+not modify a figure they get.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from effnet.card import ModelCard, model_card, official_cards, sweep
 from effnet.scaling import ScalingSpec
@@ -18,15 +30,56 @@ from effnet.scaling import ScalingSpec
 # Okabe & Ito (2008): blue, orange, bluish green, vermillion, reddish purple, sky blue, yellow, black.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 DASHES = ["solid", "dash", "dot", "dashdot"]
-FONT = {"size": 16}
+FONT = {"size": 16, "color": "#222222"}
+_AXIS = {"gridcolor": "#dddddd", "linecolor": "#888888", "zeroline": False, "tickfont": {"size": 15},
+         "title": {"font": {"size": 16}}, "automargin": True}
+# A small template of our own, registered once: plotly deep-copies a figure's template into it, so a
+# template of a few keys costs ~4 ms per figure where "plotly_white" (every trace type's defaults) costs ~30.
+TEMPLATE = "effnet-lab"
+pio.templates[TEMPLATE] = go.layout.Template(layout={
+    "font": FONT, "colorway": PALETTE, "paper_bgcolor": "white", "plot_bgcolor": "white", "xaxis": _AXIS,
+    "yaxis": _AXIS, "margin": {"l": 70, "r": 30, "t": 60, "b": 60}, "legend": {"font": {"size": 15}},
+    "hoverlabel": {"font": {"size": 15}}, "title": {"font": {"size": 18}}})
 
 
 def _layout(fig: go.Figure, title: str, **kwargs: Any) -> go.Figure:
-    fig.update_layout(title=title, font=FONT, colorway=PALETTE, template="plotly_white",
-                      margin={"l": 60, "r": 20, "t": 60, "b": 50}, legend={"font": {"size": 14}}, **kwargs)
+    """The lab's look (the registered template) and a title."""
+    fig.update_layout(template=TEMPLATE, title_text=title, **kwargs)
     return fig
 
 
+F = TypeVar("F", bound=Callable[..., go.Figure])
+MEMO_SIZE = 256
+
+
+def _memo(build: F) -> F:
+    """Keep the last ``MEMO_SIZE`` figures ``build`` made, keyed by its arguments as JSON (data and specs alike)."""
+    cache: OrderedDict[str, go.Figure] = OrderedDict()
+    lock = threading.Lock()
+
+    @functools.wraps(build)
+    def cached(*args: Any, **kwargs: Any) -> go.Figure:
+        key = json.dumps([args, kwargs], default=repr, sort_keys=True)
+        with lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        figure = build(*args, **kwargs)
+        with lock:
+            cache[key] = figure
+            if len(cache) > MEMO_SIZE:
+                cache.popitem(last=False)
+        return figure
+
+    return cached  # type: ignore[return-value]
+
+
+def _log_axis() -> dict[str, Any]:
+    """Log axes labelled at powers of ten only (1M, 10M, ...): no unlabeled minor digits to squint at."""
+    return {"type": "log", "dtick": 1, "exponentformat": "SI"}
+
+
+@_memo
 def scaling_sweep(spec: ScalingSpec, metric: str) -> go.Figure:
     """``metric`` ("params" or "macs") for phi = 0..7 under the spec's coefficients, beside B0-B7."""
     phis = list(range(8))
@@ -34,18 +87,20 @@ def scaling_sweep(spec: ScalingSpec, metric: str) -> go.Figure:
     formula = sweep(spec, phis)
     official = [getattr(c, metric) for c in official_cards(spec)]
     fig = go.Figure()
-    fig.add_scatter(x=[c.spec.phi for c in formula], y=[getattr(c, metric) for c in formula], mode="lines+markers", name=f"formula (a={spec.alpha:g}, b={spec.beta:g}, "
-                    f"g={spec.gamma:g})", marker={"symbol": "circle", "size": 10})
+    fig.add_scatter(x=[c.spec.phi for c in formula], y=[getattr(c, metric) for c in formula], mode="lines+markers", name=f"formula (α={spec.alpha:g}, β={spec.beta:g}, "
+                    f"γ={spec.gamma:g})", marker={"symbol": "circle", "size": 10})
     fig.add_scatter(x=phis, y=official, mode="lines+markers", name="official B0-B7",
                     marker={"symbol": "diamond", "size": 11}, line={"dash": "dash"})
     if spec.variant is None and -0.5 <= spec.phi <= 7.5:
         fig.add_scatter(x=[spec.phi], y=[getattr(model_card(spec), metric)], mode="markers",
                         name="your spec", marker={"symbol": "star", "size": 18, "color": PALETTE[3]})
-    fig.update_yaxes(type="log", title=label)
-    fig.update_xaxes(title="phi (official: B-number)", dtick=1)
-    return _layout(fig, f"{label.capitalize()} vs phi (log scale)")
+    _layout(fig, f"{label.capitalize()} vs φ (log scale)")
+    fig.update_yaxes(title=label, **_log_axis())
+    fig.update_xaxes(title="φ (official: the B-number)", dtick=1)
+    return fig
 
 
+@_memo
 def network_picture(card: ModelCard, reference: ModelCard | None = None) -> go.Figure:
     """Stages as blocks: block height follows the output resolution, width the channels, label the repeats.
 
@@ -58,16 +113,14 @@ def network_picture(card: ModelCard, reference: ModelCard | None = None) -> go.F
     top_channels = max(r.out_channels for c, *_ in cards for r in c.stages)
     positions = [1.3 * i for i in range(len(card.stages))]
     x = 1.3 * len(card.stages)
-    for c, fill, edge, dash in cards:
-        for pos, row in zip(positions, c.stages, strict=True):
-            width = 0.25 + 0.95 * math.sqrt(row.out_channels / top_channels)
-            height = 0.15 + 0.85 * row.output_size / top_size
-            fig.add_shape(type="rect", x0=pos, x1=pos + width, y0=-height / 2, y1=height / 2,
-                          fillcolor=fill, line={"color": edge, "dash": dash, "width": 2})
-    for pos, row in zip(positions, card.stages, strict=True):
-        fig.add_annotation(x=pos + 0.5, y=-0.55, yanchor="top", showarrow=False, font={"size": 13},
-                           text=f"{row.name}<br>{row.out_channels} ch<br>{row.output_size}x{row.output_size}"
-                                f"<br>x{row.repeats}")
+    shapes = [{"type": "rect", "x0": pos, "x1": pos + _box_width(row, top_channels),
+               "y0": -_box_height(row, top_size) / 2, "y1": _box_height(row, top_size) / 2,
+               "fillcolor": fill, "line": {"color": edge, "dash": dash, "width": 2}}
+              for c, fill, edge, dash in cards for pos, row in zip(positions, c.stages, strict=True)]
+    notes = [{"x": pos + 0.5, "y": -0.55, "yanchor": "top", "showarrow": False, "font": {"size": 15},
+              "text": f"{row.name}<br>{row.out_channels} ch<br>{row.output_size}×{row.output_size}<br>×{row.repeats}"}
+             for pos, row in zip(positions, card.stages, strict=True)]
+    fig.update_layout(shapes=shapes, annotations=notes)  # one validation pass, not one per block
     fig.update_xaxes(visible=False, range=[-0.2, x + 0.2])
     fig.update_yaxes(visible=False, range=[-1.05, 0.55])
     note = " (dotted: B0)" if reference is not None else ""
@@ -75,6 +128,15 @@ def network_picture(card: ModelCard, reference: ModelCard | None = None) -> go.F
                    showlegend=False)
 
 
+def _box_width(row: Any, top_channels: int) -> float:
+    return 0.25 + 0.95 * math.sqrt(row.out_channels / top_channels)
+
+
+def _box_height(row: Any, top_size: int) -> float:
+    return 0.15 + 0.85 * row.output_size / top_size
+
+
+@_memo
 def training_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str = "top1") -> go.Figure:
     """Per-epoch curves of several runs overlaid: colour = run, line style = train/val/test."""
     fig = go.Figure()
@@ -103,6 +165,7 @@ def _pad_y(fig: go.Figure, values: Sequence[float]) -> None:
     fig.update_traces(cliponaxis=False)
 
 
+@_memo
 def accuracy_vs_size(points: Sequence[tuple[str, float, float]], size: str) -> go.Figure:
     """One labelled point per run: (label, size, top-1). ``size`` names the x axis ("params" or "macs")."""
     axis = {"params": "parameters", "macs": "multiply-adds (paper's FLOPs)"}[size]
@@ -110,12 +173,13 @@ def accuracy_vs_size(points: Sequence[tuple[str, float, float]], size: str) -> g
     fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[p[0] for p in points],
                     mode="markers+text", textposition="top center", marker={"size": 13, "color": PALETTE[0]},
                     name="runs")
-    fig.update_xaxes(type="log", title=f"{axis} (log scale)")
+    fig.update_xaxes(title=f"{axis} (log scale)", **_log_axis())
     fig.update_yaxes(title="test top-1, best epoch (%)")
     _pad_y(fig, [p[2] for p in points])
     return _layout(fig, f"Accuracy vs {axis}", showlegend=False)
 
 
+@_memo
 def val_vs_test(points: Sequence[tuple[str, float, float]], r: float | None) -> go.Figure:
     """Validation vs test top-1 per run, with the y = x line and the correlation coefficient."""
     fig = go.Figure()
@@ -133,6 +197,7 @@ def val_vs_test(points: Sequence[tuple[str, float, float]], r: float | None) -> 
     return _layout(fig, title)
 
 
+@_memo
 def confusion_heatmap(matrix: Sequence[Sequence[int]], rows: Sequence[str], columns: Sequence[str],
                       title: str) -> go.Figure:
     """Counts as a heatmap (cividis: readable with colour-vision deficiencies); rows true, columns predicted."""

@@ -8,22 +8,22 @@ import streamlit as st
 from PIL import Image
 
 from effnet import runs
-from effnet.cam import METHOD_NOTES, METHODS, default_device, explain, imagenet_model, overlay, run_model
+from effnet.cam import DISPLAY_SIDE, METHOD_NOTES, METHODS, default_device, explain, imagenet_model, overlay, run_model
 from effnet.data import DataError, dataset_present, load_cifar100
-from effnet.images import decode_image
+from effnet.images import decode_image, release_memory
 from effnet.scaling import OFFICIAL, ScalingSpec
 
 DEVICE = default_device()
 TOP = "(top prediction)"
 
 
-@st.cache_resource(max_entries=16, show_spinner="Loading the model...")
+@st.cache_resource(max_entries=8, show_spinner="Loading the model...")
 def cached_run_model(path: str, mtime: float):
     """Loaded once per checkpoint version and shared by every session (``mtime`` renews it)."""
     return run_model(Path(path), DEVICE)
 
 
-@st.cache_resource(max_entries=8, show_spinner="Loading ImageNet weights...")
+@st.cache_resource(max_entries=2, show_spinner="Loading ImageNet weights...")
 def cached_imagenet_model(variant: str):
     return imagenet_model(variant, DEVICE)
 
@@ -119,7 +119,7 @@ if not images:
 for name, raw in images:
     st.markdown(f"#### {name}")
     try:
-        picture = decode_image(raw, name)
+        picture = decode_image(raw, name, max_side=DISPLAY_SIDE)  # a 12-MP photo is shrunk while it is decoded
     except ValueError as exc:
         st.error(str(exc))
         continue
@@ -136,5 +136,10 @@ for name, raw in images:
         if max(shown.size) < 256:  # small images (CIFAR's 32 px) are enlarged for the projector
             scale = 256 / max(shown.size)
             shown = shown.resize((round(shown.width * scale), round(shown.height * scale)), Image.NEAREST)
-        col.image(shown, caption=f"{label}: explaining '{names[result.target_class]}'", width="stretch")
+        col.image(shown, caption=f"{label}: explaining '{names[result.target_class]}'", width="stretch",
+                  output_format="JPEG")
         col.markdown("\n".join(f"{k + 1}. {names[c]} {100 * p:.1f}%" for k, (c, p) in enumerate(result.top5)))
+
+# The maps above allocated (and freed) tens of MB per image in this session's thread; glibc keeps freed
+# memory in per-thread arenas, so a class's uploads would leave the server hundreds of MB larger.
+release_memory()

@@ -17,7 +17,7 @@ from effnet.scaling import (
     PAPER_GAMMA,
     PHI_RANGE,
 )
-from pages.widgets import human, linked_number
+from pages.widgets import chart, human, linked_number
 
 st.title("Compound scaling explorer")
 st.caption("Every number here is computed analytically from the spec: no model is built, so each move is instant.")
@@ -93,32 +93,36 @@ with st.expander("The formulas", expanded=False):
     st.markdown("Cost grows linearly with depth but quadratically with width and resolution, so with the "
                 "constraint each step of φ roughly doubles the FLOPs.")
 
+# Lazy tabs: only the open one runs, so a rerun builds one tab's figures, not four tabs' worth.
 stages_tab, curves_tab, methods_tab, speed_tab = st.tabs(
-    ["Stages", "Scaling curves", "Scaling methods", "Speed on this machine"])
+    ["Stages", "Scaling curves", "Scaling methods", "Speed on this machine"], key="explorer_tab", on_change="rerun")
 
 with stages_tab:
-    reference = model_card(spec.baseline)
-    st.plotly_chart(network_picture(card, None if reference.stages == card.stages else reference), width="stretch")
-    table = pd.DataFrame([{
-        "stage": r.name, "operator": r.operator, "kernel": r.kernel, "stride": r.stride, "in": r.in_channels,
-        "out": r.out_channels, "repeats": r.repeats, "output": f"{r.output_size}×{r.output_size}",
-        "params": r.params, "MACs": r.macs} for r in card.stages])
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={"params": st.column_config.NumberColumn(format="localized"),
-                                "MACs": st.column_config.NumberColumn(format="localized")})
+    if stages_tab.open:
+        reference = model_card(spec.baseline)
+        chart(network_picture(card, None if reference.stages == card.stages else reference), "network")
+        table = pd.DataFrame([{
+            "stage": r.name, "operator": r.operator, "kernel": r.kernel, "stride": r.stride, "in": r.in_channels,
+            "out": r.out_channels, "repeats": r.repeats, "output": f"{r.output_size}×{r.output_size}",
+            "params": r.params, "MACs": r.macs} for r in card.stages])
+        st.dataframe(table, hide_index=True, width="stretch",
+                     column_config={"params": st.column_config.NumberColumn(format="localized"),
+                                    "MACs": st.column_config.NumberColumn(format="localized")})
 
 with curves_tab:
-    left, right = st.columns(2)
-    left.plotly_chart(scaling_sweep(spec, "params"), width="stretch")
-    right.plotly_chart(scaling_sweep(spec, "macs"), width="stretch")
-    st.markdown("**Released B0-B7 vs the formula** (with the coefficients above): the released width, depth "
-                "and resolution were rounded and hand-tuned, so they are not exactly α^φ, β^φ, γ^φ.")
-    st.dataframe(pd.DataFrame(official_vs_formula(spec)), hide_index=True, width="stretch")
+    if curves_tab.open:
+        left, right = st.columns(2)
+        chart(scaling_sweep(spec, "params"), "sweep_params", left)
+        chart(scaling_sweep(spec, "macs"), "sweep_macs", right)
+        st.markdown("**Released B0-B7 vs the formula** (with the coefficients above): the released width, depth "
+                    "and resolution were rounded and hand-tuned, so they are not exactly α^φ, β^φ, γ^φ.")
+        st.dataframe(pd.DataFrame(official_vs_formula(spec)), hide_index=True, width="stretch")
 
 with methods_tab:
-    st.markdown(f"The same FLOPs budget (2^φ = {spec.flops_target:.2f}× B0) reached by scaling one dimension "
-                "alone, next to compound scaling. The paper's Figure 3 and the seed study compare these.")
-    st.dataframe(pd.DataFrame(scaling_methods(spec)), hide_index=True, width="stretch")
+    if methods_tab.open:
+        st.markdown(f"The same FLOPs budget (2^φ = {spec.flops_target:.2f}× B0) reached by scaling one dimension "
+                    "alone, next to compound scaling. The paper's Figure 3 and the seed study compare these.")
+        st.dataframe(pd.DataFrame(scaling_methods(spec)), hide_index=True, width="stretch")
 
 with speed_tab:
     st.markdown("Multiply-adds are not speed: memory traffic, depthwise convolutions and the hardware decide. "

@@ -5,6 +5,7 @@ import streamlit as st
 
 from effnet import results, runs
 from effnet.charts import accuracy_vs_size, confusion_heatmap, training_curves, val_vs_test
+from pages.widgets import chart
 
 st.title("Results")
 st.caption("Finished and running runs under the checkpoints folder. Test and validation top-1 are on CIFAR-100 "
@@ -31,18 +32,14 @@ st.caption("The seed study (200 epochs, SGD+momentum) reached 67.94 (B0) to 70.7
 
 scored = [(r.label, r.best("test_top1"), r.best("val_top1"), r) for r in found]
 left, right = st.columns(2)
-left.plotly_chart(accuracy_vs_size([(lab, r.params, t) for lab, t, _, r in scored], "params"), width="stretch",
-                  key="acc_params")
-right.plotly_chart(accuracy_vs_size([(lab, r.macs, t) for lab, t, _, r in scored], "macs"), width="stretch",
-                   key="acc_macs")
+chart(accuracy_vs_size([(lab, r.params, t) for lab, t, _, r in scored], "params"), "acc_params", left)
+chart(accuracy_vs_size([(lab, r.macs, t) for lab, t, _, r in scored], "macs"), "acc_macs", right)
 pairs = [(lab, v, t) for lab, t, v, _ in scored if v is not None]
 left, right = st.columns(2)
-left.plotly_chart(val_vs_test(pairs, results.pearson([p[1] for p in pairs], [p[2] for p in pairs])),
-                  width="stretch", key="val_test")
+chart(val_vs_test(pairs, results.pearson([p[1] for p in pairs], [p[2] for p in pairs])), "val_test", left)
 chosen = right.multiselect("Curves to overlay", [r.label for r in found], default=[r.label for r in found][:8],
                            key="curve_runs")
-right.plotly_chart(training_curves([(r.label, r.rows) for r in found if r.label in chosen], "top1"),
-                   width="stretch", key="curves")
+chart(training_curves([(r.label, r.rows) for r in found if r.label in chosen], "top1"), "curves", right)
 
 st.subheader("Per run: classes")
 by_id = {r.run_id: r for r in found}
@@ -66,10 +63,10 @@ best.dataframe(pd.DataFrame(per_class[:10], columns=["class", "top-1 (%)", "imag
 worst.markdown("**Worst classes**")
 worst.dataframe(pd.DataFrame(per_class[::-1][:10], columns=["class", "top-1 (%)", "images"]), hide_index=True,
                 width="stretch")
-st.plotly_chart(confusion_heatmap(confusion.coarse(), confusion.coarse_names, confusion.coarse_names,
-                                  "Confusion between the 20 superclasses"), width="stretch", key="coarse")
+chart(confusion_heatmap(confusion.coarse(), confusion.coarse_names, confusion.coarse_names,
+                        "Confusion between the 20 superclasses"), "coarse")
 group = st.selectbox("Drill down into a superclass", range(len(confusion.coarse_names)),
                      format_func=lambda i: confusion.coarse_names[i], key="drill")
 names, grid = confusion.within(group)
-st.plotly_chart(confusion_heatmap(grid, names, [*names, "elsewhere"],
-                                  f"{confusion.coarse_names[group]}: its fine classes"), width="stretch", key="fine")
+chart(confusion_heatmap(grid, names, [*names, "elsewhere"], f"{confusion.coarse_names[group]}: its fine classes"),
+      "fine")

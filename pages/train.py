@@ -10,7 +10,7 @@ from effnet.charts import training_curves
 from effnet.config import AUGMENTATIONS, SCHEDULES, TrainConfig, normalization_for
 from effnet.data import data_dir, dataset_present, missing_data_message
 from effnet.scaling import COEFFICIENT_RANGE, GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, PHI_RANGE, SCALINGS
-from pages.widgets import caller
+from pages.widgets import caller, chart
 
 VARIANTS = [v.upper() for v in OFFICIAL]
 DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": PAPER_ALPHA, "c_beta": PAPER_BETA,
@@ -219,8 +219,8 @@ def live_runs() -> None:
     with_metrics = [(label, rows) for label, rows in with_metrics if rows]
     if with_metrics:
         left, right = st.columns(2)
-        left.plotly_chart(training_curves(with_metrics, "top1"), width="stretch", key="curve_top1")
-        right.plotly_chart(training_curves(with_metrics, "loss"), width="stretch", key="curve_loss")
+        chart(training_curves(with_metrics, "top1"), "curve_top1", left)
+        chart(training_curves(with_metrics, "loss"), "curve_loss", right)
     manage(infos)
 
 

@@ -83,3 +83,8 @@ def teacher_sign_in(who: Caller) -> None:
                 st.session_state["teacher"] = True
                 st.rerun()
             st.error("Wrong password.")
+
+
+def chart(figure, key: str, where=st) -> None:
+    """A chart as the lab draws it: full width, with its own large fonts (Streamlit's theme would shrink them)."""
+    where.plotly_chart(figure, width="stretch", theme=None, key=key)
