@@ -1,17 +1,21 @@
-"""effnet-lab: ``streamlit run app.py``. Navigation only; each page lives in pages/."""
+"""effnet-lab: ``streamlit run app.py``. Navigation, this browser's identity and the teacher's sign-in; pages live in views/.
+
+Not in pages/: Streamlit treats a pages/ folder beside the entry script as an old-style multipage app and,
+on a deep link or a rerun, runs the page file without this script (no wide layout, no sign-in, a sidebar
+listing every file)."""
 
 import streamlit as st
 
-from pages.widgets import caller, teacher_sign_in
+from views.widgets import caller, teacher_sign_in
 
 st.set_page_config(page_title="effnet-lab", page_icon=":material/schema:", layout="wide")
 
-navigation = st.navigation([
-    st.Page("pages/explorer.py", title="Scaling explorer", icon=":material/tune:", default=True),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/results.py", title="Results", icon=":material/leaderboard:"),
-    st.Page("pages/cam.py", title="Class activation maps", icon=":material/visibility:"),
-])
 who = caller()  # every run: keeps this browser's owner token in the URL across page switches
 teacher_sign_in(who)
+navigation = st.navigation([
+    st.Page("views/explorer.py", title="Scaling explorer", icon=":material/tune:", default=True),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("views/results.py", title="Results", icon=":material/leaderboard:"),
+    st.Page("views/cam.py", title="Class activation maps", icon=":material/visibility:"),
+])
 navigation.run()

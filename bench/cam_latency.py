@@ -1,7 +1,7 @@
 """CAM latency: the grid the CAM page draws for one uploaded photo, four variants, models already cached.
 
 Per repeat: decode the upload bytes, then for each of B0-B3 (cifar geometry) run ``explain`` and
-``overlay``, exactly as pages/cam.py does. Prints the best and median grid time against the target
+``overlay``, exactly as views/cam.py does. Prints the best and median grid time against the target
 (2 s on the 2-core CPU machine), and each method's time for one model.
 
     python bench/cam_latency.py [--method gradcam] [--repeats 5] [--json OUT.json]

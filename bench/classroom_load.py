@@ -183,6 +183,33 @@ def put_file(url: str, data: bytes, xsrf: str) -> None:
     urllib.request.urlopen(req, timeout=TIMEOUT_S).read()
 
 
+def browsers(url: str, n: int) -> dict:
+    """The end-to-end picture: ``n`` real Chromium tabs at once, seconds until the explorer's numbers show
+    (and then Results' table), as a student sees it. Needs Debian's chromium and the playwright package."""
+    from playwright.sync_api import sync_playwright
+
+    times: dict[str, list[float]] = {"explorer": [], "results": []}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        pages = [browser.new_page(viewport={"width": 1280, "height": 720}) for _ in range(n)]
+        start = time.perf_counter()
+        for page in pages:
+            page.goto(url + "/", wait_until="commit")
+        for page in pages:
+            page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=TIMEOUT_S * 1000)
+            times["explorer"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for page in pages:
+            page.goto(url + "/results", wait_until="commit")
+        for page in pages:
+            page.get_by_text("Table 1, from your runs").wait_for(timeout=TIMEOUT_S * 1000)
+            times["results"].append(time.perf_counter() - start)
+        browser.close()
+    return {"browsers": n, **{f"{k}_{q}": v for k, vs in times.items() for q, v in quantiles(vs).items()}}
+
+
 # ----------------------------------------------------------------------------- the server and its cost
 class Server:
     def __init__(self, checkpoints: Path, data: Path) -> None:
@@ -293,6 +320,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", default="1,10,30", help="comma-separated session counts")
     p.add_argument("--uploads", type=int, default=10, help="simultaneous 12-MP CAM uploads (0: skip)")
+    p.add_argument("--browsers", type=int, default=3, help="real Chromium tabs for the end-to-end view (0: skip)")
     p.add_argument("--checkpoints", type=Path, help="serve these runs (default: two tiny runs made here)")
     p.add_argument("--data", type=Path, help="CIFAR-100 folder for the server (default: a generated one)")
     p.add_argument("--settle-s", type=float, default=135.0,
@@ -314,6 +342,12 @@ def main() -> None:
                       f" | {row['server_cpu_s_per_session']:.3f} CPU-s/session | errors {row['errors']}"
                       f" | memory peak {row['memory_peak_mb']:.0f} MB, settled {row['memory_settled_mb']:.0f} MB",
                       flush=True)
+            if args.browsers:
+                row = browsers(server.url, args.browsers)
+                report["browsers"] = row
+                print(f"{args.browsers} real Chromium tabs at once: explorer numbers shown after p50 "
+                      f"{row['explorer_p50']:.2f} s (p95 {row['explorer_p95']:.2f} s), Results table after p50 "
+                      f"{row['results_p50']:.2f} s (p95 {row['results_p95']:.2f} s)", flush=True)
             if args.uploads:
                 photo, xsrf = phone_photo(), server.xsrf()
                 cold = server.rss_mb()

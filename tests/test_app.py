@@ -8,9 +8,9 @@ from streamlit.testing.v1 import AppTest
 
 from effnet import ScalingSpec, jobs, model_card, runs
 from effnet.config import TrainConfig
-from pages.widgets import human
+from views.widgets import human
 
-PAGES = ["pages/explorer.py", "pages/train.py", "pages/results.py", "pages/cam.py"]
+PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.py"]
 
 
 @pytest.fixture

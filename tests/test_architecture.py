@@ -59,7 +59,7 @@ def test_the_bottom_of_the_house_imports_nothing_of_the_project():
 
 
 def test_run_readers_do_not_import_the_queue():
-    readers = [LIBRARY / "results.py", LIBRARY / "cam.py", *(p for p in (PROJECT / "pages").glob("*.py")
+    readers = [LIBRARY / "results.py", LIBRARY / "cam.py", *(p for p in (PROJECT / "views").glob("*.py")
                                                            if p.stem != "train")]
     for path in readers:
         assert "effnet.jobs" not in project_imports(path), f"{path.name} imports the queue to read runs"

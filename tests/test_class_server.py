@@ -200,10 +200,10 @@ def test_results_page_shows_why_runs_are_left_out(sandbox, finished_runs, monkey
     monkeypatch.chdir(PROJECT)
     at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/results.py").run()
+    at.switch_page("views/results.py").run()
     assert not at.exception, at.exception
     assert any("broken" in m.value and "damaged: status.json" in m.value for m in at.markdown)
-    at.switch_page("pages/train.py").run()
+    at.switch_page("views/train.py").run()
     assert not at.exception, at.exception
     assert any("damaged: status.json" in e.value for e in at.error)
 
@@ -278,6 +278,21 @@ def test_a_full_disk_fails_the_run_saying_so_and_keeps_the_last_checkpoint(small
     assert [r["epoch"] for r in runs.load_metrics(out)] == [1, 2, 3]
 
 
+def test_the_queue_goes_on_after_a_run_failed_on_a_full_disk(small_disk, cifar_dir, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT))
+    root = small_disk / "checkpoints"
+    first, second = jobs.submit_many([tiny_config(cifar_dir, epochs=3, checkpoint_minutes=0), tiny_config(cifar_dir)],
+                                     root)
+    wait_for(lambda: read_status(root / first).get("step", 0) >= 2, timeout=120, what="the first run to train")
+    filler = fill(small_disk)
+    wait_for(lambda: runs.read_run(root / first).state == "failed", timeout=120, what="the first run to fail")
+    assert runs.read_run(root / first).error.startswith("disk full")
+    filler.unlink()
+    jobs.heal(root)
+    wait_for(lambda: runs.read_run(root / second).state in runs.ENDED, timeout=180, what="the second run")
+    assert runs.read_run(root / second).state == "finished", runs.read_run(root / second).error
+
+
 def test_a_run_is_refused_before_it_starts_when_the_disk_cannot_hold_its_checkpoints(small_disk, cifar_dir):
     root = small_disk / "checkpoints"
     filler = fill(small_disk)
@@ -325,7 +340,7 @@ def test_train_page_offers_buttons_only_to_the_owner_and_the_teacher_signs_in(sa
         at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=120)
         at.query_params["owner"] = owner
         at.run()
-        return at.switch_page("pages/train.py").run()
+        return at.switch_page("views/train.py").run()
 
     stranger = open_train("b" * 32)
     assert not stranger.exception and not [b for b in stranger.button if b.key == f"stop_{run_id}"]

@@ -10,7 +10,7 @@ from effnet.charts import training_curves
 from effnet.config import AUGMENTATIONS, SCHEDULES, TrainConfig, normalization_for
 from effnet.data import data_dir, dataset_present, missing_data_message
 from effnet.scaling import COEFFICIENT_RANGE, GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, PHI_RANGE, SCALINGS
-from pages.widgets import caller, chart
+from views.widgets import caller, chart
 
 VARIANTS = [v.upper() for v in OFFICIAL]
 DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": PAPER_ALPHA, "c_beta": PAPER_BETA,
@@ -36,7 +36,8 @@ def apply(preset: dict) -> None:
 
 root = runs.checkpoints_dir()
 who = caller()
-has_gpu = jobs.device_slots()[0].startswith("cuda")
+slots = jobs.device_slots()
+has_gpu = slots[0].startswith("cuda")
 
 st.title("Train on CIFAR-100")
 
@@ -99,6 +100,9 @@ with st.form("new_runs"):
             cols[1].number_input("Seed", 0, 2**31 - 1, key="t_seed")
             cols[2].checkbox("Nesterov", key="t_nesterov")
             st.checkbox("torch.compile (GPU; minutes to compile on a CPU)", key="t_compile")
+        if len(slots) > 1:
+            st.checkbox(f"Each run across all {len(slots)} devices (one DDP job; otherwise one run per device, "
+                        "several at once)", key="t_distributed")
     start = st.form_submit_button("Start", type="primary", disabled=readonly(),
                                   help="This server is a read-only demo" if readonly() else None)
 
@@ -131,11 +135,13 @@ if start:
         if not specs:
             raise ValueError("variants: choose at least one variant or add a custom spec")
         # All or none: every run is checked (settings, memory, disk) before the first is queued.
-        started = jobs.submit_many([config_for(spec) for spec in specs], root, caller=who)
+        started = jobs.submit_many([config_for(spec) for spec in specs], root, caller=who,
+                                   distributed=bool(st.session_state.get("t_distributed")))
     except (ValueError, PermissionError) as exc:
         st.error(f"Not started: {exc}")
     else:
-        st.success(f"Queued {len(started)} run(s): {', '.join(started)}. They train one at a time.")
+        at_once = "one at a time" if len(slots) == 1 else f"up to {len(slots)} at once, one per device"
+        st.success(f"Queued {len(started)} run(s): {', '.join(started)}. They train {at_once}.")
 
 
 def act(action, info: runs.RunInfo) -> None:

@@ -5,7 +5,7 @@ import streamlit as st
 
 from effnet import results, runs
 from effnet.charts import accuracy_vs_size, confusion_heatmap, training_curves, val_vs_test
-from pages.widgets import chart
+from views.widgets import chart
 
 st.title("Results")
 st.caption("Finished and running runs under the checkpoints folder. Test and validation top-1 are on CIFAR-100 "
@@ -19,7 +19,7 @@ if gathered.left_out:
 if not found:
     st.info("No results yet: no run has finished an epoch. Start one on the Train page (the quick CPU demo takes "
             "a few minutes), then come back here.")
-    st.page_link("pages/train.py", label="Go to the Train page", icon=":material/model_training:")
+    st.page_link("views/train.py", label="Go to the Train page", icon=":material/model_training:")
     st.stop()
 
 columns, table = results.study_table(found)

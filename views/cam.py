@@ -8,9 +8,8 @@ import streamlit as st
 from PIL import Image
 
 from effnet import runs
-from effnet.cam import DISPLAY_SIDE, METHOD_NOTES, METHODS, default_device, explain, imagenet_model, overlay, run_model
+from effnet.cam import METHOD_NOTES, METHODS, default_device, explain, imagenet_model, load_image, overlay, run_model
 from effnet.data import DataError, dataset_present, load_cifar100
-from effnet.images import decode_image, release_memory
 from effnet.scaling import OFFICIAL, ScalingSpec
 
 DEVICE = default_device()
@@ -110,7 +109,7 @@ with source:
 
 if not models:
     st.info("Choose at least one trained run (train one on the Train page) or ImageNet weights.")
-    st.page_link("pages/train.py", label="Go to the Train page", icon=":material/model_training:")
+    st.page_link("views/train.py", label="Go to the Train page", icon=":material/model_training:")
     st.stop()
 if not images:
     st.info("Upload an image or pick CIFAR-100 test images to see the maps.")
@@ -119,7 +118,7 @@ if not images:
 for name, raw in images:
     st.markdown(f"#### {name}")
     try:
-        picture = decode_image(raw, name, max_side=DISPLAY_SIDE)  # a 12-MP photo is shrunk while it is decoded
+        picture = load_image(raw, name)  # a 12-MP photo is shrunk while it is decoded
     except ValueError as exc:
         st.error(str(exc))
         continue
@@ -140,6 +139,3 @@ for name, raw in images:
                   output_format="JPEG")
         col.markdown("\n".join(f"{k + 1}. {names[c]} {100 * p:.1f}%" for k, (c, p) in enumerate(result.top5)))
 
-# The maps above allocated (and freed) tens of MB per image in this session's thread; glibc keeps freed
-# memory in per-thread arenas, so a class's uploads would leave the server hundreds of MB larger.
-release_memory()

@@ -17,7 +17,7 @@ from effnet.scaling import (
     PAPER_GAMMA,
     PHI_RANGE,
 )
-from pages.widgets import chart, human, linked_number
+from views.widgets import chart, human, linked_number
 
 st.title("Compound scaling explorer")
 st.caption("Every number here is computed analytically from the spec: no model is built, so each move is instant.")
