@@ -166,6 +166,26 @@ def _overlay(image: Image.Image | bytes, heatmap: np.ndarray, alpha: float) -> I
     return blended
 
 
+# Small images (CIFAR's 32 px) are shown at least this large, enlarged without blurring.
+SHOWN_MIN_SIDE = 256
+
+
+def for_display(img: Image.Image) -> Image.Image:
+    """Enlarge a small image for the projector with nearest-neighbour pixels (no blur that would hide the object)."""
+    if max(img.size) >= SHOWN_MIN_SIDE:
+        return img
+    scale = SHOWN_MIN_SIDE / max(img.size)
+    return img.resize((round(img.width * scale), round(img.height * scale)), Image.NEAREST)
+
+
+def colour_bar(width: int = 512, height: int = 24) -> Image.Image:
+    """The viridis scale the maps use, low evidence on the left, high on the right."""
+    from matplotlib import colormaps
+
+    ramp = np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1))
+    return Image.fromarray(colormaps["viridis"](ramp, bytes=True)[..., :3])
+
+
 def class_names(run_dir: Path, num_classes: int) -> list[str]:
     """A run's class names (stored with its confusion matrix), else 'class i'."""
     names = (runs.read_classes(run_dir) or {}).get("fine") or []

@@ -171,8 +171,8 @@ def accuracy_vs_size(points: Sequence[tuple[str, float, float]], size: str) -> g
     axis = {"params": "parameters", "macs": "multiply-adds (paper's FLOPs)"}[size]
     fig = go.Figure()
     fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[p[0] for p in points],
-                    mode="markers+text", textposition="top center", marker={"size": 13, "color": PALETTE[0]},
-                    name="runs")
+                    mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[0]},
+                    textfont={"size": 14}, name="runs")
     fig.update_xaxes(title=f"{axis} (log scale)", **_log_axis())
     fig.update_yaxes(title="test top-1, best epoch (%)")
     _pad_y(fig, [p[2] for p in points])
@@ -180,6 +180,15 @@ def accuracy_vs_size(points: Sequence[tuple[str, float, float]], size: str) -> g
 
 
 @_memo
+def _alternating(points: Sequence[tuple[str, float, float]]) -> list[str]:
+    """Labels above and below in turn along x, so neighbours' labels do not print over each other."""
+    order = sorted(range(len(points)), key=lambda i: points[i][1])
+    positions = [""] * len(points)
+    for rank, i in enumerate(order):
+        positions[i] = ("top center", "bottom center")[rank % 2]
+    return positions
+
+
 def val_vs_test(points: Sequence[tuple[str, float, float]], r: float | None) -> go.Figure:
     """Validation vs test top-1 per run, with the y = x line and the correlation coefficient."""
     fig = go.Figure()
@@ -188,8 +197,8 @@ def val_vs_test(points: Sequence[tuple[str, float, float]], r: float | None) -> 
     fig.add_scatter(x=[low, high], y=[low, high], mode="lines", name="y = x",
                     line={"color": "#777777", "dash": "dash"})
     fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[p[0] for p in points],
-                    mode="markers+text", textposition="top center", marker={"size": 13, "color": PALETTE[1]},
-                    name="runs")
+                    mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[1]},
+                    textfont={"size": 14}, name="runs")
     _pad_y(fig, values)
     fig.update_xaxes(title="validation top-1, best epoch (%)")
     fig.update_yaxes(title="test top-1, best epoch (%)")

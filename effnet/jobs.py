@@ -37,6 +37,7 @@ from effnet.access import Caller, max_queued, readonly
 from effnet.card import model_card
 from effnet.config import TrainConfig
 from effnet.locks import DEVICE_LOCK_ENV
+from effnet.measure import MAX_CPU_EPOCH_S, cpu_seconds, ram_bytes
 from effnet.runs import ACTIVE, RunInfo, checkpoints_dir, list_runs, run_path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def available_memory_bytes(device: str) -> int:
         if torch.cuda.is_available():
             index = int(device.split(":")[1]) if ":" in device else 0
             return int(torch.cuda.get_device_properties(index).total_memory)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return ram_bytes()
 
 
 # A run may plan to use this share of the device's memory; the rest is the framework's and the system's.
@@ -70,7 +71,8 @@ MEMORY_SHARE = 0.9
 
 
 def check_fits(config: TrainConfig) -> None:
-    """Refuse a run whose estimated training memory exceeds what the device can give it (analytic, from the card)."""
+    """Refuse a run that cannot work on its device: training memory over what it has (analytic, from the card),
+    or, on a CPU, an epoch that would take more than a day (φ=10 on two cores: months)."""
     card = model_card(config.spec)
     need = card.train_memory_bytes(config.batch_size)
     have = available_memory_bytes(config.device)
@@ -80,6 +82,7 @@ def check_fits(config: TrainConfig) -> None:
             f"train; this device has {have / 1024**3:.1f} GiB, of which a run may use "
             f"{MEMORY_SHARE * have / 1024**3:.1f} GiB. Lower the batch size or phi"
         )
+    _check_cpu_time(config)
 
 
 def _check_quota(root: Path, caller: Caller | None, adding: int) -> None:
@@ -94,6 +97,17 @@ def _check_quota(root: Path, caller: Caller | None, adding: int) -> None:
 
 
 # ----------------------------------------------------------------------------- queue actions
+def _check_cpu_time(config: TrainConfig) -> None:
+    if slot_device(device_slots()[0]) != "cpu" and config.device != "cpu":
+        return
+    images = config.subset or 45_000  # CIFAR-100's training split after the default hold-out
+    seconds = cpu_seconds(config.spec, images)
+    if seconds > MAX_CPU_EPOCH_S:
+        raise ValueError(f"phi: {config.spec.name} would take about {seconds / 3600:,.0f} hours per epoch of "
+                         f"{images:,} images on this CPU (estimated from its {model_card(config.spec).macs / 1e9:.1f} G "
+                         "multiply-adds per image); choose a smaller model or fewer images, or train on a GPU server")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "run"
 
@@ -128,7 +142,7 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
     with locks.exclusive(root / QUEUE_LOCK):
         _check_quota(root, caller, len(pinned))
         for config, label in zip(pinned, labels, strict=True):
-            label = label or config.spec.name
+            label = label or runs.describe(config.spec, config)
             run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(label)}-{secrets.token_hex(2)}"
             run_dir = root / run_id
             run_dir.mkdir(parents=True)

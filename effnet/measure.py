@@ -6,15 +6,12 @@ share the cores in turn instead of slowing each other down, and each is bounded 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
 from effnet.card import model_card
-from effnet.model import build_model
 from effnet.scaling import ScalingSpec
 
 _LOCK = threading.Lock()
@@ -26,6 +23,29 @@ class Speed:
     latency_ms: float  # one image, inference
     train_images_per_s: float  # full SGD steps at ``batch_size``
     batch_size: int
+
+
+# Multiply-adds per second a training step sustains on a 2-core CPU like the project's (forward + backward is
+# about 3x the forward's MACs): B0 cifar trains at ~40 img/s x 3 x 116 M MACs (bench/train_throughput.py).
+CPU_TRAIN_MACS_PER_S = 14e9
+# A CPU run longer than this per epoch is refused: it cannot show anything in a class, or in a day.
+MAX_CPU_EPOCH_S = 24 * 3600
+
+
+def cpu_seconds(spec: ScalingSpec, images: int) -> float:
+    """Estimated seconds to train ``images`` images of ``spec`` on this kind of CPU (from the card, no model)."""
+    return 3 * model_card(spec).macs * images / CPU_TRAIN_MACS_PER_S
+
+
+def measure_estimate_s(spec: ScalingSpec, batch_size: int, budget_s: float = 4.0) -> float:
+    """About how long ``measure_speed`` takes on the CPU: building, a warm-up and at least one step of each."""
+    step = cpu_seconds(spec, batch_size)
+    return 1.0 + max(budget_s / 2, 2 * step) + max(budget_s / 2, 2 * cpu_seconds(spec, 1) / 3)
+
+
+def ram_bytes() -> int:
+    """This machine's memory (what a CPU run can have at most)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _timed(fn, budget_s: float, max_reps: int) -> float:
@@ -46,6 +66,11 @@ def measure_speed(spec: ScalingSpec, batch_size: int = 32, device: str = "cpu", 
     if need > 8 * 1024**3:
         raise ValueError(f"batch_size: a training step of {spec.name} at batch {batch_size} needs about "
                          f"{need / 1024**3:.1f} GiB; measure a smaller batch")
+    import torch
+    import torch.nn.functional as F
+
+    from effnet.model import build_model
+
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     with _LOCK:

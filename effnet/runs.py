@@ -428,6 +428,21 @@ class RunInfo:
         return self.state == "damaged"
 
 
+def describe(spec: Any, config: TrainConfig | None = None) -> str:
+    """A label that tells runs apart: model, epochs, training images, scratch or fine-tuned.
+
+    ``B0 · 3 ep · 2,000 img`` beside ``B0 · 200 ep · all img · fine-tuned``: the same model trained two
+    ways must not look like one result.
+    """
+    parts = [spec.name]
+    if config is not None:
+        parts.append(f"{config.epochs} ep")
+        parts.append(f"{config.subset:,} img" if config.subset else "all img")
+        if config.pretrained:
+            parts.append("fine-tuned")
+    return " · ".join(parts)
+
+
 def pid_alive(pid: object) -> bool:
     """Whether a process with ``pid`` runs (a zombie, exited but not reaped, does not)."""
     if not _whole(pid) or pid <= 0:
@@ -477,7 +492,7 @@ def read_run(run_dir: Path) -> RunInfo:
             if tail:
                 error += "\nLast output:\n" + tail
     job = job or {}
-    label = named or job.get("label") or (spec.name if spec is not None else run_dir.name)
+    label = named or job.get("label") or (describe(spec, config) if spec is not None else run_dir.name)
     return RunInfo(run_dir.name, run_dir, state, label, spec, config, status, error, int(job.get("queued_at", 0)),
                    job.get("owner"), bool(job))
 

@@ -367,14 +367,15 @@ class ScalingSpec:
 
     @property
     def name(self) -> str:
-        """A short label: ``B3``, ``phi=1.5`` (paper coefficients), ``phi=1.5 (a=1.3, b=1.1, g=1.1)``, ``depth-only phi=2``."""
+        """A short label with the paper's letters: ``B3``, ``φ=1.5`` (paper coefficients), ``φ=1.5 (α=1.3, β=1.1, γ=1.1)``,
+        ``depth-only φ=2``."""
         if self.variant is not None:
             return self.variant.upper()
         if self.scaling != "compound":
-            return f"{self.scaling}-only phi={self.phi:g}"
+            return f"{self.scaling}-only φ={self.phi:g}"
         if (self.alpha, self.beta, self.gamma) == (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA):
-            return f"phi={self.phi:g}"
-        return f"phi={self.phi:g} (a={self.alpha:g}, b={self.beta:g}, g={self.gamma:g})"
+            return f"φ={self.phi:g}"
+        return f"φ={self.phi:g} (α={self.alpha:g}, β={self.beta:g}, γ={self.gamma:g})"
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON-able fields; ``ScalingSpec.from_dict`` rebuilds the same spec."""

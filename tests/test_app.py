@@ -57,7 +57,7 @@ def test_explorer_numbers_follow_the_core_as_phi_changes(app_env):
     card = model_card(spec)
     shown = metrics(at)
     assert shown["Parameters"] == human(card.params)
-    assert shown["MACs (paper's FLOPs)"] == human(card.macs)
+    assert shown["MACs (FLOPs)"] == human(card.macs)
     assert shown["Resolution"] == f"{spec.resolution} px"
     assert shown["Depth multiplier"] == f"×{spec.depth_mult:.3f}"
     assert at.number_input(key="phi_input").value == 2.5  # slider and number input stay in step
@@ -165,21 +165,26 @@ def png(width: int = 80, height: int = 60) -> bytes:
     return buf.getvalue()
 
 
+def shown(images: int, models: int) -> int:
+    """Pictures on the CAM page: the colour bar, then per image its original and one overlay per model."""
+    return 1 + images * (1 + models)
+
+
 def test_cam_page_gives_one_overlay_per_selected_run_and_refuses_garbage(with_runs):
     at = open_page(PAGES[3])
     assert len(at.multiselect(key="cam_runs").value) == 2
     at.file_uploader(key="cam_upload").set_value([("photo.png", png(), "image/png"),
                                                   ("notes.png", b"not an image at all", "image/png")]).run()
     assert not at.exception, at.exception
-    assert len(at.get("image")) == 2
+    assert len(at.get("image")) == shown(images=1, models=2)
     assert any("notes.png is not an image" in e.value for e in at.error)
     assert any(m.value.startswith("1. ") for m in at.markdown)  # top-5 lists
     at.multiselect(key="cam_runs").set_value(at.multiselect(key="cam_runs").value[:1]).run()
-    assert len(at.get("image")) == 1
+    assert len(at.get("image")) == shown(images=1, models=1)
     at.text_input(key="cam_cifar").set_value("0, 5").run()
-    assert len(at.get("image")) == 3 and not at.exception
+    assert len(at.get("image")) == shown(images=3, models=1) and not at.exception
     at.button(key="cam_random").click().run()
-    assert len(at.get("image")) == 5 and not at.exception  # the upload plus four test images
+    assert len(at.get("image")) == shown(images=5, models=1) and not at.exception  # the upload, four test images
 
 
 def test_cam_page_explains_imagenet_weights_are_unavailable_offline(with_runs, monkeypatch, tmp_path):

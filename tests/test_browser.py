@@ -163,8 +163,67 @@ def test_cam_page_shows_one_overlay_per_run_for_an_upload(browser, server, tmp_p
     page.get_by_text("upload.png").first.wait_for(timeout=60_000)
     settle(page, 2)
     assert_no_exception(page)
-    # two finished runs, side by side (the second may still be drawing: wait for it)
-    playwright_api.expect(page.locator('[data-testid="stImage"] img')).to_have_count(2, timeout=60_000)
+    # the colour bar, the original and two finished runs side by side (the last may still be drawing: wait)
+    playwright_api.expect(page.locator('[data-testid="stImage"] img')).to_have_count(4, timeout=60_000)
     settle(page)
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "cam.png"), full_page=True)
+
+
+def projector_page(browser, url: str, path: str, text: str):
+    """A 1280x720 tab, as on a classroom projector."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(url + path)
+    page.get_by_text(text).first.wait_for(timeout=60_000)
+    settle(page, 1.5)
+    return page
+
+
+def test_a_deep_link_gets_the_app_not_a_list_of_files(browser, server):
+    page = projector_page(browser, server, "/train", "Train on CIFAR-100")
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    assert "widgets" not in nav and "Scaling explorer" in nav and "Class activation maps" in nav, nav
+    assert_no_exception(page)
+    page.screenshot(path=str(ARTIFACTS / "deep-link-train-1280.png"))
+
+
+def clipped(page, selector: str) -> list[str]:
+    """Texts of the matching elements that do not fit their box (cut off or ellipsised)."""
+    return page.evaluate("""(sel) => [...document.querySelectorAll(sel)]
+        .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""", selector)
+
+
+def test_explorer_tiles_are_not_cut_off_at_1280(browser, server):
+    page = projector_page(browser, server, "/", "Compound scaling explorer")
+    playwright_api.expect(page.locator('[data-testid="stMetricValue"]')).to_have_count(9, timeout=60_000)
+    settle(page, 1)
+    for selector in ('[data-testid="stMetricValue"] div', '[data-testid="stMetricLabel"] p'):
+        assert clipped(page, selector) == [], selector
+    page.screenshot(path=str(ARTIFACTS / "explorer-1280.png"))
+
+
+def test_a_bad_value_is_explained_under_start_and_reset_clears_it(browser, server):
+    page = projector_page(browser, server, "/train", "Train on CIFAR-100")
+    epochs = page.get_by_label("Epochs", exact=True)
+    epochs.fill("0")
+    epochs.press("Tab")
+    page.get_by_test_id("stBaseButton-primaryFormSubmit").click()
+    message = page.get_by_text("Not started: epochs: must be at least 1").first
+    message.wait_for(timeout=30_000)
+    start_box = page.get_by_test_id("stBaseButton-primaryFormSubmit").bounding_box()
+    assert message.bounding_box()["y"] > start_box["y"], "the reason appears right under the Start button"
+    page.screenshot(path=str(ARTIFACTS / "train-refused-1280.png"))
+    page.get_by_role("button", name="Reset", exact=True).click()
+    playwright_api.expect(page.get_by_label("Epochs", exact=True)).to_have_value("3", timeout=30_000)
+
+
+def test_chart_text_is_readable_from_the_back_of_the_room(browser, server):
+    page = projector_page(browser, server, "/results", "Table 1, from your runs")
+    page.locator(".js-plotly-plot .xtick text").first.wait_for(timeout=60_000)
+    sizes = page.evaluate("""() => [...document.querySelectorAll(
+        '.js-plotly-plot .xtick text, .js-plotly-plot .ytick text, .js-plotly-plot .legendtext, '
+        + '.js-plotly-plot .g-xtitle text, .js-plotly-plot .g-ytitle text')]
+        .map(e => parseFloat(getComputedStyle(e).fontSize))""")
+    assert sizes and min(sizes) >= 14, sorted(sizes)[:5]
+    legends = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot .legendtext')].map(e => e.textContent)")
+    assert not any(" a=" in t or " g=" in t for t in legends), legends

@@ -15,13 +15,13 @@ def test_study_table_and_csv_round_trip(finished_runs):
     found = results.collect(finished_runs)
     assert [r.run_id for r in found] == ["tiny-a", "tiny-b"]
     columns, rows = results.study_table(found)
-    assert columns == ["phi=-4", "phi=-3.5"]
+    assert columns == ["φ=-4 · 2 ep · all img", "φ=-3.5 · 2 ep · all img"]  # runs name what tells them apart
     parsed = list(csv.DictReader(io.StringIO(results.to_csv(columns, rows))))
     by_name = {row[""]: row for row in parsed}
-    assert float(by_name["params (M)"]["phi=-4"]) == round(model_card(ScalingSpec(phi=-4)).params / 1e6, 2)
+    assert float(by_name["params (M)"][columns[0]]) == round(model_card(ScalingSpec(phi=-4)).params / 1e6, 2)
     best = max(r["test_top1"] for r in found[0].rows)
-    assert float(by_name["test top-1, best epoch (%)"]["phi=-4"]) == round(best, 2)
-    assert by_name["epochs"]["phi=-3.5"] == "2"
+    assert float(by_name["test top-1, best epoch (%)"][columns[0]]) == round(best, 2)
+    assert by_name["epochs"][columns[1]] == "2"
 
 
 def test_confusion_views_add_up(finished_runs):

@@ -8,7 +8,19 @@ import streamlit as st
 from PIL import Image
 
 from effnet import runs
-from effnet.cam import METHOD_NOTES, METHODS, default_device, explain, imagenet_model, load_image, overlay, run_model
+from effnet.cam import (
+    METHOD_NOTES,
+    METHODS,
+    SHOWN_MIN_SIDE,
+    colour_bar,
+    default_device,
+    explain,
+    for_display,
+    imagenet_model,
+    load_image,
+    overlay,
+    run_model,
+)
 from effnet.data import DataError, dataset_present, load_cifar100
 from effnet.scaling import OFFICIAL, ScalingSpec
 
@@ -49,6 +61,8 @@ with controls:
                           format_func=lambda m: {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
                                                  "scorecam": "Score-CAM (slow)", "eigencam": "EigenCAM"}[m])
     st.caption(METHOD_NOTES[method])
+    alpha = st.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha",
+                      help="0: the image alone; 1: the map alone. Lower it to see the object under the map.")
     if method == "scorecam":
         b0_head = ScalingSpec.official("b0").head_channels
         st.warning(f"Score-CAM runs one forward pass per channel of the target layer ({b0_head:,} for B0): seconds "
@@ -115,6 +129,11 @@ if not images:
     st.info("Upload an image or pick CIFAR-100 test images to see the maps.")
     st.stop()
 
+bar, legend = st.columns([2, 3], vertical_alignment="center")
+bar.image(colour_bar(), width="stretch")
+legend.caption("Colour scale of every map: dark purple = no evidence for the explained class, yellow = strongest "
+               "evidence. The left image of each row is the original.")
+
 for name, raw in images:
     st.markdown(f"#### {name}")
     try:
@@ -122,8 +141,12 @@ for name, raw in images:
     except ValueError as exc:
         st.error(str(exc))
         continue
-    cols = st.columns(len(models))
-    for col, (label, model, spec, names) in zip(cols, models, strict=True):
+    small = max(picture.size) < SHOWN_MIN_SIDE  # pixel art: PNG keeps its edges, JPEG would smear them
+    fmt = "PNG" if small else "JPEG"
+    cols = st.columns(len(models) + 1)
+    cols[0].image(for_display(picture), caption=f"original ({picture.width}×{picture.height} px)", width="stretch",
+                  output_format=fmt)
+    for col, (label, model, spec, names) in zip(cols[1:], models, strict=True):
         wanted = explain_imagenet if spec.num_classes == 1000 else explain_cifar
         target = names.index(wanted) if wanted != TOP and wanted in names else None
         try:
@@ -131,11 +154,6 @@ for name, raw in images:
         except ValueError as exc:
             col.error(f"{label}: {exc}")
             continue
-        shown = overlay(picture, result.heatmap)
-        if max(shown.size) < 256:  # small images (CIFAR's 32 px) are enlarged for the projector
-            scale = 256 / max(shown.size)
-            shown = shown.resize((round(shown.width * scale), round(shown.height * scale)), Image.NEAREST)
-        col.image(shown, caption=f"{label}: explaining '{names[result.target_class]}'", width="stretch",
-                  output_format="JPEG")
+        col.image(for_display(overlay(picture, result.heatmap, alpha)), width="stretch", output_format=fmt,
+                  caption=f"{label}: where it sees '{names[result.target_class]}'")
         col.markdown("\n".join(f"{k + 1}. {names[c]} {100 * p:.1f}%" for k, (c, p) in enumerate(result.top5)))
-

@@ -6,6 +6,7 @@ import streamlit as st
 from effnet import OFFICIAL, ScalingSpec, model_card
 from effnet.card import official_vs_formula, scaling_methods
 from effnet.charts import network_picture, scaling_sweep
+from effnet.measure import ram_bytes
 from effnet.scaling import (
     COEFFICIENT_RANGE,
     CONSTRAINT_TARGET,
@@ -54,22 +55,30 @@ except ValueError as exc:
 
 with main:
     st.subheader(spec.name)
-    row1 = st.columns(4)
+    # Three tiles a row: at 1280x720 four tiles cut their labels and values off.
+    row1 = st.columns(3)
     row1[0].metric("Depth multiplier", f"×{spec.depth_mult:.3f}", help="d = α^φ: how many more blocks per stage")
     row1[1].metric("Width multiplier", f"×{spec.width_mult:.3f}", help="w = β^φ: channels per layer")
     row1[2].metric("Resolution", f"{spec.resolution} px", help=f"r = γ^φ = ×{spec.resolution_mult:.3f} of "
                    f"{spec.base} px, rounded to the nearest pixel")
-    row1[3].metric("Final feature map", f"{card.final_map}×{card.final_map}")
-    row2 = st.columns(4)
+    row2 = st.columns(3)
     row2[0].metric("Parameters", human(card.params))
-    row2[1].metric("MACs (paper's FLOPs)", human(card.macs),
+    row2[1].metric("MACs (FLOPs)", human(card.macs),
                    help='Multiply-adds for one image: what the paper calls "FLOPs".')
-    row2[2].metric("FLOPs × vs φ=0", f"{spec.predicted_flops_ratio:.2f} → {card.flops_ratio:.2f}",
-                   help="Against φ=0. Predicted: d·w²·r² from the multipliers. Actual: from the rounded channels, "
-                        "repeats and resolution.")
-    row2[3].metric("Training memory", f"{card.train_memory_bytes(int(batch)) / 1024**3:.2f} GiB",
+    row2[2].metric("Final feature map", f"{card.final_map}×{card.final_map}")
+    row3 = st.columns(3)
+    row3[0].metric("FLOPs vs φ=0", f"×{card.flops_ratio:.2f}",
+                   help="Actual multiply-adds against φ=0, from the rounded channels, repeats and resolution.")
+    row3[1].metric("Formula said", f"×{spec.predicted_flops_ratio:.2f}",
+                   help="d·w²·r² from the unrounded multipliers: what compound scaling promises.")
+    need = card.train_memory_bytes(int(batch))
+    row3[2].metric("Training memory", f"{need / 1024**3:.2f} GiB",
                    help=f"Estimate at batch {batch}: fp32 activations kept for backward plus weights, gradients and "
                         "momentum.")
+    if need > ram_bytes():
+        st.warning(f"Training this model at batch {batch} needs about {need / 1024**3:.1f} GiB, more than this "
+                   f"machine's {ram_bytes() / 1024**3:.1f} GiB of memory: the Train page will refuse it here "
+                   "(a smaller batch, a smaller φ or a GPU server would do).")
     st.markdown(f"**Constraint** α·β²·γ² = **{spec.constraint:.3f}**"
                 + ("" if spec.variant is None else " (of the formula; the released variant sets its own multipliers)"))
     if spec.constraint_off:
@@ -100,7 +109,9 @@ stages_tab, curves_tab, methods_tab, speed_tab = st.tabs(
 with stages_tab:
     if stages_tab.open:
         reference = model_card(spec.baseline)
-        chart(network_picture(card, None if reference.stages == card.stages else reference), "network")
+        chart(network_picture(card, None if reference.stages == card.stages else reference), "network",
+              note="Each block is a stage: wider means more channels, taller means larger feature maps, ×n the "
+                   "repeats; the dotted outline is B0. Look for how φ grows all three at once.")
         table = pd.DataFrame([{
             "stage": r.name, "operator": r.operator, "kernel": r.kernel, "stride": r.stride, "in": r.in_channels,
             "out": r.out_channels, "repeats": r.repeats, "output": f"{r.output_size}×{r.output_size}",
@@ -112,8 +123,12 @@ with stages_tab:
 with curves_tab:
     if curves_tab.open:
         left, right = st.columns(2)
-        chart(scaling_sweep(spec, "params"), "sweep_params", left)
-        chart(scaling_sweep(spec, "macs"), "sweep_macs", right)
+        chart(scaling_sweep(spec, "params"), "sweep_params", left,
+              note="Parameters at φ = 0..7 with your α, β, γ (solid) and the released B0-B7 (dashed), log scale. "
+                   "Look for: a straight line means every step of φ multiplies the size by the same factor.")
+        chart(scaling_sweep(spec, "macs"), "sweep_macs", right,
+              note="Multiply-adds per image, same runs of φ. Look for: with α·β²·γ² ≈ 2 each step of φ about "
+                   "doubles them; rounding makes the real steps uneven.")
         st.markdown("**Released B0-B7 vs the formula** (with the coefficients above): the released width, depth "
                     "and resolution were rounded and hand-tuned, so they are not exactly α^φ, β^φ, γ^φ.")
         st.dataframe(pd.DataFrame(official_vs_formula(spec)), hide_index=True, width="stretch")
@@ -129,9 +144,11 @@ with speed_tab:
                 "Time this model here (one image, and a training step).")
     measure_batch = st.number_input("Training batch to time", 1, 512, 16, key="measure_batch")
     if st.button("Measure on this machine", key="measure"):
-        from effnet.measure import measure_speed
+        from effnet.measure import measure_estimate_s, measure_speed
 
-        with st.spinner("Timing (a few seconds; one measurement at a time on this server)..."):
+        estimate = measure_estimate_s(spec, int(measure_batch))
+        with st.spinner(f"Timing on this machine: about {estimate:.0f} s (one measurement at a time on this "
+                        "server)..."):
             try:
                 speed = measure_speed(spec, int(measure_batch))
             except ValueError as exc:

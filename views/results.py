@@ -24,7 +24,7 @@ if not found:
 
 columns, table = results.study_table(found)
 st.subheader("Table 1, from your runs")
-st.dataframe(pd.DataFrame(table).set_index(""), width="stretch")
+st.dataframe(pd.DataFrame(table).set_index("").style.format(precision=2, na_rep="—"), width="stretch")
 st.download_button("Download the table as CSV", results.to_csv(columns, table), file_name="effnet-results.csv",
                    mime="text/csv", key="csv", on_click="ignore")
 st.caption("The seed study (200 epochs, SGD+momentum) reached 67.94 (B0) to 70.75 (B6) test top-1; the paper's "
@@ -32,14 +32,21 @@ st.caption("The seed study (200 epochs, SGD+momentum) reached 67.94 (B0) to 70.7
 
 scored = [(r.label, r.best("test_top1"), r.best("val_top1"), r) for r in found]
 left, right = st.columns(2)
-chart(accuracy_vs_size([(lab, r.params, t) for lab, t, _, r in scored], "params"), "acc_params", left)
-chart(accuracy_vs_size([(lab, r.macs, t) for lab, t, _, r in scored], "macs"), "acc_macs", right)
+chart(accuracy_vs_size([(lab, r.params, t) for lab, t, _, r in scored], "params"), "acc_params", left,
+      note="One point per run: test top-1 at its best epoch against parameters (log scale). Look for accuracy "
+           "rising with size, and which run gives the most accuracy per parameter.")
+chart(accuracy_vs_size([(lab, r.macs, t) for lab, t, _, r in scored], "macs"), "acc_macs", right,
+      note="The same against multiply-adds per image (the paper's FLOPs). Look for the runs that buy their "
+           "accuracy with the fewest FLOPs.")
 pairs = [(lab, v, t) for lab, t, v, _ in scored if v is not None]
 left, right = st.columns(2)
-chart(val_vs_test(pairs, results.pearson([p[1] for p in pairs], [p[2] for p in pairs])), "val_test", left)
+chart(val_vs_test(pairs, results.pearson([p[1] for p in pairs], [p[2] for p in pairs])), "val_test", left,
+      note="Each run's best validation against test top-1; on the dashed line they agree. Look for points far "
+           "from it: there the validation split does not predict the test set.")
 chosen = right.multiselect("Curves to overlay", [r.label for r in found], default=[r.label for r in found][:8],
                            key="curve_runs")
-chart(training_curves([(r.label, r.rows) for r in found if r.label in chosen], "top1"), "curves", right)
+chart(training_curves([(r.label, r.rows) for r in found if r.label in chosen], "top1"), "curves", right,
+      note="Top-1 per epoch: solid train, dashed validation, dotted test. Look for when each run stops improving.")
 
 st.subheader("Per run: classes")
 by_id = {r.run_id: r for r in found}
@@ -58,15 +65,19 @@ if confusion is None:
 per_class = confusion.per_class()
 best, worst = st.columns(2)
 best.markdown(f"**Best classes** (test, epoch {confusion.epoch})")
+PERCENT = {"top-1 (%)": st.column_config.NumberColumn(format="%.1f")}
 best.dataframe(pd.DataFrame(per_class[:10], columns=["class", "top-1 (%)", "images"]), hide_index=True,
-               width="stretch")
+               width="stretch", column_config=PERCENT)
 worst.markdown("**Worst classes**")
 worst.dataframe(pd.DataFrame(per_class[::-1][:10], columns=["class", "top-1 (%)", "images"]), hide_index=True,
-                width="stretch")
+                width="stretch", column_config=PERCENT)
 chart(confusion_heatmap(confusion.coarse(), confusion.coarse_names, confusion.coarse_names,
-                        "Confusion between the 20 superclasses"), "coarse")
+                        "Confusion between the 20 superclasses"), "coarse",
+      note="Rows: the true superclass; columns: what the model predicted. Look for bright cells off the diagonal: "
+           "superclasses the model mixes up.")
 group = st.selectbox("Drill down into a superclass", range(len(confusion.coarse_names)),
                      format_func=lambda i: confusion.coarse_names[i], key="drill")
 names, grid = confusion.within(group)
 chart(confusion_heatmap(grid, names, [*names, "elsewhere"], f"{confusion.coarse_names[group]}: its fine classes"),
-      "fine")
+      "fine", note="The fine classes of one superclass against each other; 'elsewhere' counts predictions outside "
+                   "it. Look for pairs the model confuses (bright off-diagonal cells).")

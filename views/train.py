@@ -9,7 +9,7 @@ from effnet.access import readonly
 from effnet.charts import training_curves
 from effnet.config import AUGMENTATIONS, SCHEDULES, TrainConfig, normalization_for
 from effnet.data import data_dir, dataset_present, missing_data_message
-from effnet.scaling import COEFFICIENT_RANGE, GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, PHI_RANGE, SCALINGS
+from effnet.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
 from views.widgets import caller, chart
 
 VARIANTS = [v.upper() for v in OFFICIAL]
@@ -62,14 +62,16 @@ presets[2].button("Reset", on_click=apply, args=(DEFAULTS,), key="preset_reset")
 with st.form("new_runs"):
     st.subheader("New runs")
     models, options = st.columns(2)
+    st.caption("Every value is checked when you press Start; anything out of range is explained right under "
+               "the button.")
     with models:
         st.multiselect("Official variants (one run each)", VARIANTS, key="t_variants")
         st.checkbox("Add a custom spec", key="t_custom")
         cols = st.columns(4)
-        cols[0].number_input("φ", *PHI_RANGE, step=0.5, key="t_c_phi")
-        cols[1].number_input("α", *COEFFICIENT_RANGE, step=0.05, key="t_c_alpha")
-        cols[2].number_input("β", *COEFFICIENT_RANGE, step=0.05, key="t_c_beta")
-        cols[3].number_input("γ", *COEFFICIENT_RANGE, step=0.05, key="t_c_gamma")
+        cols[0].number_input("φ", step=0.5, key="t_c_phi")
+        cols[1].number_input("α", step=0.05, key="t_c_alpha")
+        cols[2].number_input("β", step=0.05, key="t_c_beta")
+        cols[3].number_input("γ", step=0.05, key="t_c_gamma")
         st.selectbox("Scaling method", SCALINGS, key="t_scaling",
                      help="compound, or one dimension alone with the same FLOPs budget (2^φ)")
         st.radio("Geometry", GEOMETRIES, horizontal=True, key="t_geometry")
@@ -77,27 +79,27 @@ with st.form("new_runs"):
                  help="Fine-tuning downloads torchvision's weights for official variants (internet needed).")
     with options:
         cols = st.columns(3)
-        cols[0].number_input("Epochs", 1, 1000, key="t_epochs")
-        cols[1].number_input("Batch size", 1, 4096, key="t_batch")
-        cols[2].number_input("Learning rate", 1e-5, 10.0, format="%.4f", key="t_lr")
+        cols[0].number_input("Epochs", step=1, key="t_epochs")
+        cols[1].number_input("Batch size", step=1, key="t_batch")
+        cols[2].number_input("Learning rate", format="%.4f", key="t_lr")
         cols = st.columns(3)
-        cols[0].number_input("Training images (0 = all)", 0, 50_000, key="t_subset")
-        cols[1].number_input("Eval images (0 = all)", 0, 10_000, key="t_eval_subset")
-        cols[2].number_input("Validation held out", 0, 49_000, key="t_val_size")
+        cols[0].number_input("Training images (0 = all)", step=100, key="t_subset")
+        cols[1].number_input("Eval images (0 = all)", step=100, key="t_eval_subset")
+        cols[2].number_input("Validation held out", step=100, key="t_val_size")
         st.selectbox("Device", ["auto", "cpu", "cuda"], key="t_device",
                      help="auto: the GPU when there is one, else the CPU")
         with st.expander("Optimiser and schedule"):
             cols = st.columns(3)
-            cols[0].number_input("Momentum", 0.0, 0.999, key="t_momentum")
-            cols[1].number_input("Weight decay", 0.0, 0.1, format="%.5f", key="t_wd")
-            cols[2].number_input("Label smoothing", 0.0, 0.9, key="t_smoothing")
+            cols[0].number_input("Momentum", key="t_momentum")
+            cols[1].number_input("Weight decay", format="%.5f", key="t_wd")
+            cols[2].number_input("Label smoothing", key="t_smoothing")
             cols = st.columns(3)
             cols[0].selectbox("Schedule", SCHEDULES, key="t_schedule")
-            cols[1].number_input("Warm-up epochs", 0.0, 100.0, key="t_warmup")
-            cols[2].number_input("EMA decay (0 = off)", 0.0, 0.9999, format="%.4f", key="t_ema")
+            cols[1].number_input("Warm-up epochs", key="t_warmup")
+            cols[2].number_input("EMA decay (0 = off)", format="%.4f", key="t_ema")
             cols = st.columns(3)
             cols[0].selectbox("Augmentation", AUGMENTATIONS, key="t_augment")
-            cols[1].number_input("Seed", 0, 2**31 - 1, key="t_seed")
+            cols[1].number_input("Seed", step=1, key="t_seed")
             cols[2].checkbox("Nesterov", key="t_nesterov")
             st.checkbox("torch.compile (GPU; minutes to compile on a CPU)", key="t_compile")
         if len(slots) > 1:
@@ -105,6 +107,9 @@ with st.form("new_runs"):
                         "several at once)", key="t_distributed")
     start = st.form_submit_button("Start", type="primary", disabled=readonly(),
                                   help="This server is a read-only demo" if readonly() else None)
+    # Fields have no hard bounds: a bad value reaches the library, whose message appears here, under Start,
+    # instead of the box turning red while Start silently does nothing.
+    feedback = st.empty()
 
 
 def planned_specs() -> list[ScalingSpec]:
@@ -137,11 +142,13 @@ if start:
         # All or none: every run is checked (settings, memory, disk) before the first is queued.
         started = jobs.submit_many([config_for(spec) for spec in specs], root, caller=who,
                                    distributed=bool(st.session_state.get("t_distributed")))
-    except (ValueError, PermissionError) as exc:
-        st.error(f"Not started: {exc}")
+    except (ValueError, TypeError, PermissionError) as exc:
+        feedback.error(f"Not started: {exc}")
+        st.toast(f"Not started: {exc}", icon=":material/error:")
     else:
         at_once = "one at a time" if len(slots) == 1 else f"up to {len(slots)} at once, one per device"
-        st.success(f"Queued {len(started)} run(s): {', '.join(started)}. They train {at_once}.")
+        feedback.success(f"Queued {len(started)} run(s): {', '.join(started)}. They train {at_once}.")
+        st.toast(f"Queued {len(started)} run(s)", icon=":material/check_circle:")
 
 
 def act(action, info: runs.RunInfo) -> None:
@@ -225,8 +232,12 @@ def live_runs() -> None:
     with_metrics = [(label, rows) for label, rows in with_metrics if rows]
     if with_metrics:
         left, right = st.columns(2)
-        chart(training_curves(with_metrics, "top1"), "curve_top1", left)
-        chart(training_curves(with_metrics, "loss"), "curve_loss", right)
+        chart(training_curves(with_metrics, "top1"), "curve_top1", left,
+              note="Top-1 per epoch of every run: solid train, dashed validation, dotted test. Look for the gap "
+                   "between train and validation: a growing gap is over-fitting.")
+        chart(training_curves(with_metrics, "loss"), "curve_loss", right,
+              note="Cross-entropy per epoch, same line styles. Falling means learning; a validation loss that "
+                   "turns up while train loss falls is over-fitting.")
     manage(infos)
 
 

@@ -17,12 +17,15 @@ def linked_number(label: str, key: str, low: float, high: float, step: float, de
 
     def copy_from(source: str) -> None:
         value = st.session_state[source]
-        st.session_state[key] = st.session_state[f"{key}_slider"] = st.session_state[f"{key}_input"] = value
+        st.session_state[key] = st.session_state[f"{key}_input"] = value
+        st.session_state[f"{key}_slider"] = min(max(value, low), high)  # the slider cannot show what is out of range
 
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     left.slider(label, low, high, step=step, key=f"{key}_slider", help=help,
                 on_change=copy_from, args=(f"{key}_slider",))
-    right.number_input(label, low, high, step=step, key=f"{key}_input", label_visibility="collapsed",
+    # No bounds on the box: a value out of range goes through and the spec says why it is refused,
+    # instead of the box turning red while the numbers silently stay put.
+    right.number_input(label, step=step, key=f"{key}_input", label_visibility="collapsed",
                        on_change=copy_from, args=(f"{key}_input",), format="%.2f")
     return float(st.session_state[key])
 
@@ -85,6 +88,8 @@ def teacher_sign_in(who: Caller) -> None:
             st.error("Wrong password.")
 
 
-def chart(figure, key: str, where=st) -> None:
-    """A chart as the lab draws it: full width, with its own large fonts (Streamlit's theme would shrink them)."""
+def chart(figure, key: str, where=st, *, note: str) -> None:
+    """A chart as the lab draws it: full width, its own large fonts (Streamlit's theme would shrink them), and
+    one line under it saying what it shows and what to look for (``note``; every chart has one)."""
     where.plotly_chart(figure, width="stretch", theme=None, key=key)
+    where.caption(note)
