@@ -13,6 +13,7 @@ st.set_page_config(page_title="effnet-lab", page_icon=":material/schema:", layou
 who = caller()  # every run: keeps this browser's owner token in the URL across page switches
 teacher_sign_in(who)
 navigation = st.navigation([
+    st.Page("views/lesson.py", title="Lesson", icon=":material/school:"),
     st.Page("views/explorer.py", title="Scaling explorer", icon=":material/tune:", default=True),
     st.Page("views/train.py", title="Train", icon=":material/model_training:"),
     st.Page("views/results.py", title="Results", icon=":material/leaderboard:"),

@@ -146,6 +146,23 @@ class TrainConfig:
                              "were trained with)")
 
 
+def fit_to_dataset(config: TrainConfig, n_train: int, n_test: int) -> tuple[TrainConfig, str | None]:
+    """``config`` with its image counts cut to what the dataset has, and a note saying what changed (or None).
+
+    A preset written for the 50,000 CIFAR-100 training images must not ask a 1,437-image copy for 2,000 and
+    quietly train on what is left: the counts are clamped and the user is told.
+    """
+    val = min(config.val_size, n_train // 5)
+    subset = None if config.subset is None else min(config.subset, n_train - val)
+    evals = None if config.eval_subset is None else min(config.eval_subset, max(1, min(val, n_test) or n_test))
+    fitted = config.replace(val_size=val, subset=subset, eval_subset=evals)
+    if fitted == config:
+        return config, None
+    return fitted, (f"The dataset has {n_train:,} training and {n_test:,} test images, so this run holds out {val:,} "
+                    f"for validation, trains on {subset or n_train - val:,} and evaluates on "
+                    f"{evals or 'all the'} images.")
+
+
 def _check_types(values: dict[str, Any]) -> None:
     """Each field has its declared JSON type (a damaged or hand-edited file is refused by name, never half-used)."""
     hints = typing.get_type_hints(TrainConfig)

@@ -207,6 +207,7 @@ class ScalingSpec:
     scaling: str = "compound"
     variant: str | None = None
     normalization: str = "cifar100"
+    budget: float | None = None  # single-dimension specs: the FLOPs ratio to reach (default 2^phi)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -267,8 +268,8 @@ class ScalingSpec:
 
     @property
     def flops_target(self) -> float:
-        """The FLOPs budget relative to B0 that a single-dimension spec is scaled to: 2^phi."""
-        return 2.0**self.phi
+        """The FLOPs budget relative to B0 that a single-dimension spec is scaled to: ``budget``, else 2^phi."""
+        return self.budget if self.budget is not None else 2.0**self.phi
 
     # ------------------------------------------------------------------ what gets built
     @property
@@ -431,6 +432,8 @@ def _validate(spec: ScalingSpec) -> None:
         raise ValueError(f"num_classes: must be at least 1, got {spec.num_classes}")
     if spec.base_resolution is not None and _whole_number("base_resolution", spec.base_resolution) < MIN_RESOLUTION:
         raise ValueError(f"base_resolution: must be at least {MIN_RESOLUTION} px, got {spec.base_resolution}")
+    if spec.budget is not None and _finite_number("budget", spec.budget) <= 0:
+        raise ValueError(f"budget: must be positive, got {spec.budget!r}")
     if spec.output_stride is not None and spec.output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride: must be one of {OUTPUT_STRIDES}, got {spec.output_stride!r}")
     if spec.dropout is not None and not 0 <= _finite_number("dropout", spec.dropout) < 1:

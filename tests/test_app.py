@@ -10,7 +10,7 @@ from effnet import ScalingSpec, jobs, model_card, runs
 from effnet.config import TrainConfig
 from views.widgets import human
 
-PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.py"]
+PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.py", "views/lesson.py"]
 
 
 @pytest.fixture
@@ -205,3 +205,21 @@ def test_measure_button_times_the_chosen_model(app_env):
     shown = metrics(at)
     assert float(shown["Inference, 1 image"].split()[0]) > 0
     assert float(shown["Training, batch 4"].split()[0]) > 0
+
+
+def test_lesson_walks_through_the_study_without_runs(app_env):
+    at = open_page("views/lesson.py")
+    assert not at.exception, at.exception
+    assert [h.value for h in at.header][:2] == ["1. The question: how should a network grow?",
+                                               "2. The rule: one coefficient, three dimensions"]
+    assert any("No runs of your own yet" in i.value for i in at.info)
+    at.slider(key="lesson_phi").set_value(3.0).run()
+    card = model_card(ScalingSpec(phi=3.0))
+    assert metrics(at)["MACs (FLOPs)"] == human(card.macs)
+
+
+def test_lesson_uses_the_runs_when_there_are_some(with_runs):
+    at = open_page("views/lesson.py")
+    assert not at.exception, at.exception
+    assert not any("No runs of your own yet" in i.value for i in at.info)
+    assert any("Your runs" in m.value for m in at.markdown)

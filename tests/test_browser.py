@@ -227,3 +227,17 @@ def test_chart_text_is_readable_from_the_back_of_the_room(browser, server):
     assert sizes and min(sizes) >= 14, sorted(sizes)[:5]
     legends = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot .legendtext')].map(e => e.textContent)")
     assert not any(" a=" in t or " g=" in t for t in legends), legends
+
+
+def test_reloading_the_train_page_keeps_the_form(browser, server):
+    page = projector_page(browser, server, "/train", "Train on CIFAR-100")
+    page.get_by_role("button", name="Quick CPU demo").click()
+    epochs = page.get_by_label("Epochs", exact=True)
+    playwright_api.expect(page.get_by_label("Training images (0 = all)")).to_have_value("2000", timeout=30_000)
+    epochs.fill("7")
+    epochs.press("Tab")
+    page.wait_for_function("() => location.search.includes('t_epochs=7')", timeout=30_000)
+    page.reload()
+    page.get_by_text("Train on CIFAR-100").first.wait_for(timeout=60_000)
+    playwright_api.expect(page.get_by_label("Epochs", exact=True)).to_have_value("7", timeout=30_000)
+    playwright_api.expect(page.get_by_label("Training images (0 = all)")).to_have_value("2000", timeout=30_000)

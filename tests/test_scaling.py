@@ -166,3 +166,32 @@ def test_library_never_imports_streamlit():
     code = "import sys\n" + "".join(f"import effnet.{m}\n" for m in modules) + "print('streamlit' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("spec", [ScalingSpec(phi=1), ScalingSpec(phi=2), ScalingSpec(phi=3), ScalingSpec.official("b3"),
+                                  ScalingSpec(phi=2, geometry="imagenet")], ids=lambda s: f"{s.name}-{s.geometry}")
+def test_single_dimension_methods_are_solved_to_the_compound_models_actual_macs(spec):
+    """The nominal 2^phi misses by up to 25% after rounding; the solved budgets land within a few percent."""
+    from effnet.card import at_equal_macs, scaling_methods
+
+    target = model_card(spec).macs
+    for method in ("depth", "width", "resolution"):
+        solved = at_equal_macs(spec, method)
+        assert solved.scaling == method and solved.variant is None
+        assert abs(model_card(solved).macs / target - 1) < 0.10, method
+        changed = {"depth": solved.depth_mult, "width": solved.width_mult, "resolution": solved.resolution_mult}
+        assert [k for k, v in changed.items() if v != 1.0] == [method]
+    rows = {r["method"]: r for r in scaling_methods(spec)}
+    assert rows["compound"]["FLOPs vs phi=0"] == round(model_card(spec).flops_ratio, 2)
+    assert all(abs(r["FLOPs vs phi=0"] / rows["compound"]["FLOPs vs phi=0"] - 1) < 0.10 for r in rows.values())
+    assert ScalingSpec.from_dict(at_equal_macs(spec, "width").to_dict()) == at_equal_macs(spec, "width")
+
+
+def test_image_counts_are_cut_to_the_dataset_with_a_note():
+    from effnet.config import TrainConfig, fit_to_dataset
+
+    quick = TrainConfig(spec=ScalingSpec(phi=-3), subset=2000, eval_subset=500, val_size=1000)
+    fitted, note = fit_to_dataset(quick, n_train=1437, n_test=300)
+    assert (fitted.val_size, fitted.subset, fitted.eval_subset) == (287, 1150, 287)
+    assert "1,437 training" in note and "trains on 1,150" in note
+    assert fit_to_dataset(quick, n_train=50_000, n_test=10_000) == (quick, None)

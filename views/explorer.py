@@ -135,8 +135,9 @@ with curves_tab:
 
 with methods_tab:
     if methods_tab.open:
-        st.markdown(f"The same FLOPs budget (2^φ = {spec.flops_target:.2f}× B0) reached by scaling one dimension "
-                    "alone, next to compound scaling. The paper's Figure 3 and the seed study compare these.")
+        st.markdown(f"The same *actual* multiply-adds as this spec ({human(card.macs)}, ×{card.flops_ratio:.2f} of "
+                    "φ=0) reached by scaling one dimension alone, each solved against the model card (the nominal "
+                    "2^φ is not what rounding produces). The paper's Figure 3 and the seed study compare these.")
         st.dataframe(pd.DataFrame(scaling_methods(spec)), hide_index=True, width="stretch")
 
 with speed_tab:

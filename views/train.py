@@ -7,8 +7,8 @@ import streamlit as st
 from effnet import OFFICIAL, ScalingSpec, jobs, runs
 from effnet.access import readonly
 from effnet.charts import training_curves
-from effnet.config import AUGMENTATIONS, SCHEDULES, TrainConfig, normalization_for
-from effnet.data import data_dir, dataset_present, missing_data_message
+from effnet.config import AUGMENTATIONS, SCHEDULES, TrainConfig, fit_to_dataset, normalization_for
+from effnet.data import DataError, data_dir, dataset_present, load_cifar100, missing_data_message
 from effnet.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
 from views.widgets import caller, chart
 
@@ -65,51 +65,51 @@ with st.form("new_runs"):
     st.caption("Every value is checked when you press Start; anything out of range is explained right under "
                "the button.")
     with models:
-        st.multiselect("Official variants (one run each)", VARIANTS, key="t_variants")
-        st.checkbox("Add a custom spec", key="t_custom")
+        st.multiselect("Official variants (one run each)", VARIANTS, key="t_variants", bind="query-params")
+        st.checkbox("Add a custom spec", key="t_custom", bind="query-params")
         cols = st.columns(4)
-        cols[0].number_input("φ", step=0.5, key="t_c_phi")
-        cols[1].number_input("α", step=0.05, key="t_c_alpha")
-        cols[2].number_input("β", step=0.05, key="t_c_beta")
-        cols[3].number_input("γ", step=0.05, key="t_c_gamma")
+        cols[0].number_input("φ", step=0.5, key="t_c_phi", bind="query-params")
+        cols[1].number_input("α", step=0.05, key="t_c_alpha", bind="query-params")
+        cols[2].number_input("β", step=0.05, key="t_c_beta", bind="query-params")
+        cols[3].number_input("γ", step=0.05, key="t_c_gamma", bind="query-params")
         st.selectbox("Scaling method", SCALINGS, key="t_scaling",
                      help="compound, or one dimension alone with the same FLOPs budget (2^φ)")
-        st.radio("Geometry", GEOMETRIES, horizontal=True, key="t_geometry")
+        st.radio("Geometry", GEOMETRIES, horizontal=True, key="t_geometry", bind="query-params")
         st.radio("Start", ["from scratch", "from ImageNet weights (fine-tune)"], horizontal=True, key="t_start",
                  help="Fine-tuning downloads torchvision's weights for official variants (internet needed).")
     with options:
         cols = st.columns(3)
-        cols[0].number_input("Epochs", step=1, key="t_epochs")
-        cols[1].number_input("Batch size", step=1, key="t_batch")
-        cols[2].number_input("Learning rate", format="%.4f", key="t_lr")
+        cols[0].number_input("Epochs", step=1, key="t_epochs", bind="query-params")
+        cols[1].number_input("Batch size", step=1, key="t_batch", bind="query-params")
+        cols[2].number_input("Learning rate", format="%.4f", key="t_lr", bind="query-params")
         cols = st.columns(3)
-        cols[0].number_input("Training images (0 = all)", step=100, key="t_subset")
-        cols[1].number_input("Eval images (0 = all)", step=100, key="t_eval_subset")
-        cols[2].number_input("Validation held out", step=100, key="t_val_size")
+        cols[0].number_input("Training images (0 = all)", step=100, key="t_subset", bind="query-params")
+        cols[1].number_input("Eval images (0 = all)", step=100, key="t_eval_subset", bind="query-params")
+        cols[2].number_input("Validation held out", step=100, key="t_val_size", bind="query-params")
         st.selectbox("Device", ["auto", "cpu", "cuda"], key="t_device",
                      help="auto: the GPU when there is one, else the CPU")
         with st.expander("Optimiser and schedule"):
             cols = st.columns(3)
-            cols[0].number_input("Momentum", key="t_momentum")
-            cols[1].number_input("Weight decay", format="%.5f", key="t_wd")
-            cols[2].number_input("Label smoothing", key="t_smoothing")
+            cols[0].number_input("Momentum", key="t_momentum", bind="query-params")
+            cols[1].number_input("Weight decay", format="%.5f", key="t_wd", bind="query-params")
+            cols[2].number_input("Label smoothing", key="t_smoothing", bind="query-params")
             cols = st.columns(3)
-            cols[0].selectbox("Schedule", SCHEDULES, key="t_schedule")
-            cols[1].number_input("Warm-up epochs", key="t_warmup")
-            cols[2].number_input("EMA decay (0 = off)", format="%.4f", key="t_ema")
+            cols[0].selectbox("Schedule", SCHEDULES, key="t_schedule", bind="query-params")
+            cols[1].number_input("Warm-up epochs", key="t_warmup", bind="query-params")
+            cols[2].number_input("EMA decay (0 = off)", format="%.4f", key="t_ema", bind="query-params")
             cols = st.columns(3)
-            cols[0].selectbox("Augmentation", AUGMENTATIONS, key="t_augment")
-            cols[1].number_input("Seed", step=1, key="t_seed")
-            cols[2].checkbox("Nesterov", key="t_nesterov")
-            st.checkbox("torch.compile (GPU; minutes to compile on a CPU)", key="t_compile")
+            cols[0].selectbox("Augmentation", AUGMENTATIONS, key="t_augment", bind="query-params")
+            cols[1].number_input("Seed", step=1, key="t_seed", bind="query-params")
+            cols[2].checkbox("Nesterov", key="t_nesterov", bind="query-params")
+            st.checkbox("torch.compile (GPU; minutes to compile on a CPU)", key="t_compile", bind="query-params")
         if len(slots) > 1:
             st.checkbox(f"Each run across all {len(slots)} devices (one DDP job; otherwise one run per device, "
-                        "several at once)", key="t_distributed")
+                        "several at once)", key="t_distributed", bind="query-params")
     start = st.form_submit_button("Start", type="primary", disabled=readonly(),
                                   help="This server is a read-only demo" if readonly() else None)
     # Fields have no hard bounds: a bad value reaches the library, whose message appears here, under Start,
     # instead of the box turning red while Start silently does nothing.
-    feedback = st.empty()
+    feedback, feedback_note = st.empty(), st.empty()
 
 
 def planned_specs() -> list[ScalingSpec]:
@@ -121,6 +121,30 @@ def planned_specs() -> list[ScalingSpec]:
         specs.append(ScalingSpec(phi=s.t_c_phi, alpha=s.t_c_alpha, beta=s.t_c_beta, gamma=s.t_c_gamma,
                                  scaling=s.t_scaling, **common))
     return specs
+
+
+@st.cache_data(show_spinner="Counting the dataset's images...", ttl=600)
+def dataset_sizes(folder: str) -> tuple[int, int] | None:
+    """(training, test) images of the CIFAR-100 copy in ``folder``, or None when there is none to read."""
+    try:
+        data = load_cifar100(folder, download=False)
+    except DataError:
+        return None
+    return len(data.train), len(data.test)
+
+
+def fitted(configs: list[TrainConfig]) -> list[TrainConfig]:
+    """The configs with their image counts cut to the dataset's; what changed is said under Start."""
+    sizes = dataset_sizes(str(data_dir().resolve())) if dataset_present() else None
+    if sizes is None:
+        return configs
+    out = []
+    for config in configs:
+        config, note = fit_to_dataset(config, *sizes)
+        if note:
+            feedback_note.info(note)
+        out.append(config)
+    return out
 
 
 def config_for(spec: ScalingSpec) -> TrainConfig:
@@ -140,7 +164,7 @@ if start:
         if not specs:
             raise ValueError("variants: choose at least one variant or add a custom spec")
         # All or none: every run is checked (settings, memory, disk) before the first is queued.
-        started = jobs.submit_many([config_for(spec) for spec in specs], root, caller=who,
+        started = jobs.submit_many(fitted([config_for(spec) for spec in specs]), root, caller=who,
                                    distributed=bool(st.session_state.get("t_distributed")))
     except (ValueError, TypeError, PermissionError) as exc:
         feedback.error(f"Not started: {exc}")
