@@ -74,9 +74,29 @@ def _memo(build: F) -> F:
     return cached  # type: ignore[return-value]
 
 
-def _log_axis() -> dict[str, Any]:
-    """Log axes labelled at powers of ten only (1M, 10M, ...): no unlabeled minor digits to squint at."""
-    return {"type": "log", "dtick": 1, "exponentformat": "SI"}
+def _log_axis(values: Sequence[float] = ()) -> dict[str, Any]:
+    """A log axis readable from afar: over two decades or more, labels at powers of ten only (1M, 10M, ...; no
+    unlabeled minor digits); within less, plotly's own labelled ticks. ``values`` (the data) also get half a
+    decade of room on each side, so the text beside the outermost points is not cut off."""
+    axis: dict[str, Any] = {"type": "log", "exponentformat": "SI"}
+    positive = [v for v in values if v > 0]
+    if not positive or max(positive) / min(positive) >= 100:
+        axis["dtick"] = 1
+        if positive:
+            axis["range"] = [math.log10(min(positive)) - 0.5, math.log10(max(positive)) + 0.5]
+        return axis
+    low, high = math.log10(min(positive)) - 0.5, math.log10(max(positive)) + 0.5
+    ticks = [m * 10**e for e in range(math.floor(low), math.ceil(high) + 1) for m in (1, 2, 5)
+             if low <= math.log10(m * 10**e) <= high]
+    return {**axis, "range": [low, high], "tickvals": ticks, "ticktext": [_si(t) for t in ticks]}
+
+
+def _si(value: float) -> str:
+    """1500000 -> '1.5M': a full-size label for every tick (plotly's minor log digits are tiny and unlabeled)."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:g}{unit}"
+    return f"{value:g}"
 
 
 @_memo
@@ -153,7 +173,9 @@ def training_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: st
                             marker={"size": 6}, legendgroup=label)
     fig.update_xaxes(title="epoch")
     fig.update_yaxes(title="top-1 (%)" if metric == "top1" else "cross-entropy loss")
-    return _layout(fig, "Top-1 accuracy per epoch" if metric == "top1" else "Loss per epoch")
+    # The legend goes under the plot: beside it, long run labels would squeeze the plot to a sliver.
+    return _layout(fig, "Top-1 accuracy per epoch" if metric == "top1" else "Loss per epoch", height=520,
+                   legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0, "font": {"size": 14}})
 
 
 def _pad_y(fig: go.Figure, values: Sequence[float]) -> None:
@@ -173,7 +195,7 @@ def accuracy_vs_size(points: Sequence[tuple[str, float, float]], size: str) -> g
     fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[p[0] for p in points],
                     mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[0]},
                     textfont={"size": 14}, name="runs")
-    fig.update_xaxes(title=f"{axis} (log scale)", **_log_axis())
+    fig.update_xaxes(title=f"{axis} (log scale)", **_log_axis([p[1] for p in points]))
     fig.update_yaxes(title="test top-1, best epoch (%)")
     _pad_y(fig, [p[2] for p in points])
     return _layout(fig, f"Accuracy vs {axis}", showlegend=False)
@@ -202,7 +224,7 @@ def val_vs_test(points: Sequence[tuple[str, float, float]], r: float | None) -> 
     _pad_y(fig, values)
     fig.update_xaxes(title="validation top-1, best epoch (%)")
     fig.update_yaxes(title="test top-1, best epoch (%)")
-    title = "Validation vs test" + (f" (r = {r:.3f})" if r is not None else " (r needs two runs)")
+    title = "Validation vs test" + (f" (r = {r:.3f})" if r is not None else " (r needs two runs that differ)")
     return _layout(fig, title)
 
 

@@ -15,6 +15,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from cifar_files import write_cifar_archive
 
+from effnet import ScalingSpec
+from effnet.config import TrainConfig
+
 PROJECT = Path(__file__).resolve().parents[1]
 
 # The smallest useful spec: phi=-4 in the cifar geometry is 18 px, 1.3 M parameters.
@@ -28,6 +31,13 @@ def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_cifar_archive(root / "cifar-100-python.tar.gz", n_train=320, n_test=100)
     return root
+
+
+def tiny_config(cifar_dir: Path, **changes: object) -> TrainConfig:
+    """The queue's version of TINY: a one-epoch run of the smallest spec on the generated archive."""
+    base = dict(spec=ScalingSpec(phi=-4), epochs=1, batch_size=32, lr=0.05, val_size=64, eval_subset=64,
+                device="cpu", data_dir=str(cifar_dir))
+    return TrainConfig(**{**base, **changes})
 
 
 def python_env() -> dict[str, str]:

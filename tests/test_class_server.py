@@ -16,17 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT, python_env, read_status, train_cmd, wait_for
+from conftest import PROJECT, python_env, read_status, tiny_config, train_cmd, wait_for
 
 from effnet import ScalingSpec, jobs, locks, results, runs
 from effnet.access import Caller
-from effnet.config import TrainConfig
-
-
-def tiny_config(cifar_dir: Path, **changes) -> TrainConfig:
-    base = dict(spec=ScalingSpec(phi=-4), epochs=1, batch_size=32, lr=0.05, val_size=64, eval_subset=64,
-                device="cpu", data_dir=str(cifar_dir))
-    return TrainConfig(**{**base, **changes})
 
 
 @pytest.fixture

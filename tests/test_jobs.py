@@ -10,16 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, wait_for
+from conftest import PROJECT, tiny_config, wait_for
 
 from effnet import ScalingSpec, jobs, locks, runs
-from effnet.config import TrainConfig
-
-
-def tiny_config(cifar_dir: Path, **changes) -> TrainConfig:
-    base = dict(spec=ScalingSpec(phi=-4), epochs=1, batch_size=32, lr=0.05, val_size=64, eval_subset=64,
-                device="cpu", data_dir=str(cifar_dir))
-    return TrainConfig(**{**base, **changes})
 
 
 @pytest.fixture

@@ -252,7 +252,9 @@ def live_runs() -> None:
         return
     for info in reversed(infos):
         run_card(info)
-    with_metrics = [(i.label + " · " + i.run_id[-4:], runs.read_metrics(i.path)) for i in infos]
+    labels = [i.label for i in infos]
+    with_metrics = [(i.label + (f" ({i.run_id[-4:]})" if labels.count(i.label) > 1 else ""), runs.read_metrics(i.path))
+                    for i in infos]
     with_metrics = [(label, rows) for label, rows in with_metrics if rows]
     if with_metrics:
         left, right = st.columns(2)
