@@ -334,12 +334,27 @@ def _pick(queued: list[RunInfo], free: list[str]) -> tuple[RunInfo, list[str]] |
     return None
 
 
+def _placeable(info: RunInfo) -> bool:
+    """Whether some slot of this server could ever train the run; if none could, it fails now, saying why.
+
+    Without this, a run asking for a device the server does not have would wait forever, and the runner
+    would spin looking at it.
+    """
+    if any(_fits_slot(info.config, s) for s in device_slots()):
+        return True
+    runs.write_json(info.path / runs.STATUS, {**info.status, "state": "failed", "error": (
+        f"device: this server has no {info.config.device!r}; its devices are {', '.join(device_slots())} "
+        f"({DEVICES_ENV} or the visible GPUs)")})
+    return False
+
+
 def _start_next(root: Path, running: list[_Started]) -> _Started | None:
     """Under the queue lock: launch the oldest queued run that fits a free slot, or None."""
     with locks.exclusive(root / QUEUE_LOCK):
         taken = {s for r in running for s in r.slots}
         free = [s for s in device_slots() if s not in taken]
         queued = [r for r in list_runs(root) if r.state == "queued"]
+        queued = [r for r in queued if _placeable(r)]
         picked = _pick(queued, free)
         if picked is None:
             return None

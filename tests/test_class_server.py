@@ -367,3 +367,16 @@ def test_two_device_slots_train_two_runs_at_once_and_a_distributed_run_uses_both
     assert info.state == "finished", info.error
     assert json.loads((sandbox / ddp / runs.CONFIG).read_text())["world_size"] == 2
     assert info.status["slot"] == "cpu#0, cpu#1"
+
+
+def test_a_run_for_a_device_the_server_lacks_fails_saying_so_instead_of_waiting(sandbox, cifar_dir, monkeypatch):
+    monkeypatch.setenv("EFFNET_DEVICES", "cpu#0")
+    run_dir = sandbox / "wants-gpu-7"
+    config = tiny_config(cifar_dir).replace(device="cuda:7")  # queued on another server, copied in
+    runs.write_json(run_dir / runs.JOB, {"config": config.to_dict(), "queued_at": 1, "generation": 1})
+    runs.write_json(run_dir / runs.STATUS, {"state": "queued", "generation": 1})
+    done = subprocess.run([sys.executable, "-m", "effnet.jobs", "runner", "--root", str(sandbox)], cwd=PROJECT,
+                          env={**python_env(), "EFFNET_DEVICES": "cpu#0"}, timeout=60)
+    assert done.returncode == 0  # the runner ends instead of spinning on a run it can never start
+    info = runs.read_run(run_dir)
+    assert info.state == "failed" and "has no 'cuda:7'" in info.error
