@@ -67,6 +67,8 @@ def test_explorer_numbers_follow_the_core_as_phi_changes(app_env):
     assert any("far from 2" in w.value for w in at.warning)
     at.number_input(key="phi_input").set_value(10.0).run()
     assert not at.exception and any("cannot be built" in e.value for e in at.error)
+    at.number_input(key="phi_input").set_value(11.0).run()  # out of range: said, not a silently red box
+    assert not at.exception and any("phi: must be within [-4, 10], got 11" in e.value for e in at.error)
 
 
 def test_explorer_official_variant_shows_the_formula_difference(app_env):

@@ -380,3 +380,17 @@ def test_a_run_for_a_device_the_server_lacks_fails_saying_so_instead_of_waiting(
     assert done.returncode == 0  # the runner ends instead of spinning on a run it can never start
     info = runs.read_run(run_dir)
     assert info.state == "failed" and "has no 'cuda:7'" in info.error
+
+
+def test_classroom_refusals_say_what_is_wrong(sandbox, cifar_dir, monkeypatch):
+    """A custom spec cannot be fine-tuned from ImageNet weights; φ=10 is not a CPU run; a refused run has
+    nothing to resume (issue: classroom stumbles 5, 6 and 16)."""
+    monkeypatch.setenv("EFFNET_DEVICES", "cpu#0")
+    with pytest.raises(ValueError, match="custom spec"):
+        tiny_config(cifar_dir, spec=ScalingSpec(phi=-3, normalization="imagenet"), pretrained=True).validate()
+    with pytest.raises(ValueError, match="hours per epoch"):
+        jobs.submit(tiny_config(cifar_dir, spec=ScalingSpec(phi=10), batch_size=1, subset=None), sandbox)
+    refused = jobs.submit(tiny_config(cifar_dir, val_size=100_000), sandbox)  # more held out than there are images
+    wait_for(lambda: runs.read_run(sandbox / refused).state == "failed", timeout=120, what="the refusal")
+    info = runs.read_run(sandbox / refused)
+    assert "val_size" in info.error and not jobs.resumable(info)
