@@ -318,15 +318,13 @@ def _command(info: RunInfo, job: dict, slots: list[str]) -> list[str]:
             *train, "--device", device]
 
 
-def _pick(queued: list[RunInfo], free: list[str]) -> tuple[RunInfo, list[str]] | None:
+def _pick(queued: list[RunInfo], free: list[str], slots: list[str]) -> tuple[RunInfo, list[str]] | None:
     """The oldest queued run that can start on the free slots now.
 
     A waiting distributed run needs every slot: once it is first in line, nothing overtakes it.
     """
-    slots = device_slots()
     for info in queued:
-        job = runs.load_json(info.path / runs.JOB) or {}
-        if job.get("distributed"):
+        if info.distributed:
             return (info, slots) if len(free) == len(slots) else None
         chosen = next((s for s in free if _fits_slot(info.config, s)), None)
         if chosen is not None:
@@ -334,16 +332,16 @@ def _pick(queued: list[RunInfo], free: list[str]) -> tuple[RunInfo, list[str]] |
     return None
 
 
-def _placeable(info: RunInfo) -> bool:
+def _placeable(info: RunInfo, slots: list[str]) -> bool:
     """Whether some slot of this server could ever train the run; if none could, it fails now, saying why.
 
     Without this, a run asking for a device the server does not have would wait forever, and the runner
     would spin looking at it.
     """
-    if any(_fits_slot(info.config, s) for s in device_slots()):
+    if any(_fits_slot(info.config, s) for s in slots):
         return True
     runs.write_json(info.path / runs.STATUS, {**info.status, "state": "failed", "error": (
-        f"device: this server has no {info.config.device!r}; its devices are {', '.join(device_slots())} "
+        f"device: this server has no {info.config.device!r}; its devices are {', '.join(slots)} "
         f"({DEVICES_ENV} or the visible GPUs)")})
     return False
 
@@ -352,10 +350,10 @@ def _start_next(root: Path, running: list[_Started]) -> _Started | None:
     """Under the queue lock: launch the oldest queued run that fits a free slot, or None."""
     with locks.exclusive(root / QUEUE_LOCK):
         taken = {s for r in running for s in r.slots}
-        free = [s for s in device_slots() if s not in taken]
-        queued = [r for r in list_runs(root) if r.state == "queued"]
-        queued = [r for r in queued if _placeable(r)]
-        picked = _pick(queued, free)
+        slots = device_slots()
+        free = [s for s in slots if s not in taken]
+        queued = [r for r in list_runs(root) if r.state == "queued" and _placeable(r, slots)]
+        picked = _pick(queued, free, slots)
         if picked is None:
             return None
         info, slots = picked

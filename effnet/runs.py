@@ -418,6 +418,7 @@ class RunInfo:
     queued_at: int = 0  # ns; queue order (0 for runs started from the command line)
     owner: str | None = None
     from_queue: bool = False  # has a job.json: the queue can resume it
+    distributed: bool = False  # queued as one DDP job across every device slot
 
     @property
     def active(self) -> bool:
@@ -494,7 +495,7 @@ def read_run(run_dir: Path) -> RunInfo:
     job = job or {}
     label = named or job.get("label") or (describe(spec, config) if spec is not None else run_dir.name)
     return RunInfo(run_dir.name, run_dir, state, label, spec, config, status, error, int(job.get("queued_at", 0)),
-                   job.get("owner"), bool(job))
+                   job.get("owner"), bool(job), bool(job.get("distributed")))
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
