@@ -23,6 +23,8 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 AUGMENTATIONS = ("none", "standard", "cutout")
 # auto: bf16 autocast on CUDA, fp32 elsewhere. bf16 on the CPU runs the accelerator path where no GPU is.
 PRECISIONS = ("auto", "bf16", "fp32")
+# cifar100: the study's data; folder: your own images, one subfolder per class (effnet.folder).
+DATASETS = ("cifar100", "folder")
 CIFAR100_CLASSES = 100
 
 
@@ -57,6 +59,8 @@ class TrainConfig:
     channels_last: bool = True
     pretrained: bool = False
     data_dir: str | None = None
+    dataset: str = "cifar100"
+    init_from: str | None = None  # a finished run's folder: start from its weights
     checkpoint_minutes: float = 10.0
     eval_batch_size: int = 256
 
@@ -114,6 +118,7 @@ class TrainConfig:
             (0 <= self.ema < 1, "ema", "must be in [0, 1) (0 turns it off)"),
             (self.augment in AUGMENTATIONS, "augment", f"must be one of {', '.join(AUGMENTATIONS)}"),
             (self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}"),
+            (self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}"),
             (self.subset is None or self.subset >= 1, "subset", "must be at least 1"),
             (self.eval_subset is None or self.eval_subset >= 1, "eval_subset", "must be at least 1"),
             (self.val_size >= 0, "val_size", "must be 0 or more"),
@@ -125,7 +130,7 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{name}: {message}, got {getattr(self, name)!r}")
         self._validate_start()
-        if self.spec.num_classes < CIFAR100_CLASSES:
+        if self.dataset == "cifar100" and self.spec.num_classes < CIFAR100_CLASSES:
             raise ValueError(f"num_classes: CIFAR-100 labels go up to {CIFAR100_CLASSES - 1}, so "
                              f"{self.spec.num_classes} classes cannot fit")
         model_card(self.spec)  # the size guard: too large to build is refused here, not after loading data

@@ -133,10 +133,10 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
         config.validate()
         check_fits(config)
         runs.check_disk(config, root)
-        if config.data_dir is None:  # the runner may start elsewhere: pin the data folder this process sees
-            from effnet.data import data_dir
+        # The runner starts in the project folder: pin the data folder this process means (a relative one too).
+        from effnet.data import data_dir
 
-            config = config.replace(data_dir=str(data_dir().resolve()))
+        config = config.replace(data_dir=str(Path(config.data_dir or data_dir()).resolve()))
         pinned.append(config)
     ids = []
     with locks.exclusive(root / QUEUE_LOCK):

@@ -45,10 +45,11 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from effnet import locks, runs
-from effnet.config import AUGMENTATIONS, PRECISIONS, SCHEDULES, TrainConfig, normalization_for
+from effnet.config import AUGMENTATIONS, DATASETS, PRECISIONS, SCHEDULES, TrainConfig, normalization_for
 from effnet.data import DataError, Split, augment, load_cifar100, split_train_val
 from effnet.model import EfficientNet, build_model, load_pretrained
 from effnet.preprocess import to_model_input
+from effnet.scaling import ScalingSpec
 from effnet.spec_flags import add_spec_arguments, spec_from_args
 
 # With --config, the file is the whole config; only where to write and where to run may be given beside it.
@@ -56,36 +57,53 @@ CONFIG_COMPANIONS = ("--config", "--out", "--resume", "--device", "--data-dir")
 
 
 # ----------------------------------------------------------------------------- command line
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The training settings (everything of ``TrainConfig`` but the spec), shared with ``effnet.study``."""
+    d = TrainConfig()
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process under torchrun")
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--no-nesterov", dest="nesterov", action="store_false", help="plain momentum")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="not applied to BN and biases")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    g.add_argument("--ema", type=float, default=d.ema, help="EMA decay of the weights, e.g. 0.999 (0: off)")
+    g.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment)
+    g.add_argument("--subset", type=int, help="train on the first N training images")
+    g.add_argument("--eval-subset", type=int, help="evaluate on the first N validation and test images")
+    g.add_argument("--val-size", type=int, default=d.val_size, help="images held out from training for validation")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", default=None, help="auto (CUDA if present; the default), cpu, cuda, cuda:N")
+    g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 also works on the CPU")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow to start on CPU)")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    g.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights")
+    g.add_argument("--dataset", choices=DATASETS, default=d.dataset,
+                   help="cifar100, or folder: your own images, one subfolder per class (see --data-dir)")
+    g.add_argument("--data-dir", help="folder with cifar-100-python, or your class folders with --dataset folder "
+                                      "(default: $EFFNET_DATA or ./data)")
+    g.add_argument("--init-from", help="start from a finished run's weights (its backbone; a new classifier "
+                                       "when the class count differs)")
+    g.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
+                   help="also checkpoint within an epoch this often (0: every step)")
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+
+
+def config_from_args(args: argparse.Namespace, spec: ScalingSpec) -> TrainConfig:
+    """The ``TrainConfig`` of ``add_training_arguments``' flags around ``spec``."""
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("spec", "device")]
+    return TrainConfig(spec=spec, device=args.device or "auto", **{n: getattr(args, n) for n in names})
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m effnet.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="a JSON config (or a queue's job.json) instead of the flags below")
     add_spec_arguments(p, num_classes_default=None)
-    d = TrainConfig()
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process under torchrun")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--no-nesterov", dest="nesterov", action="store_false", help="plain momentum")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="not applied to BN and biases")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
-    p.add_argument("--ema", type=float, default=d.ema, help="EMA decay of the weights, e.g. 0.999 (0: off)")
-    p.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment)
-    p.add_argument("--subset", type=int, help="train on the first N training images")
-    p.add_argument("--eval-subset", type=int, help="evaluate on the first N validation and test images")
-    p.add_argument("--val-size", type=int, default=d.val_size, help="images held out from training for validation")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=None, help="auto (CUDA if present; the default), cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                   help="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 also works on the CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow to start on CPU)")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights")
-    p.add_argument("--data-dir", help="folder with cifar-100-python (default: $EFFNET_DATA or ./data)")
-    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
-                   help="also checkpoint within an epoch this often (0: every step)")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    add_training_arguments(p)
     p.add_argument("--out", required=True, help="run folder, e.g. checkpoints/my-run")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     return p
@@ -105,10 +123,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
             config = config.replace(**{k: v for k, v in (("device", args.device), ("data_dir", args.data_dir))
                                        if v is not None})
         else:
-            extra = {"normalization": normalization_for(args.pretrained)}
-            spec = spec_from_args(args, num_classes=args.num_classes or 100, **extra)
-            names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("spec", "device")]
-            config = TrainConfig(spec=spec, device=args.device or "auto", **{n: getattr(args, n) for n in names})
+            config = config_from_args(args, spec_from_args(args, num_classes=args.num_classes or 100,
+                                                           normalization=normalization_for(args.pretrained)))
         config.validate()
     except ValueError as exc:
         p.error(str(exc))

@@ -18,17 +18,24 @@ def project_imports(path: Path) -> set[str]:
             found |= {a.name for a in node.names if a.name.startswith("effnet")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("effnet"):
             if node.module == "effnet":  # from effnet import runs, jobs (modules) or ScalingSpec (a name)
-                found |= {f"effnet.{a.name}" for a in node.names if (LIBRARY / f"{a.name}.py").exists()}
+                found |= {f"effnet.{a.name}" for a in node.names
+                          if (LIBRARY / f"{a.name}.py").exists() or (LIBRARY / a.name / "__init__.py").exists()}
                 found.add("effnet")
             else:
                 found.add(node.module)
     return found
 
 
+def module_name(path: Path) -> str:
+    """effnet/runs/__init__.py -> effnet.runs; effnet/runs/__main__.py -> effnet.runs.__main__."""
+    parts = path.relative_to(PROJECT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def import_graph() -> dict[str, set[str]]:
     graph = {}
-    for path in LIBRARY.glob("*.py"):
-        name = "effnet" if path.stem == "__init__" else f"effnet.{path.stem}"
+    for path in LIBRARY.rglob("*.py"):
+        name = module_name(path)
         graph[name] = project_imports(path) - {name}
     return graph
 
@@ -60,14 +67,14 @@ def test_the_bottom_of_the_house_imports_nothing_of_the_project():
 
 def test_run_readers_do_not_import_the_queue():
     readers = [LIBRARY / "results.py", LIBRARY / "cam.py", *(p for p in (PROJECT / "views").glob("*.py")
-                                                           if p.stem != "train")]
+                                                           if p.stem not in ("train", "study"))]
     for path in readers:
         assert "effnet.jobs" not in project_imports(path), f"{path.name} imports the queue to read runs"
 
 
 def test_no_library_function_is_over_80_lines():
     long = []
-    for path in LIBRARY.glob("*.py"):
+    for path in LIBRARY.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 lines = node.end_lineno - node.lineno + 1
@@ -82,4 +89,5 @@ def test_readme_module_table_names_every_library_module():
     table = table[: table.index("\n\n")]
     named = {m for line in table.splitlines()[2:] for m in re.findall(r"`(\w+)`", line.split("|")[1])}
     modules = {p.stem for p in LIBRARY.glob("*.py") if not p.stem.startswith("_")}
+    modules |= {p.parent.name for p in LIBRARY.glob("*/__init__.py")}  # a module grown into a package
     assert named == modules, f"README lists {sorted(named - modules)} that do not exist, misses {sorted(modules - named)}"

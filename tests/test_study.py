@@ -1,0 +1,274 @@
+"""Studies (scaling methods at equal MACs, the coefficient grid search) and run bundles, end to end.
+
+Real tiny studies: ``python -m effnet.study ... --wait`` queues real runs through the job queue on the
+generated CIFAR-format archive; bundles are exported and imported by the real CLI, and hostile bundles
+are built byte by byte.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PROJECT, python_env
+
+from effnet import bundle, runs, study
+from effnet.card import model_card
+from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, ScalingSpec
+
+TRAIN = ["--epochs", "1", "--batch-size", "32", "--subset", "96", "--val-size", "64", "--eval-subset", "64",
+         "--device", "cpu", "--lr", "0.05"]
+
+
+def cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=PROJECT, env=python_env())
+
+
+@pytest.fixture(scope="module")
+def methods_study(tmp_path_factory, cifar_dir):
+    """A real methods study at phi=-2 (the four methods, one epoch each), queued and waited for."""
+    root = tmp_path_factory.mktemp("study")
+    out = root / "checkpoints" / study.STUDIES / "methods"
+    done = cli("effnet.study", "methods", "--phi", "-2", *TRAIN, "--data-dir", str(cifar_dir), "--out", str(out),
+               "--checkpoints", str(root / "checkpoints"), "--wait")
+    assert done.returncode == 0, done.stderr
+    return root / "checkpoints", out
+
+
+# ----------------------------------------------------------------------------- planning
+@pytest.mark.parametrize("budget", [ScalingSpec(phi=-2), ScalingSpec(phi=1), ScalingSpec.official("b3")])
+def test_the_four_methods_cost_the_same_actual_multiply_adds(budget):
+    plan = study.methods_plan(budget)
+    assert [r["method"] for r in plan] == ["compound", "depth", "width", "resolution"]
+    target = model_card(budget).macs
+    for row in plan:
+        assert abs(model_card(row["spec"]).macs / target - 1) <= 0.10, row
+    # The nominal 2^phi would not: at phi=1 compound rounding gives 2.66x B0, not 2x.
+    if budget.phi == 1:
+        nominal = model_card(budget.with_scaling("width")).macs
+        assert abs(nominal / target - 1) > 0.2
+
+
+def test_several_budgets_at_once_use_the_given_coefficients():
+    plan = study.methods_plan(ScalingSpec(phi=1, alpha=1.3, beta=1.1, gamma=1.1), phis=[1, 2])
+    assert [r["phi"] for r in plan] == [1.0] * 4 + [2.0] * 4
+    assert plan[4]["spec"].alpha == 1.3 and plan[4]["spec"].phi == 2
+
+
+def test_grid_points_satisfy_the_constraint_include_the_paper_and_spread_out():
+    points = study.grid_points(step=0.05, tolerance=0.1, max_points=8)
+    assert len(points) == 8
+    assert {"alpha": PAPER_ALPHA, "beta": PAPER_BETA, "gamma": PAPER_GAMMA} in [
+        {k: p[k] for k in ("alpha", "beta", "gamma")} for p in points]
+    for p in points:
+        assert abs(p["alpha"] * p["beta"] ** 2 * p["gamma"] ** 2 - 2) <= 0.1 + 1e-9
+        assert min(p["alpha"], p["beta"], p["gamma"]) >= 1
+    assert len({p["alpha"] for p in points}) >= 4  # spread over the set, not the first N of one alpha
+    every = study.grid_points(step=0.05, tolerance=0.1, max_points=None)
+    assert len(every) > 50 and all(abs(p["constraint"] - 2) <= 0.1 + 1e-9 for p in every)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"step": 0}, "step"), ({"tolerance": -1}, "tolerance"),
+                                           ({"max_points": 0}, "max_points"),
+                                           ({"ranges": {"alpha": (0.5, 2)}}, "alpha")])
+def test_bad_grid_settings_are_refused_by_name(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        study.grid_points(**kwargs)
+
+
+# ----------------------------------------------------------------------------- real studies
+def test_methods_study_trains_four_runs_at_one_budget(methods_study):
+    root, out = methods_study
+    data = json.loads((out / study.STUDY).read_text())
+    assert data["kind"] == "methods"
+    assert [r["method"] for r in data["runs"]] == ["compound", "depth", "width", "resolution"]
+    loaded = study.load(out, root)
+    assert all(r.state == "finished" and r.best_val is not None for r in loaded.runs)
+    macs = [r.row["macs"] for r in loaded.runs]
+    assert max(macs) / min(macs) <= 1.10
+    for r in loaded.runs:  # the row's numbers are the card of the spec the run trained
+        assert r.row["macs"] == model_card(r.info.spec).macs and r.row["params"] == model_card(r.info.spec).params
+    assert out in study.list_studies(root)
+
+
+def test_grid_study_picks_the_best_by_validation(tmp_path, cifar_dir):
+    out = tmp_path / "grid"
+    done = cli("effnet.study", "grid", "--max-points", "3", *TRAIN, "--subset", "32", "--data-dir", str(cifar_dir),
+               "--out", str(out), "--checkpoints", str(tmp_path / "ck"), "--wait")
+    assert done.returncode == 0, done.stderr
+    data = json.loads((out / study.STUDY).read_text())
+    assert data["kind"] == "grid" and len(data["runs"]) == 3
+    assert any((r["alpha"], r["beta"], r["gamma"]) == (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA) for r in data["runs"])
+    loaded = study.load(out, tmp_path / "ck")
+    vals = {r.row["run"]: r.best_val for r in loaded.runs}
+    assert data["best"]["run"] == max(vals, key=vals.get)
+    assert data["best"]["val_top1"] == max(vals.values())
+
+
+def test_a_study_never_overwrites_and_refuses_what_cannot_be_built(tmp_path, cifar_dir):
+    ck = tmp_path / "ck"
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / study.STUDY).write_text("{}")
+    done = cli("effnet.study", "methods", "--phi", "-2", *TRAIN, "--data-dir", str(cifar_dir), "--out", str(out),
+               "--checkpoints", str(ck))
+    assert done.returncode != 0 and "already holds a study" in done.stderr
+    done = cli("effnet.study", "methods", "--phi", "-4", *TRAIN, "--data-dir", str(cifar_dir), "--out",
+               str(tmp_path / "t"), "--checkpoints", str(ck))
+    assert done.returncode != 0 and "resolution" in done.stderr
+    assert not ck.exists() or not runs.list_runs(ck)  # nothing was queued
+
+
+def test_a_study_file_pointing_outside_the_checkpoints_is_not_followed(methods_study, tmp_path):
+    root, out = methods_study
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    data = json.loads((out / study.STUDY).read_text())
+    data["runs"][0]["run"] = "/etc"
+    data["runs"][1]["run"] = "../../../../../../tmp"
+    (hostile / study.STUDY).write_text(json.dumps(data))
+    loaded = study.load(hostile, root)
+    assert [r.state for r in loaded.runs[:2]] == ["missing", "missing"]
+    (hostile / study.STUDY).write_text('{"kind": "methods", "runs": [{"run": 3}]}')
+    with pytest.raises(study.StudyError, match="run"):
+        study.load(hostile, root)
+
+
+# ----------------------------------------------------------------------------- bundles
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_travels_bitwise_through_a_bundle(methods_study, tmp_path):
+    root, out = methods_study
+    run_dir = study.load(out, root).runs[0].info.path
+    zipped = tmp_path / "run.zip"
+    assert cli("effnet.runs", "export", str(run_dir), str(zipped)).returncode == 0
+    elsewhere = tmp_path / "other"
+    done = cli("effnet.runs", "import", str(zipped), "--checkpoints", str(elsewhere))
+    assert done.returncode == 0, done.stderr
+    new = Path(done.stdout.strip())
+    assert new.parent == elsewhere and new.name == run_dir.name
+    for name in (runs.BEST, runs.LAST, runs.METRICS, runs.CONFUSION):
+        assert (new / name).read_bytes() == (run_dir / name).read_bytes(), name
+    info = runs.read_run(new)
+    assert info.state == "finished" and info.spec == runs.read_run(run_dir).spec
+    again = cli("effnet.runs", "import", str(zipped), "--checkpoints", str(elsewhere))
+    assert again.returncode == 0 and Path(again.stdout.strip()) != new  # never overwritten: a new name
+    assert (new / runs.BEST).read_bytes() == (run_dir / runs.BEST).read_bytes()
+
+
+def test_a_study_travels_with_all_its_runs(methods_study, tmp_path):
+    root, out = methods_study
+    zipped = tmp_path / "study.zip"
+    assert cli("effnet.runs", "export", str(out), str(zipped), "--checkpoints", str(root)).returncode == 0
+    elsewhere = tmp_path / "other"
+    done = cli("effnet.runs", "import", str(zipped), "--checkpoints", str(elsewhere))
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.split()) == 4
+    (imported,) = study.list_studies(elsewhere)
+    there, here = study.load(imported, elsewhere), study.load(out, root)
+    assert [r.row["method"] for r in there.runs] == [r.row["method"] for r in here.runs]
+    assert [r.metrics for r in there.runs] == [r.metrics for r in here.runs]
+
+
+def run_bundle(run_dir: Path, **replace: bytes) -> dict[str, bytes]:
+    """The members of a valid one-run bundle, some replaced."""
+    name = run_dir.name
+    members = {"bundle.json": json.dumps({"format": 1, "kind": "run", "runs": [name]}).encode()}
+    for f in bundle.FILES:
+        if (run_dir / f).is_file():
+            members[f"runs/{name}/{f}"] = (run_dir / f).read_bytes()
+    for key, value in replace.items():
+        members[f"runs/{name}/{key.replace('_', '.')}"] = value
+    return members
+
+
+def write_zip(path: Path, members: dict[str, bytes], symlink: str | None = None,
+              declare: tuple[str, int] | None = None) -> Path:
+    """A zip of ``members``; ``symlink`` adds a link member, ``declare`` lies about one member's size."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = 0o120777 << 16
+            zf.writestr(info, "/etc/passwd")
+        if declare:  # the central directory is written on close, from these entries
+            zf.getinfo(declare[0]).file_size = declare[1]
+    return path
+
+
+def pickle_payload() -> bytes:
+    class Boom:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    buf = io.BytesIO()
+    torch.save({"model": {}, "boom": Boom()}, buf)
+    return buf.getvalue()
+
+
+def other_weights() -> bytes:
+    """A valid checkpoint of a different model than the run declares."""
+    from effnet.model import build_model
+
+    buf = io.BytesIO()
+    torch.save({"format": 1, "model": build_model(ScalingSpec(phi=-1)).state_dict()}, buf)
+    return buf.getvalue()
+
+
+def hostile_bundles(run_dir: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    name = run_dir.name
+    good = run_bundle(run_dir)
+    (tmp / "plain.zip").write_text("hello")
+    return {
+        "zip-slip": (write_zip(tmp / "slip.zip", good | {f"runs/{name}/../../../victim.txt": b"x"}), "outside"),
+        "absolute": (write_zip(tmp / "abs.zip", good | {"/tmp/evil.txt": b"x"}), "outside"),
+        "symlink": (write_zip(tmp / "link.zip", good, symlink=f"runs/{name}/label.json"), "link"),
+        "10 GB declared": (write_zip(tmp / "huge.zip", good, declare=(f"runs/{name}/best.pt", 10 * 1024**3)),
+                           "declares"),
+        "pickle payload": (write_zip(tmp / "pickle.zip", run_bundle(run_dir, best_pt=pickle_payload())),
+                           "could run code"),
+        "malformed JSON": (write_zip(tmp / "json.zip", run_bundle(run_dir, config_json=b'{"spec": ')), "config"),
+        "wrong weights": (write_zip(tmp / "spec.zip", run_bundle(run_dir, best_pt=other_weights())), "best.pt"),
+        "not a zip": (tmp / "plain.zip", "not a zip"),
+        "no manifest": (write_zip(tmp / "nomani.zip", {k: v for k, v in good.items() if k != "bundle.json"}),
+                        "bundle.json"),
+    }
+
+
+def test_hostile_bundles_are_refused_and_write_nothing(methods_study, tmp_path):
+    root, out = methods_study
+    run_dir = study.load(out, root).runs[0].info.path
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "precious.txt").write_text("keep me")
+    for what, (path, reason) in hostile_bundles(run_dir, tmp_path).items():
+        before = snapshot(target)
+        done = cli("effnet.runs", "import", str(path), "--checkpoints", str(target))
+        assert done.returncode != 0, what
+        assert "refused" in done.stderr and reason in done.stderr, (what, done.stderr)
+        assert "Traceback" not in done.stderr, what
+        assert snapshot(target) == before, what
+        assert not (tmp_path / "victim.txt").exists() and not Path("/tmp/evil.txt").exists()
+
+
+def test_a_running_run_is_not_exported(tmp_path, methods_study):
+    root, out = methods_study
+    run_dir = study.load(out, root).runs[0].info.path
+    copy = tmp_path / run_dir.name
+    copy.mkdir()
+    for f in (runs.CONFIG, runs.STATUS):
+        (copy / f).write_bytes((run_dir / f).read_bytes())
+    status = json.loads((copy / runs.STATUS).read_text()) | {"state": "queued"}
+    (copy / runs.STATUS).write_text(json.dumps(status))
+    done = cli("effnet.runs", "export", str(copy), str(tmp_path / "x.zip"))
+    assert done.returncode != 0 and "queued" in done.stderr and not (tmp_path / "x.zip").exists()
