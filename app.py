@@ -18,5 +18,6 @@ navigation = st.navigation([
     st.Page("views/train.py", title="Train", icon=":material/model_training:"),
     st.Page("views/results.py", title="Results", icon=":material/leaderboard:"),
     st.Page("views/cam.py", title="Class activation maps", icon=":material/visibility:"),
+    st.Page("views/study.py", title="Studies", icon=":material/science:"),
 ])
 navigation.run()

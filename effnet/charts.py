@@ -237,3 +237,52 @@ def confusion_heatmap(matrix: Sequence[Sequence[int]], rows: Sequence[str], colu
     fig.update_xaxes(title="predicted", tickangle=45)
     fig.update_yaxes(title="true", autorange="reversed")
     return _layout(fig, title, height=650)
+
+
+METHOD_NAMES = {"compound": "compound", "depth": "depth only", "width": "width only", "resolution": "resolution only"}
+
+
+@_memo
+def methods_comparison(points: Sequence[tuple[str, float, float]], metric: str) -> go.Figure:
+    """The paper's Figure 8 style: top-1 against multiply-adds, one line per scaling method.
+
+    ``points``: (method, MACs, top-1) per run; ``metric`` names the y values ("test" or "validation").
+    """
+    fig = go.Figure()
+    for i, method in enumerate(METHOD_NAMES):
+        mine = sorted((p for p in points if p[0] == method), key=lambda p: p[1])
+        if mine:
+            fig.add_scatter(x=[p[1] for p in mine], y=[p[2] for p in mine], mode="lines+markers",
+                            name=METHOD_NAMES[method], marker={"size": 14 if method == "compound" else 11},
+                            line={"color": PALETTE[i], "dash": DASHES[i], "width": 4 if method == "compound" else 2})
+    fig.update_xaxes(title="multiply-adds per image (log scale)", **_log_axis([p[1] for p in points]))
+    fig.update_yaxes(title=f"{metric} top-1, best epoch (%)")
+    _pad_y(fig, [p[2] for p in points])
+    return _layout(fig, "Scaling methods at equal cost", legend={"orientation": "h", "y": -0.25})
+
+
+@_memo
+def grid_search(points: Sequence[tuple[float, float, float, float]], paper: tuple[float, float, float],
+                best: tuple[float, float, float] | None) -> go.Figure:
+    """Validation top-1 over the grid: beta (x) against gamma (y), colour = accuracy, alpha printed at each point.
+
+    ``points``: (alpha, beta, gamma, val top-1); alpha follows from the constraint, so two axes show it all.
+    """
+    fig = go.Figure()
+    fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], mode="markers+text",
+                    text=[f"α={p[0]:g}" for p in points], textposition="top center", textfont={"size": 14},
+                    marker={"size": 22, "color": [p[3] for p in points], "colorscale": "Viridis", "showscale": True,
+                            "colorbar": {"title": {"text": "val top-1 (%)"}, "tickfont": {"size": 14}}},
+                    name="grid points", hovertemplate="α=%{text}<br>β=%{x}<br>γ=%{y}<br>%{marker.color:.2f}%"
+                                                      "<extra></extra>")
+    fig.add_scatter(x=[paper[1]], y=[paper[2]], mode="markers", name=f"paper (α={paper[0]:g}, β={paper[1]:g}, "
+                    f"γ={paper[2]:g})", marker={"symbol": "circle-open", "size": 34, "line": {"width": 3},
+                                               "color": PALETTE[3]})
+    if best is not None:
+        fig.add_scatter(x=[best[1]], y=[best[2]], mode="markers", name=f"best by validation (α={best[0]:g}, "
+                        f"β={best[1]:g}, γ={best[2]:g})", marker={"symbol": "star", "size": 26, "color": PALETTE[1],
+                                                                   "line": {"width": 1, "color": "#222222"}})
+    fig.update_xaxes(title="β (width base)")
+    fig.update_yaxes(title="γ (resolution base)")
+    fig.update_traces(cliponaxis=False)
+    return _layout(fig, "Grid search at φ=1 under α·β²·γ² ≈ 2", legend={"orientation": "h", "y": -0.25})

@@ -26,6 +26,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # cifar100: the study's data; folder: your own images, one subfolder per class (effnet.folder).
 DATASETS = ("cifar100", "folder")
 CIFAR100_CLASSES = 100
+# The quick CPU demo's training settings (Train and Study pages): a few minutes on a laptop.
+QUICK_DEMO = {"epochs": 3, "batch_size": 64, "lr": 0.05, "subset": 2000, "eval_subset": 500, "val_size": 1000}
 
 
 def normalization_for(pretrained: bool) -> str:

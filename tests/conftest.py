@@ -79,3 +79,24 @@ def finished_runs(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> 
         done = run_train(root / name, cifar_dir, "--epochs", "2", "--phi", phi)
         assert done.returncode == 0, done.stderr
     return root
+
+
+STUDY_TRAIN = ["--epochs", "1", "--batch-size", "32", "--subset", "96", "--val-size", "64", "--eval-subset", "64",
+               "--device", "cpu", "--lr", "0.05"]
+
+
+def cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the project folder, output captured."""
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=PROJECT, env=python_env())
+
+
+@pytest.fixture(scope="session")
+def methods_study(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> tuple[Path, Path]:
+    """(checkpoints folder, study folder): a real methods study at phi=-2, its four runs one epoch each."""
+    root = tmp_path_factory.mktemp("study") / "checkpoints"
+    out = root / "studies" / "methods"
+    done = cli("effnet.study", "methods", "--phi", "-2", *STUDY_TRAIN, "--data-dir", str(cifar_dir), "--out", str(out),
+               "--checkpoints", str(root), "--wait")
+    assert done.returncode == 0, done.stderr
+    return root, out

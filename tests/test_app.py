@@ -10,7 +10,7 @@ from effnet import ScalingSpec, jobs, model_card, runs
 from effnet.config import TrainConfig
 from views.widgets import human
 
-PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.py", "views/lesson.py"]
+PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.py", "views/lesson.py", "views/study.py"]
 
 
 @pytest.fixture

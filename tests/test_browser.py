@@ -36,12 +36,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(finished_runs: Path, cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def serve(checkpoints: Path, cifar_dir: Path, logs: Path) -> Iterator[str]:
+    """``streamlit run app.py`` on a free loopback port over ``checkpoints``; yields its URL, stops it after."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
+    log_path = logs / "server.log"
     log = open(log_path, "wb")  # noqa: SIM115 (a file, not a pipe: an unread pipe would block the server)
-    env = {**os.environ, "EFFNET_CHECKPOINTS": str(finished_runs), "EFFNET_DATA": str(cifar_dir),
+    env = {**os.environ, "EFFNET_CHECKPOINTS": str(checkpoints), "EFFNET_DATA": str(cifar_dir),
            "PYTHONPATH": str(PROJECT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
@@ -65,6 +65,17 @@ def server(finished_runs: Path, cifar_dir: Path, tmp_path_factory: pytest.TempPa
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="module")
+def server(finished_runs: Path, cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from serve(finished_runs, cifar_dir, tmp_path_factory.mktemp("streamlit"))
+
+
+@pytest.fixture(scope="module")
+def study_server(methods_study: tuple[Path, Path], cifar_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from serve(methods_study[0], cifar_dir, tmp_path_factory.mktemp("streamlit-study"))
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +252,17 @@ def test_reloading_the_train_page_keeps_the_form(browser, server):
     page.get_by_text("Train on CIFAR-100").first.wait_for(timeout=60_000)
     playwright_api.expect(page.get_by_label("Epochs", exact=True)).to_have_value("7", timeout=30_000)
     playwright_api.expect(page.get_by_label("Training images (0 = all)")).to_have_value("2000", timeout=30_000)
+
+
+def test_study_page_in_the_browser_shows_the_methods_side_by_side(browser, study_server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = projector_page(browser, study_server, "/study", "What each method looks at")
+    page.get_by_text("test #0").first.wait_for(timeout=90_000)
+    settle(page, 2)
+    assert_no_exception(page)
+    assert page.locator(".js-plotly-plot").count() == 1
+    captions = page.locator('[data-testid="stImageCaption"]').all_inner_texts()
+    for method in ("compound", "depth only", "width only", "resolution only"):
+        assert any(c.startswith(method) for c in captions), captions
+    assert not clipped(page, '[data-testid="stMarkdownContainer"] h1')
+    page.screenshot(path=str(ARTIFACTS / "study-1280.png"), full_page=True)

@@ -9,37 +9,19 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT, python_env
+from conftest import PROJECT, STUDY_TRAIN, cli
+from streamlit.testing.v1 import AppTest
 
 from effnet import bundle, runs, study
 from effnet.card import model_card
 from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, ScalingSpec
 
-TRAIN = ["--epochs", "1", "--batch-size", "32", "--subset", "96", "--val-size", "64", "--eval-subset", "64",
-         "--device", "cpu", "--lr", "0.05"]
-
-
-def cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=PROJECT, env=python_env())
-
-
-@pytest.fixture(scope="module")
-def methods_study(tmp_path_factory, cifar_dir):
-    """A real methods study at phi=-2 (the four methods, one epoch each), queued and waited for."""
-    root = tmp_path_factory.mktemp("study")
-    out = root / "checkpoints" / study.STUDIES / "methods"
-    done = cli("effnet.study", "methods", "--phi", "-2", *TRAIN, "--data-dir", str(cifar_dir), "--out", str(out),
-               "--checkpoints", str(root / "checkpoints"), "--wait")
-    assert done.returncode == 0, done.stderr
-    return root / "checkpoints", out
+TRAIN = STUDY_TRAIN
 
 
 # ----------------------------------------------------------------------------- planning
@@ -272,3 +254,45 @@ def test_a_running_run_is_not_exported(tmp_path, methods_study):
     (copy / runs.STATUS).write_text(json.dumps(status))
     done = cli("effnet.runs", "export", str(copy), str(tmp_path / "x.zip"))
     assert done.returncode != 0 and "queued" in done.stderr and not (tmp_path / "x.zip").exists()
+
+
+# ----------------------------------------------------------------------------- the Study page
+def study_page(monkeypatch, root: Path, cifar_dir: Path) -> AppTest:
+    monkeypatch.setenv("EFFNET_CHECKPOINTS", str(root))
+    monkeypatch.setenv("EFFNET_DATA", str(cifar_dir))
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT))
+    monkeypatch.chdir(PROJECT)
+    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=180)
+    at.run()
+    at.switch_page("views/study.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_study_page_shows_the_comparison_and_the_methods_cams(monkeypatch, methods_study, cifar_dir):
+    root, _ = methods_study
+    at = study_page(monkeypatch, root, cifar_dir)
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["compound", "depth only", "width only", "resolution only"]
+    assert len(at.get("plotly_chart")) == 1
+    assert any(m.value.startswith("#### test #0") for m in at.markdown)  # a CAM strip per chosen image
+    captions = [c.value for c in at.caption]
+    assert any("Test top-1" in c and "one line per method" in c for c in captions)
+
+
+def test_study_page_starts_a_grid_study_through_the_queue(monkeypatch, tmp_path, cifar_dir):
+    root = tmp_path / "checkpoints"
+    at = study_page(monkeypatch, root, cifar_dir)
+    at.radio(key="s_kind").set_value("grid").run()
+    for key, value in {"s_points": 2, "s_epochs": 1, "s_subset": 32, "s_evals": 32, "s_batch": 32}.items():
+        at.number_input(key=key).set_value(value)
+    at.button(key="s_start").click().run()
+    assert not at.exception and at.success, [e.value for e in at.error]
+    [folder] = study.list_studies(root)
+    done = study.wait(folder, root, poll_s=0.5)
+    assert [r.state for r in done.runs] == ["finished", "finished"]
+    assert any((r.row["alpha"], r.row["beta"], r.row["gamma"]) == (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA)
+               for r in done.runs)
+    at.run()
+    assert not at.exception
+    assert any(s.value.startswith("Best by validation top-1") for s in at.success)

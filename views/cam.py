@@ -1,47 +1,21 @@
 """Class activation maps page: what each variant looks at, side by side."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import streamlit as st
-from PIL import Image
 
 from effnet import runs
-from effnet.cam import (
-    METHOD_NOTES,
-    METHODS,
-    SHOWN_MIN_SIDE,
-    colour_bar,
-    default_device,
-    explain,
-    for_display,
-    imagenet_model,
-    load_image,
-    overlay,
-    run_model,
-)
-from effnet.data import DataError, dataset_present, load_cifar100
+from effnet.cam import METHOD_NOTES, METHODS, colour_bar, default_device, imagenet_model
+from effnet.data import DataError, dataset_present
 from effnet.scaling import OFFICIAL, ScalingSpec
+from views.widgets import cam_strip, cifar_test, cifar_test_images, load_run_models
 
 DEVICE = default_device()
 TOP = "(top prediction)"
 
 
-@st.cache_resource(max_entries=8, show_spinner="Loading the model...")
-def cached_run_model(path: str, mtime: float):
-    """Loaded once per checkpoint version and shared by every session (``mtime`` renews it)."""
-    return run_model(Path(path), DEVICE)
-
-
 @st.cache_resource(max_entries=2, show_spinner="Loading ImageNet weights...")
 def cached_imagenet_model(variant: str):
     return imagenet_model(variant, DEVICE)
-
-
-@st.cache_resource(show_spinner="Reading CIFAR-100...")
-def cifar_test():
-    return load_cifar100(download=False)
 
 
 st.title("Class activation maps")
@@ -68,15 +42,7 @@ with controls:
         st.warning(f"Score-CAM runs one forward pass per channel of the target layer ({b0_head:,} for B0): seconds "
                    "per model on a CPU, longer for wide models.")
 
-models = []
-for rid in chosen_runs:
-    info = by_id[rid]
-    checkpoint = runs.shown_checkpoint(info.path)
-    try:
-        model, spec, names = cached_run_model(str(info.path), os.path.getmtime(checkpoint))
-        models.append((f"{info.label}", model, spec, names))
-    except (runs.CheckpointError, ValueError, OSError) as exc:
-        controls.error(f"{info.label}: {exc}")
+models = load_run_models([by_id[rid] for rid in chosen_runs], controls)
 for variant in chosen_imagenet:
     try:
         model, spec, names = cached_imagenet_model(variant.lower())
@@ -108,16 +74,10 @@ with source:
         st.button("Pick 4 random CIFAR-100 test images", on_click=pick_random, key="cam_random")
         pick = st.text_input("CIFAR-100 test images (indices, comma separated)", key="cam_cifar",
                              placeholder="e.g. 0, 7, 42")
-        if pick.strip():
-            try:
-                data = cifar_test()
-                for part in pick.split(","):
-                    index = int(part)
-                    array = data.test.images[index].permute(1, 2, 0).numpy()
-                    truth = data.fine_names[int(data.test.labels[index])]
-                    images.append((f"test #{index} ({truth})", Image.fromarray(np.ascontiguousarray(array))))
-            except (ValueError, IndexError, DataError) as exc:
-                st.error(f"Could not take those test images: {exc}")
+        try:
+            images += cifar_test_images(pick)
+        except (ValueError, IndexError, DataError) as exc:
+            st.error(f"Could not take those test images: {exc}")
     else:
         st.caption("CIFAR-100 test images appear here once the dataset is in the data folder.")
 
@@ -134,26 +94,12 @@ bar.image(colour_bar(), width="stretch")
 legend.caption("Colour scale of every map: dark purple = no evidence for the explained class, yellow = strongest "
                "evidence. The left image of each row is the original.")
 
+
+
+def target_for(spec: ScalingSpec, names: list[str]) -> int | None:
+    wanted = explain_imagenet if spec.num_classes == 1000 else explain_cifar
+    return names.index(wanted) if wanted != TOP and wanted in names else None
+
+
 for name, raw in images:
-    st.markdown(f"#### {name}")
-    try:
-        picture = load_image(raw, name)  # a 12-MP photo is shrunk while it is decoded
-    except ValueError as exc:
-        st.error(str(exc))
-        continue
-    small = max(picture.size) < SHOWN_MIN_SIDE  # pixel art: PNG keeps its edges, JPEG would smear them
-    fmt = "PNG" if small else "JPEG"
-    cols = st.columns(len(models) + 1)
-    cols[0].image(for_display(picture), caption=f"original ({picture.width}×{picture.height} px)", width="stretch",
-                  output_format=fmt)
-    for col, (label, model, spec, names) in zip(cols[1:], models, strict=True):
-        wanted = explain_imagenet if spec.num_classes == 1000 else explain_cifar
-        target = names.index(wanted) if wanted != TOP and wanted in names else None
-        try:
-            result = explain(model, spec, picture, method=method, target_class=target)
-        except ValueError as exc:
-            col.error(f"{label}: {exc}")
-            continue
-        col.image(for_display(overlay(picture, result.heatmap, alpha)), width="stretch", output_format=fmt,
-                  caption=f"{label}: where it sees '{names[result.target_class]}'")
-        col.markdown("\n".join(f"{k + 1}. {names[c]} {100 * p:.1f}%" for k, (c, p) in enumerate(result.top5)))
+    cam_strip(name, raw, models, method, alpha, target_for)

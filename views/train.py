@@ -7,10 +7,10 @@ import streamlit as st
 from effnet import OFFICIAL, ScalingSpec, jobs, runs
 from effnet.access import readonly
 from effnet.charts import training_curves
-from effnet.config import AUGMENTATIONS, SCHEDULES, TrainConfig, fit_to_dataset, normalization_for
-from effnet.data import DataError, data_dir, dataset_present, load_cifar100, missing_data_message
+from effnet.config import AUGMENTATIONS, QUICK_DEMO, SCHEDULES, TrainConfig, fit_to_dataset, normalization_for
+from effnet.data import data_dir, dataset_present, missing_data_message
 from effnet.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
-from views.widgets import caller, chart
+from views.widgets import caller, chart, dataset_sizes
 
 VARIANTS = [v.upper() for v in OFFICIAL]
 DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": PAPER_ALPHA, "c_beta": PAPER_BETA,
@@ -19,8 +19,9 @@ DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": PAPER
             "lr": 0.05, "subset": 0, "eval_subset": 0, "val_size": 5000, "device": "auto", "momentum": 0.9,
             "nesterov": True, "wd": 5e-4, "smoothing": 0.0, "schedule": "cosine", "warmup": 1.0, "ema": 0.0,
             "augment": "standard", "seed": 0, "compile": False}
-QUICK_CPU = {"variants": [], "custom": True, "c_phi": -3.0, "geometry": "cifar", "epochs": 3, "batch": 64,
-             "lr": 0.05, "subset": 2000, "eval_subset": 500, "val_size": 1000}
+QUICK_CPU = {"variants": [], "custom": True, "c_phi": -3.0, "geometry": "cifar", "epochs": QUICK_DEMO["epochs"],
+             "batch": QUICK_DEMO["batch_size"], "lr": QUICK_DEMO["lr"], "subset": QUICK_DEMO["subset"],
+             "eval_subset": QUICK_DEMO["eval_subset"], "val_size": QUICK_DEMO["val_size"]}
 SEED_STUDY = {"variants": VARIANTS, "custom": False, "scaling": "compound", "start": "from scratch", "epochs": 200,
               "batch": 128, "lr": 0.1, "momentum": 0.9, "nesterov": False, "smoothing": 0.0, "schedule": "cosine",
               "wd": 5e-4, "subset": 0, "eval_subset": 0, "val_size": 5000, "ema": 0.0}
@@ -121,16 +122,6 @@ def planned_specs() -> list[ScalingSpec]:
         specs.append(ScalingSpec(phi=s.t_c_phi, alpha=s.t_c_alpha, beta=s.t_c_beta, gamma=s.t_c_gamma,
                                  scaling=s.t_scaling, **common))
     return specs
-
-
-@st.cache_data(show_spinner="Counting the dataset's images...", ttl=600)
-def dataset_sizes(folder: str) -> tuple[int, int] | None:
-    """(training, test) images of the CIFAR-100 copy in ``folder``, or None when there is none to read."""
-    try:
-        data = load_cifar100(folder, download=False)
-    except DataError:
-        return None
-    return len(data.train), len(data.test)
 
 
 def fitted(configs: list[TrainConfig]) -> list[TrainConfig]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
 import streamlit as st
 
+from effnet import runs
 from effnet.access import Caller, is_teacher_password, new_owner_token, readonly, teacher_password, valid_owner_token
 
 
@@ -93,3 +98,89 @@ def chart(figure, key: str, where=st, *, note: str) -> None:
     one line under it saying what it shows and what to look for (``note``; every chart has one)."""
     where.plotly_chart(figure, width="stretch", theme=None, key=key)
     where.caption(note)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the model...")
+def cached_run_model(path: str, mtime: float):
+    """A run's model, loaded once per checkpoint version and shared by every session (``mtime`` renews it)."""
+    from effnet.cam import default_device, run_model
+
+    return run_model(Path(path), default_device())
+
+
+@st.cache_data(show_spinner="Counting the dataset's images...", ttl=600)
+def dataset_sizes(folder: str) -> tuple[int, int] | None:
+    """(training, test) images of the CIFAR-100 copy in ``folder``, or None when there is none to read."""
+    from effnet.data import DataError, load_cifar100
+
+    try:
+        data = load_cifar100(folder, download=False)
+    except DataError:
+        return None
+    return len(data.train), len(data.test)
+
+
+@st.cache_resource(show_spinner="Reading CIFAR-100...")
+def cifar_test():
+    """The CIFAR-100 copy in the data folder, read once per server (its test images feed the CAM strips)."""
+    from effnet.data import load_cifar100
+
+    return load_cifar100(download=False)
+
+
+def cifar_test_images(text: str) -> list[tuple[str, object]]:
+    """``"0, 7, 42"`` -> those CIFAR-100 test images as (caption with the true class, picture); ValueError, IndexError
+    or DataError when the text or the data does not allow it."""
+    import numpy as np
+    from PIL import Image
+
+    data = cifar_test()
+    images = []
+    for part in (p for p in text.split(",") if p.strip()):
+        index = int(part)
+        array = data.test.images[index].permute(1, 2, 0).numpy()
+        truth = data.fine_names[int(data.test.labels[index])]
+        images.append((f"test #{index} ({truth})", Image.fromarray(np.ascontiguousarray(array))))
+    return images
+
+
+def load_run_models(infos: Sequence[runs.RunInfo], where=st) -> list[tuple[str, object, object, list[str]]]:
+    """(label, model, spec, class names) for each run with a checkpoint; a run that cannot load says why."""
+    models = []
+    for info in infos:
+        checkpoint = runs.shown_checkpoint(info.path)
+        if checkpoint is None:
+            where.caption(f"{info.label}: no checkpoint yet")
+            continue
+        try:
+            model, spec, names = cached_run_model(str(info.path), os.path.getmtime(checkpoint))
+            models.append((info.label, model, spec, names))
+        except (runs.CheckpointError, ValueError, OSError) as exc:
+            where.error(f"{info.label}: {exc}")
+    return models
+
+
+def cam_strip(name: str, raw: object, models: Sequence[tuple[str, object, object, list[str]]], method: str,
+              alpha: float, target_for: Callable[[object, list[str]], int | None] = lambda spec, names: None) -> None:
+    """One image: the original, then each model's map over it with its top-5, side by side, each captioned."""
+    from effnet.cam import SHOWN_MIN_SIDE, explain, for_display, load_image, overlay
+
+    st.markdown(f"#### {name}")
+    try:
+        picture = load_image(raw, name)  # a 12-MP photo is shrunk while it is decoded
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    fmt = "PNG" if max(picture.size) < SHOWN_MIN_SIDE else "JPEG"  # pixel art: PNG keeps its edges
+    cols = st.columns(len(models) + 1)
+    cols[0].image(for_display(picture), caption=f"original ({picture.width}×{picture.height} px)", width="stretch",
+                  output_format=fmt)
+    for col, (label, model, spec, names) in zip(cols[1:], models, strict=True):
+        try:
+            result = explain(model, spec, picture, method=method, target_class=target_for(spec, names))
+        except ValueError as exc:
+            col.error(f"{label}: {exc}")
+            continue
+        col.image(for_display(overlay(picture, result.heatmap, alpha)), width="stretch", output_format=fmt,
+                  caption=f"{label}: where it sees '{names[result.target_class]}'")
+        col.markdown("\n".join(f"{k + 1}. {names[c]} {100 * p:.1f}%" for k, (c, p) in enumerate(result.top5)))

@@ -1,0 +1,272 @@
+"""Study page: the paper's experiments in one action (scaling methods at equal cost, the α/β/γ grid search),
+their comparison and CAMs, and bundles that carry runs and studies between installs."""
+
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from effnet import OFFICIAL, ScalingSpec, bundle, jobs, runs, study
+from effnet.access import readonly
+from effnet.cam import colour_bar
+from effnet.charts import METHOD_NAMES, grid_search, methods_comparison
+from effnet.config import QUICK_DEMO, TrainConfig, fit_to_dataset
+from effnet.data import DataError, data_dir, dataset_present
+from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
+from views.widgets import caller, cam_strip, chart, cifar_test_images, dataset_sizes, load_run_models
+
+root = runs.checkpoints_dir()
+who = caller()
+has_gpu = jobs.device_slots()[0].startswith("cuda")
+CUSTOM = "custom φ (one or more budgets)"
+KIND_NAMES = {"methods": "Scaling methods at equal cost", "grid": "Coefficient grid search (α, β, γ at φ=1)"}
+
+st.title("Studies")
+st.caption("The study's experiments as one action each: compound scaling against one dimension alone at the same "
+           "actual multiply-adds, and the grid search that found α=1.2, β=1.1, γ=1.15. A study's runs go through "
+           "the same queue as the Train page's and appear on every page.")
+
+
+# ----------------------------------------------------------------------------- start a study
+def start_form() -> None:
+    """Kind, budget or grid, the shared training settings, Start; the outcome is shown under Start."""
+    kind = st.radio("Study", list(KIND_NAMES), format_func=KIND_NAMES.get, horizontal=True, key="s_kind")
+    d = TrainConfig().replace(**QUICK_DEMO)
+    if kind == "methods":
+        left, right = st.columns(2)
+        budget = left.selectbox("Budget", [*(v.upper() for v in OFFICIAL), CUSTOM], index=len(OFFICIAL),
+                                key="s_budget", help="The compound model's cost; each single dimension is solved to "
+                                                     "the same actual multiply-adds.")
+        phis = right.text_input("φ values (comma separated)", "1, 2" if has_gpu else "-1", key="s_phis",
+                                disabled=budget != CUSTOM, help="One study row per φ: a curve per method.")
+    else:
+        cols = st.columns(3)
+        step = cols[0].number_input("Grid step", value=study.GRID_STEP, step=0.05, key="s_step")
+        tolerance = cols[1].number_input("Tolerance on α·β²·γ² = 2", value=study.GRID_TOLERANCE, step=0.05,
+                                         key="s_tol")
+        points = cols[2].number_input("At most this many points", value=6 if not has_gpu else study.GRID_MAX_POINTS,
+                                      step=1, key="s_points")
+    cols = st.columns(5)
+    epochs = cols[0].number_input("Epochs per run", value=d.epochs, step=1, key="s_epochs")
+    subset = cols[1].number_input("Training images (0: all)", value=0 if has_gpu else d.subset, step=500,
+                                  key="s_subset")
+    evals = cols[2].number_input("Evaluation images (0: all)", value=0 if has_gpu else d.eval_subset, step=500,
+                                 key="s_evals")
+    batch = cols[3].number_input("Batch size", value=d.batch_size if not has_gpu else 128, step=16, key="s_batch")
+    lr = cols[4].number_input("Learning rate", value=d.lr, step=0.01, format="%.3f", key="s_lr")
+    start = st.button("Start the study", type="primary", key="s_start", disabled=readonly())
+    if not start:
+        return
+    config = TrainConfig(epochs=int(epochs), subset=int(subset) or None, eval_subset=int(evals) or None,
+                         val_size=d.val_size if not has_gpu else TrainConfig().val_size, batch_size=int(batch),
+                         lr=float(lr))
+    sizes = dataset_sizes(str(data_dir().resolve())) if dataset_present() else None
+    if sizes is not None:  # a preset written for 50,000 images must not ask a small copy for more than it has
+        config, note = fit_to_dataset(config, *sizes)
+        if note:
+            st.info(note)
+    try:
+        if kind == "methods":
+            spec = (ScalingSpec(phi=0.0) if budget == CUSTOM else ScalingSpec.official(budget.lower()))
+            values = [float(x) for x in phis.split(",") if x.strip()] if budget == CUSTOM else None
+            if budget == CUSTOM and not values:
+                raise ValueError("φ values: give at least one, e.g. 1, 2, 3")
+            out = study.new_study_dir(root, f"methods-{budget if budget != CUSTOM else 'phi'}")
+            made = study.queue_methods(spec, config, out, values, root, who)
+        else:
+            out = study.new_study_dir(root, "grid")
+            made = study.queue_grid(config, out, step=float(step), tolerance=float(tolerance),
+                                    max_points=int(points), root=root, caller=who)
+    except (ValueError, TypeError, PermissionError) as exc:
+        st.error(f"Not started: {exc}")
+        st.toast(f"Not started: {exc}", icon=":material/error:")
+        return
+    st.session_state.s_open = out.name
+    st.success(f"Queued {len(made['runs'])} runs; the study is open below.")
+    st.toast(f"Study queued: {len(made['runs'])} runs", icon=":material/check_circle:")
+
+
+studies = study.list_studies(root)
+with st.expander("Start a study", expanded=not studies):
+    start_form()
+    st.caption("On a GPU machine the same from the command line: `python -m effnet.study methods --variant b3 "
+               "--epochs 30 --out DIR --wait` or `python -m effnet.study grid --max-points 12 --out DIR --wait`.")
+studies = study.list_studies(root)
+if not studies:
+    st.info("No study yet: start one above, or import a bundle (at the bottom of this page) trained elsewhere.")
+
+
+# ----------------------------------------------------------------------------- one study
+def study_title(path: Path) -> str:
+    try:
+        data = study.load(path, root).data
+    except study.StudyError as exc:
+        return f"{path.name} (damaged: {exc})"
+    when = time.strftime("%d %b %H:%M", time.localtime(float(data.get("created_at") or 0)))
+    return f"{KIND_NAMES[data['kind']]} · {len(data['runs'])} runs · {when} · {path.name}"
+
+
+def rows_table(s: study.Study) -> pd.DataFrame:
+    rows = []
+    for r in s.runs:
+        first = ({"method": METHOD_NAMES[r.row["method"]], "φ": r.row.get("phi")} if s.kind == "methods" else
+                 {"α": r.row["alpha"], "β": r.row["beta"], "γ": r.row["gamma"], "α·β²·γ²": r.row.get("constraint")})
+        progress = runs.progress(r.info).text if r.info is not None else "missing"
+        rows.append(first | {"MACs (M)": round(r.row["macs"] / 1e6, 1), "params (M)": round(r.row["params"] / 1e6, 2),
+                             "state": progress if r.state not in ("failed", "damaged") else r.state,
+                             "val top-1 (best)": r.best_val, "test top-1 (at best val)": r.test_at_best_val})
+    return pd.DataFrame(rows)
+
+
+def scale_with(alpha: float, beta: float, gamma: float, page: str) -> None:
+    """Prefill the explorer and the Train page's custom spec with these coefficients, then open ``page``."""
+    state = st.session_state
+    state.update(mode="Custom φ, α, β, γ", alpha=alpha, beta=beta, gamma=gamma, t_custom=True, t_c_alpha=alpha,
+                 t_c_beta=beta, t_c_gamma=gamma)
+    for key in ("alpha", "beta", "gamma"):  # the linked slider and box take the new value
+        state.pop(f"{key}_slider", None)
+        state.pop(f"{key}_input", None)
+    st.switch_page(page)
+
+
+def show_grid(s: study.Study) -> None:
+    scored = [(r.row["alpha"], r.row["beta"], r.row["gamma"], r.best_val) for r in s.runs if r.best_val is not None]
+    best = s.best
+    if not scored:
+        st.info("No grid point has finished an epoch yet; the chart appears as they do.")
+        return
+    win = (best.row["alpha"], best.row["beta"], best.row["gamma"]) if best else None
+    chart(grid_search(scored, (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA), win), "grid_chart",
+          note="Each dot is one grid point (β across, γ up, α printed; the constraint fixes it), coloured by its best "
+               "validation top-1. Look for where the star (the winner) sits against the ring (the paper's point).")
+    if best is None:
+        return
+    st.success(f"Best by validation top-1: α={win[0]:g}, β={win[1]:g}, γ={win[2]:g} ({best.best_val:.2f}%). "
+               "Chosen on validation, never on test.")
+    cols = st.columns(2)
+    if cols[0].button("Scale with the winner: open the explorer", key="win_explorer"):
+        scale_with(*win, "views/explorer.py")
+    if cols[1].button("Scale with the winner: train with it", key="win_train"):
+        scale_with(*win, "views/train.py")
+
+
+def show_methods(s: study.Study) -> None:
+    points = [(r.row["method"], r.row["macs"], r.test_at_best_val) for r in s.runs if r.test_at_best_val is not None]
+    if not points:
+        st.info("No run has finished an epoch yet; the chart appears as they do.")
+        return
+    chart(methods_comparison(points, "test"), "methods_chart",
+          note="Test top-1 (at each run's best validation epoch) against multiply-adds, one line per method; the "
+               "runs of one budget sit at the same cost. Look for compound (thick line) above the others.")
+
+
+@st.fragment(run_every=2)
+def live(path: Path) -> None:
+    """The study's runs as they train (re-read every 2 s: state lives on disk, shared by every session)."""
+    try:
+        s = study.load(path, root)
+    except study.StudyError as exc:
+        st.error(f"This study cannot be read: {exc}")
+        return
+    if not s.ended:
+        jobs.heal(root)
+        done = sum(r.state in runs.ENDED for r in s.runs)
+        st.progress(done / len(s.runs), text=f"{done} of {len(s.runs)} runs ended")
+    st.dataframe(rows_table(s), width="stretch", hide_index=True)
+    for r in s.runs:
+        if r.state in ("failed", "damaged") and r.info is not None and r.info.error:
+            st.error(f"{r.info.label}: {r.info.error.splitlines()[0]}")
+    (show_methods if s.kind == "methods" else show_grid)(s)
+
+
+def method_cams(path: Path) -> None:
+    """The four methods' CAMs side by side for chosen images (uploaded or CIFAR-100 test images)."""
+    try:
+        s = study.load(path, root)
+    except study.StudyError:
+        return
+    st.subheader("What each method looks at")
+    phis = sorted({r.row["phi"] for r in s.runs})
+    phi = st.selectbox("Budget (φ)", phis, key="s_cam_phi") if len(phis) > 1 else phis[0]
+    shown = [r for r in s.runs if r.row["phi"] == phi and r.info is not None and not r.info.damaged]
+    models = [(f"{METHOD_NAMES[r.row['method']]} ({r.row['macs'] / 1e6:,.0f} M MACs)", *loaded[1:])
+              for r, loaded in zip(shown, load_run_models([r.info for r in shown]), strict=False)]
+    images: list[tuple[str, object]] = []
+    left, right = st.columns(2)
+    for upload in left.file_uploader("Images", type=["png", "jpg", "jpeg", "webp", "bmp"], accept_multiple_files=True,
+                                     key="s_cam_upload") or []:
+        images.append((upload.name, upload.getvalue()))
+    if dataset_present():
+        picked = right.text_input("CIFAR-100 test images (indices, comma separated)", "0, 1", key="s_cam_cifar")
+        try:
+            images += cifar_test_images(picked)
+        except (ValueError, IndexError, DataError) as exc:
+            right.error(f"Could not take those test images: {exc}")
+    if not models or not images:
+        st.caption("Maps appear once the runs have a checkpoint and an image is chosen.")
+        return
+    st.image(colour_bar(), caption="dark purple: no evidence · yellow: strongest evidence", width=420)
+    for name, raw in images[:4]:
+        cam_strip(name, raw, models, "gradcam", 0.5)
+    st.caption("Grad-CAM on each method's model at the same cost (the other CAM methods are on the Class activation "
+               "maps page). Look for which model looks at the object rather than the background.")
+
+
+if studies:
+    names = [p.name for p in studies]
+    if st.session_state.get("s_open") not in names:
+        st.session_state.s_open = names[0]
+    opened = st.selectbox("Open a study", names, key="s_open",
+                          format_func=lambda n: study_title(study.list_studies(root)[names.index(n)]))
+    path = studies[names.index(opened)]
+    live(path)
+    if study_title(path).startswith(KIND_NAMES["methods"]):
+        method_cams(path)
+
+
+# ----------------------------------------------------------------------------- bundles
+def _ended(path: Path) -> bool:
+    try:
+        return study.load(path, root).ended
+    except study.StudyError:
+        return False
+
+
+def export_bytes(path: Path) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        return bundle.export(path, Path(tmp) / "bundle.zip", root).read_bytes()
+
+
+st.subheader("Carry runs between installs")
+st.caption("Train on a GPU machine, open the results in class: a bundle is one zip of a run or a study (settings, "
+           "metrics, confusion, checkpoints). An import checks everything before writing anything and never "
+           "replaces a run.")
+out_col, in_col = st.columns(2, gap="large")
+with out_col:
+    ended = [i for i in runs.list_runs(root) if i.state in runs.ENDED]
+    whole = [p for p in studies if _ended(p)]
+    choices = {f"study: {study_title(p)}": p for p in whole} | {f"run: {i.label} · {i.run_id}": i.path for i in ended}
+    if choices:
+        pick = st.selectbox("Export", list(choices), key="s_export")
+        try:
+            st.download_button("Download the bundle", data=lambda: export_bytes(choices[pick]), on_click="ignore",
+                               file_name=f"{choices[pick].name}.zip", mime="application/zip", key="s_download")
+        except bundle.BundleError as exc:
+            st.error(str(exc))
+    else:
+        st.caption("Runs can be exported once they have ended.")
+with in_col:
+    upload = st.file_uploader("Import a bundle (.zip)", type=["zip"], key="s_import_file", disabled=readonly())
+    if upload is not None and st.button("Import", key="s_import", disabled=readonly()):
+        try:
+            done = bundle.import_bundle(io.BytesIO(upload.getvalue()), root, who)
+        except (bundle.BundleError, OSError) as exc:
+            st.error(f"Refused: {exc}")
+        else:
+            st.success(f"Imported {len(done.runs)} run(s): {', '.join(p.name for p in done.runs)}"
+                       + (" and their study (open it above)." if done.study else "."))
+            if done.study is not None:
+                st.session_state.pop("s_open", None)
