@@ -296,3 +296,9 @@ def test_study_page_starts_a_grid_study_through_the_queue(monkeypatch, tmp_path,
     at.run()
     assert not at.exception
     assert any(s.value.startswith("Best by validation top-1") for s in at.success)
+    best = done.best.row
+    at.button(key="win_explorer").click().run()  # "scale with the winner": the explorer opens prefilled
+    assert not at.exception
+    assert at.radio(key="mode").value == "Custom φ, α, β, γ"
+    assert [at.number_input(key=f"{k}_input").value for k in ("alpha", "beta", "gamma")] == [
+        best["alpha"], best["beta"], best["gamma"]]
