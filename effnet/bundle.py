@@ -23,6 +23,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,15 @@ def _member_limit(name: str) -> int:
     return MAX_CHECKPOINT_BYTES if name.endswith(".pt") else runs.MAX_JSON_BYTES
 
 
-def _check_members(zf: zipfile.ZipFile) -> dict[str, list[str]]:
-    """``{run name: [file names]}`` when every member is one the layout allows; ``BundleError`` otherwise."""
+def check_zip(zf: zipfile.ZipFile, max_members: int, member_limit: Callable[[str], int],
+              max_total: int) -> list[zipfile.ZipInfo]:
+    """The zip's file members, when none could escape or explode: no links, no ``..``, absolute paths or
+    backslashes, no duplicates, at most ``max_members``, each declared size within ``member_limit(name)`` and
+    all together within ``max_total``. ``BundleError`` naming the first offender otherwise."""
     infos = zf.infolist()
-    if len(infos) > MAX_MEMBERS:
-        raise BundleError(f"it has {len(infos)} files; a bundle holds at most {MAX_MEMBERS}")
-    total, found, seen = 0, {}, set()
+    if len(infos) > max_members:
+        raise BundleError(f"it has {len(infos)} files; at most {max_members} are accepted")
+    total, seen, files = 0, set(), []
     for info in infos:
         name = info.filename
         if name in seen:
@@ -117,22 +121,45 @@ def _check_members(zf: zipfile.ZipFile) -> dict[str, list[str]]:
         seen.add(name)
         if stat.S_ISLNK(info.external_attr >> 16):
             raise BundleError(f"{name!r} is a symbolic link; links are refused")
-        parts = name.split("/")
-        if name.startswith("/") or "\\" in name or ":" in name or ".." in parts:
+        parts = name.rstrip("/").split("/")
+        if name.startswith("/") or "\\" in name or ":" in name or ".." in parts or "" in parts or "." in parts:
             raise BundleError(f"{name!r} points outside the bundle; refused")
         if name.endswith("/"):
             continue  # a folder entry: folders are made from the file names
-        if info.file_size > _member_limit(name):
-            raise BundleError(f"{name!r} declares {info.file_size:,} bytes, over the {_member_limit(name):,} allowed")
+        if info.file_size > member_limit(name):
+            raise BundleError(f"{name!r} declares {info.file_size:,} bytes, over the {member_limit(name):,} allowed")
         total += info.file_size
-        if name == MANIFEST:
+        files.append(info)
+    if total > max_total:
+        raise BundleError(f"it would unpack to {total:,} bytes, over the {max_total:,} allowed")
+    return files
+
+
+def extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    """One checked member to ``target`` (a new file), stopped at its declared size: a lying header is refused."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with zf.open(info) as src, open(target, "xb") as dst:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            if written > info.file_size:
+                raise BundleError(f"{info.filename!r} unpacks to more than it declares; refused")
+            dst.write(chunk)
+
+
+def _check_members(zf: zipfile.ZipFile) -> dict[str, list[str]]:
+    """``{run name: [file names]}`` when every member is safe and one the layout allows; ``BundleError`` otherwise."""
+    found: dict[str, list[str]] = {}
+    names = set()
+    for info in check_zip(zf, MAX_MEMBERS, _member_limit, MAX_BUNDLE_BYTES):
+        names.add(info.filename)
+        if info.filename == MANIFEST:
             continue
+        parts = info.filename.split("/")
         if len(parts) != 3 or parts[0] != "runs" or not runs.RUN_ID.fullmatch(parts[1]) or parts[2] not in FILES:
-            raise BundleError(f"{name!r} is not a file a bundle holds (runs/<run>/<one of {', '.join(FILES)}>)")
+            raise BundleError(f"{info.filename!r} is not a file a bundle holds (runs/<run>/<one of {', '.join(FILES)}>)")
         found.setdefault(parts[1], []).append(parts[2])
-    if total > MAX_BUNDLE_BYTES:
-        raise BundleError(f"it would unpack to {total:,} bytes, over the {MAX_BUNDLE_BYTES:,} allowed")
-    if MANIFEST not in seen:
+    if MANIFEST not in names:
         raise BundleError(f"it has no {MANIFEST}: not an effnet-lab bundle")
     return found
 
@@ -173,19 +200,10 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
 
 
 def _extract(zf: zipfile.ZipFile, into: Path) -> None:
-    """Every member under ``into``, each stopped at its declared size (a lying header is refused)."""
+    """Every run file under ``into`` (``into/<run>/<file>``)."""
     for info in zf.infolist():
-        if info.filename.endswith("/") or info.filename == MANIFEST:
-            continue
-        target = into.joinpath(*info.filename.split("/")[1:])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written = 0
-        with zf.open(info) as src, open(target, "xb") as dst:
-            while chunk := src.read(CHUNK):
-                written += len(chunk)
-                if written > info.file_size:
-                    raise BundleError(f"{info.filename!r} unpacks to more than it declares; refused")
-                dst.write(chunk)
+        if not info.filename.endswith("/") and info.filename != MANIFEST:
+            extract_member(zf, info, into.joinpath(*info.filename.split("/")[1:]))
 
 
 def _check_run(run_dir: Path) -> None:

@@ -143,6 +143,11 @@ class TrainConfig:
                 raise ValueError("device: CUDA was asked for but no GPU is available here (use --device cpu or auto)")
 
     def _validate_start(self) -> None:
+        if self.init_from is not None:
+            if self.pretrained:
+                raise ValueError("init_from: start from ImageNet weights (pretrained) or from a run, not both")
+            if not Path(self.init_from).is_dir() or Path(self.init_from).is_symlink():
+                raise ValueError(f"init_from: {self.init_from} is not a run folder")
         if not self.pretrained:
             return
         if not self.spec.is_official:

@@ -46,7 +46,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from effnet import locks, runs
 from effnet.config import AUGMENTATIONS, DATASETS, PRECISIONS, SCHEDULES, TrainConfig, normalization_for
-from effnet.data import DataError, Split, augment, load_cifar100, split_train_val
+from effnet.data import Cifar100, DataError, Split, augment, data_dir, load_cifar100, split_train_val
 from effnet.model import EfficientNet, build_model, load_pretrained
 from effnet.preprocess import to_model_input
 from effnet.scaling import ScalingSpec
@@ -109,6 +109,30 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _num_classes(args: argparse.Namespace) -> int:
+    """--num-classes, else the folder's class count (--dataset folder), else CIFAR-100's 100."""
+    if args.num_classes:
+        return args.num_classes
+    if args.dataset == "folder":
+        from effnet.folder import count_classes
+
+        try:
+            return count_classes(data_dir(args.data_dir))
+        except DataError as exc:
+            raise ValueError(f"data_dir: {exc}") from exc
+    return 100
+
+
+def _normalization(args: argparse.Namespace) -> str:
+    """The input statistics the starting weights saw: ImageNet's, or those of the run started from."""
+    if args.init_from and not args.pretrained:
+        try:
+            return runs.load_config(Path(args.init_from))[0].normalization
+        except (runs.Damaged, AttributeError, TypeError) as exc:
+            raise ValueError(f"init_from: {args.init_from} is not a readable run folder ({exc})") from exc
+    return normalization_for(args.pretrained)
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     """(config, run folder, resume) from the flags, or from ``--config FILE`` plus ``--out``."""
     p = _parser()
@@ -123,8 +147,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
             config = config.replace(**{k: v for k, v in (("device", args.device), ("data_dir", args.data_dir))
                                        if v is not None})
         else:
-            config = config_from_args(args, spec_from_args(args, num_classes=args.num_classes or 100,
-                                                           normalization=normalization_for(args.pretrained)))
+            config = config_from_args(args, spec_from_args(args, num_classes=_num_classes(args),
+                                                           normalization=_normalization(args)))
         config.validate()
     except ValueError as exc:
         p.error(str(exc))
@@ -309,9 +333,24 @@ class Data:
     classes: dict[str, Any]
 
 
+def load_dataset(config: TrainConfig) -> Cifar100:
+    """CIFAR-100, or the class folders of ``--dataset folder`` decoded at the spec's resolution (cached)."""
+    if config.dataset != "folder":
+        return load_cifar100(config.data_dir)
+    from effnet.folder import load_folder
+
+    data, skipped = load_folder(data_dir(config.data_dir), config.spec.resolution, config.seed)
+    if skipped:
+        print(f"{skipped} file(s) in {data_dir(config.data_dir)} are not readable images: skipped", flush=True)
+    if len(data.fine_names) != config.spec.num_classes:
+        raise DataError(f"{data_dir(config.data_dir)} has {len(data.fine_names)} classes but the model has "
+                        f"{config.spec.num_classes} outputs (leave --num-classes out to take the folder's count)")
+    return data
+
+
 def load_data(config: TrainConfig, device: torch.device) -> Data:
     """Held-out validation split, optional subsets, everything on the device as uint8."""
-    data = load_cifar100(config.data_dir)
+    data = load_dataset(config)
     train_idx, val_idx = split_train_val(len(data.train), config.val_size)
     if config.subset is not None:
         train_idx = train_idx[: config.subset]
@@ -319,6 +358,39 @@ def load_data(config: TrainConfig, device: torch.device) -> Data:
     classes = {"fine": data.fine_names, "coarse": data.coarse_names, "fine_to_coarse": data.fine_to_coarse}
     return Data(data.train.take(train_idx).to(device), data.train.take(val_idx[:n_eval]).to(device),
                 data.test.take(torch.arange(len(data.test))[:n_eval]).to(device), classes)
+
+
+def weights_from_run(spec: ScalingSpec, run_dir: Path) -> EfficientNet:
+    """A new model for ``spec`` holding a finished run's weights: every tensor whose name and shape match.
+
+    The classifier is new when the class count differs (fine-tuning a CIFAR-100 run on your own classes);
+    anything else that differs means another backbone, which is refused rather than half copied.
+    """
+    source, source_spec = runs.load_model(run_dir)  # weights_only=True
+    model = build_model(spec)
+    theirs, ours = source.state_dict(), model.state_dict()
+    head = {k for k in ours if k.startswith("classifier.")}
+    differ = sorted(k for k in ours if k not in head and (k not in theirs or theirs[k].shape != ours[k].shape))
+    if differ or source_spec.normalization != spec.normalization:
+        raise ValueError(f"init_from: {run_dir.name} holds {source_spec.name} ({source_spec.resolution} px, "
+                         f"{source_spec.normalization} inputs), a different backbone than {spec.name} "
+                         f"({spec.resolution} px, {spec.normalization} inputs); first difference: "
+                         f"{differ[0] if differ else 'normalization'}")
+    copied = {k: v for k, v in theirs.items() if k in ours and v.shape == ours[k].shape}
+    model.load_state_dict(copied, strict=False)
+    print(f"started from {run_dir.name}: {len(copied)} of {len(ours)} tensors copied"
+          + ("" if len(copied) == len(ours) else " (a new classifier)"), flush=True)
+    return model
+
+
+def initial_model(config: TrainConfig, fresh: bool) -> EfficientNet:
+    """The model a run starts from: ImageNet weights, a finished run's, or random. A resumed run takes every
+    weight from its own checkpoint later, so it needs neither (and works offline)."""
+    if fresh and config.pretrained:
+        return load_pretrained(config.spec)
+    if fresh and config.init_from:
+        return weights_from_run(config.spec, Path(config.init_from))
+    return build_model(config.spec)
 
 
 # ----------------------------------------------------------------------------- a run in progress
@@ -341,8 +413,7 @@ class Run:
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         torch.manual_seed(config.seed)
         # ImageNet weights only for a fresh run: a resumed one takes every weight from its checkpoint (offline too).
-        model: EfficientNet = load_pretrained(config.spec) if config.pretrained and fresh else build_model(config.spec)
-        self.model = model.to(device)
+        self.model = initial_model(config, fresh).to(device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, config)

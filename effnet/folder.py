@@ -1,0 +1,225 @@
+"""Your own images as a dataset: one subfolder per class, optionally under ``train/`` and ``test/``.
+
+    photos/cat/1.jpg, photos/dog/7.png, ...            -> a seeded, per-class test split is held out
+    photos/train/cat/..., photos/test/cat/...          -> the given split is used
+
+Every file goes through the upload decoder (``effnet.images``: bounded, any format Pillow reads, bombs
+refused); files that are not readable images are skipped and counted, never fatal. Each image is
+decoded once, squared (resized, not cropped: a CAM maps back onto the whole picture) to the
+resolution asked for, and kept as the uint8 ``(N, 3, S, S)`` tensors the trainer already uses for
+CIFAR-100. The result is cached beside the images (``.effnet-cache/``), keyed by the resolution and a
+fingerprint of every file's name, size and time, and read back with ``weights_only=True``.
+
+A zip of such a folder (the app's upload) is unpacked only after the same checks as a run bundle:
+no path escapes, no links, bounded member count and sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from effnet import runs
+from effnet.data import Cifar100, DataError, Split
+from effnet.images import decode_image
+
+TEST_FRACTION = 0.2
+MIN_PER_CLASS = 2  # one to train on and one to test: fewer and the class cannot be learned or measured
+MAX_IMAGES = 200_000
+CACHE = ".effnet-cache"
+SPLITS = ("train", "test")
+NO_SUPERCLASS = "(no superclasses)"
+MAX_ZIP_MEMBERS = 100_000
+MAX_ZIP_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The image files of each class (per split when the folder has train/ and test/)."""
+
+    classes: list[str]
+    files: dict[str, list[tuple[Path, int]]]  # split ("all", or "train"/"test") -> (file, class index)
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.is_symlink() and not d.name.startswith("."))
+
+
+def _files(folder: Path) -> list[Path]:
+    """Plain files under ``folder`` (any depth), links and hidden files left out."""
+    found = []
+    for base, dirs, names in os.walk(folder):  # os.walk does not follow links to folders
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(base) / n for n in sorted(names) if not n.startswith(".") and not (Path(base) / n).is_symlink()]
+    return found
+
+
+def list_folder(folder: str | os.PathLike) -> Listing:
+    """The classes and their files; ``DataError`` saying what is wrong with the folder's shape."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        raise DataError(f"{folder} is not a folder of class folders (one subfolder per class)")
+    top = [d.name for d in _class_folders(folder)]
+    split_layout = set(SPLITS) <= set(top)
+    roots = {s: folder / s for s in SPLITS} if split_layout else {"all": folder}
+    classes = sorted({d.name for root in roots.values() for d in _class_folders(root)})
+    if len(classes) < 2:
+        raise DataError(f"{folder} has {len(classes)} class folder(s); a dataset needs at least 2 "
+                        "(one subfolder per class, named after it)")
+    files = {s: [(f, classes.index(d.name)) for d in _class_folders(root) for f in _files(d)]
+             for s, root in roots.items()}
+    total = sum(len(v) for v in files.values())
+    if total > MAX_IMAGES:
+        raise DataError(f"{folder} has {total:,} files; at most {MAX_IMAGES:,} images are read")
+    return Listing(classes, files)
+
+
+def count_classes(folder: str | os.PathLike) -> int:
+    """How many classes ``folder`` holds (the model's output size), without reading any image."""
+    return len(list_folder(folder).classes)
+
+
+def _fingerprint(listing: Listing, size: int) -> str:
+    h = hashlib.sha256(f"{size}|{listing.classes}".encode())
+    for split, items in sorted(listing.files.items()):
+        for path, label in items:
+            st = path.stat()
+            h.update(f"{split}|{path.name}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def _decode_all(items: list[tuple[Path, int]], size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(images, labels, skipped): every readable image squared to ``size``; unreadable ones counted."""
+    images, labels, skipped = [], [], 0
+    for path, label in items:
+        try:
+            picture = decode_image(runs.read_file(path, max_bytes=64 * 1024**2), path.name, max_side=4 * size)
+        except (ValueError, OSError, runs.Damaged):
+            skipped += 1
+            continue
+        square = picture.resize((size, size), resample=3, reducing_gap=2.0)  # bicubic
+        images.append(torch.from_numpy(np.asarray(square, dtype=np.uint8).copy()).permute(2, 0, 1))
+        labels.append(label)
+    if not images:
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), skipped
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long), skipped
+
+
+def _split_test(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, a seeded ``TEST_FRACTION`` (at least one image) held out for the test split."""
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = max(1, round(TEST_FRACTION * len(idx)))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+def _check_counts(classes: list[str], labels: torch.Tensor, folder: Path, skipped: int) -> None:
+    counts = torch.bincount(labels, minlength=len(classes)).tolist()
+    thin = [f"{name} ({n})" for name, n in zip(classes, counts, strict=True) if n < MIN_PER_CLASS]
+    if thin:
+        why = f"; {skipped} file(s) were not readable images" if skipped else ""
+        raise DataError(f"{folder}: every class needs at least {MIN_PER_CLASS} readable images; too few in "
+                        f"{', '.join(thin)}{why}")
+
+
+def _split(images: torch.Tensor, labels: torch.Tensor) -> Split:
+    return Split(images, labels, torch.zeros_like(labels))
+
+
+def _build(folder: Path, listing: Listing, size: int, seed: int) -> tuple[Cifar100, int]:
+    decoded = {s: _decode_all(items, size) for s, items in listing.files.items()}
+    skipped = sum(d[2] for d in decoded.values())
+    if "all" in decoded:
+        images, labels, _ = decoded["all"]
+        _check_counts(listing.classes, labels, folder, skipped)
+        train_idx, test_idx = _split_test(labels, seed)
+        train, test = _split(images[train_idx], labels[train_idx]), _split(images[test_idx], labels[test_idx])
+    else:
+        _check_counts(listing.classes, decoded["train"][1], folder / "train", skipped)
+        train, test = _split(*decoded["train"][:2]), _split(*decoded["test"][:2])
+        if len(test) == 0:
+            raise DataError(f"{folder / 'test'} has no readable images")
+    n = len(listing.classes)
+    return Cifar100(train, test, listing.classes, [NO_SUPERCLASS], [0] * n), skipped
+
+
+def load_folder(folder: str | os.PathLike, size: int, seed: int = 0) -> tuple[Cifar100, int]:
+    """(dataset, files skipped as unreadable) for the class folders in ``folder`` at ``size`` px, cached."""
+    folder = Path(folder)
+    listing = list_folder(folder)
+    cache = folder / CACHE / f"{size}px-seed{seed}-{_fingerprint(listing, size)}.pt"
+    try:
+        return _from_cache(torch.load(cache, map_location="cpu", weights_only=True), listing.classes)
+    except Exception:  # none yet, or damaged in any way: decode again (the cache is never trusted)
+        pass
+    data, skipped = _build(folder, listing, size, seed)
+    state = {"train": [data.train.images, data.train.labels], "test": [data.test.images, data.test.labels],
+             "classes": data.fine_names, "skipped": skipped}
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        runs.atomic_write_bytes(cache, buf.getvalue())
+    except OSError:
+        pass  # a read-only folder: it works, only slower next time
+    return data, skipped
+
+
+def _from_cache(state: dict, classes: list[str]) -> tuple[Cifar100, int]:
+    """A cache file is trusted no more than any other: shapes, types and labels are checked."""
+    if state["classes"] != classes:
+        raise ValueError("cache: other classes")
+    splits = []
+    for name in SPLITS:
+        images, labels = state[name]
+        if (images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3 or labels.dtype != torch.long
+                or len(labels) != len(images) or (len(labels) and not 0 <= labels.min() <= labels.max() < len(classes))):
+            raise ValueError("cache: malformed")
+        splits.append(_split(images, labels))
+    return Cifar100(splits[0], splits[1], classes, [NO_SUPERCLASS], [0] * len(classes)), int(state["skipped"])
+
+
+# ----------------------------------------------------------------------------- a zip of class folders
+def unpack_zip(data: bytes | io.BufferedIOBase, into: str | os.PathLike) -> Path:
+    """Unpack an uploaded zip of class folders into the new folder ``into`` after checking every member.
+
+    ``DataError`` saying why when refused; nothing is left behind then. Returns the folder holding the
+    class folders (a zip of one top folder is unwrapped).
+    """
+    import shutil
+
+    from effnet.bundle import BundleError, check_zip, extract_member
+
+    into = Path(into)
+    if into.exists():
+        raise DataError(f"{into} already exists; choose another name")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DataError(f"not a zip file ({exc})") from exc
+    with zf:
+        try:
+            members = check_zip(zf, MAX_ZIP_MEMBERS, lambda name: 64 * 1024**2, MAX_ZIP_BYTES)
+            for info in members:
+                extract_member(zf, info, into.joinpath(*info.filename.split("/")))
+            root = into
+            inner = _class_folders(into)
+            if len(inner) == 1 and not any(p.is_file() for p in into.iterdir()):
+                root = inner[0]  # the zip held one folder: the class folders are inside it
+            list_folder(root)
+        except (BundleError, DataError, OSError, zipfile.BadZipFile) as exc:
+            shutil.rmtree(into, ignore_errors=True)
+            raise DataError(f"refused: {exc}") from exc
+    return root

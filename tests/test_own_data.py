@@ -1,0 +1,169 @@
+"""Your own images: class folders (scikit-learn's real handwritten digits written as PNGs, plus broken
+files), zips of them, fine-tuning from a finished run, and what is refused."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli
+from PIL import Image
+
+from effnet import runs
+from effnet.data import DataError
+from effnet.folder import CACHE, NO_SUPERCLASS, load_folder, unpack_zip
+from effnet.scaling import ScalingSpec
+from effnet.train import weights_from_run
+
+DIGITS_TRAIN = ["--phi", "-3", "--epochs", "3", "--batch-size", "64", "--lr", "0.05", "--val-size", "200",
+                "--augment", "none", "--device", "cpu"]
+
+
+def write_digits(root: Path, per_class: int | None = None) -> Path:
+    """scikit-learn's 8x8 handwritten digits as PNGs in digit-0 ... digit-9, plus two files that are not images."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    counts: dict[int, int] = {}
+    for i, (img, y) in enumerate(zip(d.images, d.target, strict=True)):
+        if per_class is not None and counts.get(int(y), 0) >= per_class:
+            continue
+        counts[int(y)] = counts.get(int(y), 0) + 1
+        folder = root / f"digit-{y}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img * 16).clip(0, 255).astype(np.uint8)).convert("RGB").save(folder / f"{i}.png")
+    (root / "digit-3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (root / "digit-5" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits") / "digits")
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory, digits) -> Path:
+    out = tmp_path_factory.mktemp("digit-runs") / "digits-b"
+    done = cli("effnet.train", "--dataset", "folder", "--data-dir", str(digits), *DIGITS_TRAIN, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_folder_training_learns_well_above_chance_and_keeps_the_class_names(digits_run):
+    rows = runs.load_metrics(digits_run)
+    assert rows[-1]["test_top1"] > 50, rows  # chance is 10%
+    classes = runs.load_classes(digits_run)
+    assert classes["fine"] == [f"digit-{i}" for i in range(10)] and classes["coarse"] == [NO_SUPERCLASS]
+    spec, config = runs.load_config(digits_run)
+    assert spec.num_classes == 10 and config.dataset == "folder"
+
+
+def test_the_split_is_seeded_per_class_and_skips_what_is_not_an_image(digits):
+    data, skipped = load_folder(digits, 16, seed=0)
+    again, _ = load_folder(digits, 16, seed=0)  # from the cache now
+    assert skipped == 2
+    assert len(data.train) + len(data.test) == 1797
+    assert torch.equal(data.test.images, again.test.images) and torch.equal(data.test.labels, again.test.labels)
+    assert data.train.images.shape[1:] == (3, 16, 16) and data.train.images.dtype == torch.uint8
+    per_class = torch.bincount(data.test.labels, minlength=10)
+    assert per_class.min() >= 30  # about 20% of each class of about 180
+    other, _ = load_folder(digits, 16, seed=1)
+    assert not torch.equal(other.test.labels, data.test.labels) or not torch.equal(other.test.images, data.test.images)
+
+
+def test_a_damaged_cache_is_rebuilt_not_trusted(tmp_path):
+    folder = write_digits(tmp_path / "d", per_class=5)
+    first, _ = load_folder(folder, 12)
+    [cache] = (folder / CACHE).iterdir()
+    cache.write_bytes(b"garbage")
+    second, _ = load_folder(folder, 12)
+    assert torch.equal(first.train.images, second.train.images)
+
+
+def test_given_train_and_test_folders_are_used_as_they_are(tmp_path):
+    src = write_digits(tmp_path / "src", per_class=6)
+    root = tmp_path / "split"
+    for part, take in (("train", slice(0, 4)), ("test", slice(4, 6))):
+        for d in sorted(p for p in src.iterdir() if p.is_dir()):
+            target = root / part / d.name
+            target.mkdir(parents=True)
+            for f in sorted(d.glob("*.png"))[take]:
+                (target / f.name).write_bytes(f.read_bytes())
+    data, _ = load_folder(root, 12)
+    assert len(data.train) == 40 and len(data.test) == 20
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: (root / "only").mkdir(parents=True), "at least 2"),
+    (lambda root: [(root / c).mkdir(parents=True) for c in ("a", "b")], "at least 2 readable images"),
+])
+def test_bad_folders_get_clear_errors(tmp_path, make, message):
+    root = tmp_path / "bad"
+    root.mkdir()
+    make(root)
+    with pytest.raises(DataError, match=message):
+        load_folder(root, 16)
+
+
+def test_cli_refuses_a_bad_folder_and_writes_no_run(tmp_path):
+    root = tmp_path / "bad"
+    (root / "a").mkdir(parents=True)
+    done = cli("effnet.train", "--dataset", "folder", "--data-dir", str(root), *DIGITS_TRAIN, "--out",
+               str(tmp_path / "run"))
+    assert done.returncode != 0 and "class folder" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def zipped(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_a_zip_of_class_folders_unpacks_and_hostile_zips_leave_nothing(tmp_path, digits):
+    members = {f"digits/{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(digits.glob("digit-[01]/*.png"))[:40]}
+    members |= {f"digits/digit-1/{p.name}": p.read_bytes() for p in sorted(digits.glob("digit-1/*.png"))[:5]}
+    root = unpack_zip(zipped(members), tmp_path / "upload")
+    assert sorted(p.name for p in root.iterdir()) == ["digit-0", "digit-1"]
+    for hostile, why in ((members | {"../escape.png": b"x"}, "outside"), ({"/abs.png": b"x"}, "outside"),
+                         ({"just-one/a.png": members[next(iter(members))]}, "class folder"),
+                         (b"not a zip at all", "not a zip")):
+        target = tmp_path / "hostile"
+        with pytest.raises(DataError, match=why):
+            unpack_zip(hostile if isinstance(hostile, bytes) else zipped(hostile), target)
+        assert not target.exists() and not (tmp_path / "escape.png").exists()
+
+
+def test_init_from_copies_the_backbone_and_makes_a_new_classifier(digits_run):
+    spec = runs.load_config(digits_run)[0]
+    source, _ = runs.load_model(digits_run)
+    model = weights_from_run(spec.replace(num_classes=4), digits_run)
+    theirs, ours = source.state_dict(), model.state_dict()
+    backbone = [k for k in ours if not k.startswith("classifier.")]
+    assert backbone and all(torch.equal(ours[k], theirs[k]) for k in backbone)
+    assert ours["classifier.1.weight"].shape[0] == 4
+    with pytest.raises(ValueError, match="different backbone"):
+        weights_from_run(ScalingSpec(phi=-2, num_classes=10), digits_run)
+
+
+def test_init_from_on_the_command_line_fine_tunes_a_finished_run(tmp_path, digits, digits_run):
+    out = tmp_path / "fine-tuned"
+    done = cli("effnet.train", "--dataset", "folder", "--data-dir", str(digits), *DIGITS_TRAIN, "--epochs", "1",
+               "--init-from", str(digits_run), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "tensors copied" in done.stdout
+    # One more epoch from a 3-epoch start beats the first epoch from scratch by far.
+    first_scratch = runs.load_metrics(digits_run)[0]["test_top1"]
+    assert runs.load_metrics(out)[0]["test_top1"] > first_scratch + 20
+    assert json.loads((out / "config.json").read_text())["train"]["init_from"] == str(digits_run)
+    bad = cli("effnet.train", "--dataset", "folder", "--data-dir", str(digits), *DIGITS_TRAIN, "--phi", "-2",
+              "--init-from", str(digits_run), "--out", str(tmp_path / "bad"))
+    assert bad.returncode != 0 and "different backbone" in bad.stderr
