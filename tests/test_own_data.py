@@ -167,3 +167,31 @@ def test_init_from_on_the_command_line_fine_tunes_a_finished_run(tmp_path, digit
     bad = cli("effnet.train", "--dataset", "folder", "--data-dir", str(digits), *DIGITS_TRAIN, "--phi", "-2",
               "--init-from", str(digits_run), "--out", str(tmp_path / "bad"))
     assert bad.returncode != 0 and "different backbone" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- compression
+def test_compress_writes_every_variant_measured_on_the_same_images(tmp_path, digits_run):
+    out = tmp_path / "compressed"
+    done = cli("effnet.compress", str(digits_run), "--int8", "--qat-epochs", "1", "--prune", "0.3",
+               "--finetune-epochs", "1", "--threads", "2", "--time-budget", "0.1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "compress.json").read_text())
+    rows = {r["name"]: r for r in result["variants"]}
+    assert set(rows) == {"fp32", "fp32-onnx", "int8", "int8-qat", "pruned-0.3"}
+    for r in rows.values():
+        assert r["size_bytes"] == (out / r["file"]).stat().st_size > 0
+        assert r["latency_ms_b1"] > 0 and r["latency_ms_b32"] > 0 and 0 <= r["test_top1"] <= 100
+    assert rows["int8"]["size_bytes"] < 0.35 * rows["fp32"]["size_bytes"]  # really int8 on disk
+    assert rows["pruned-0.3"]["params"] < 0.7 * rows["fp32"]["params"]  # really fewer channels
+    # fp32 in ORT is the same model: the same predictions on the same test images.
+    final = round(runs.load_metrics(digits_run)[-1]["test_top1"], 2)
+    assert rows["fp32-onnx"]["test_top1"] == rows["fp32"]["test_top1"] == final
+    assert rows["int8"]["test_top1"] > 50  # measured, and still far above chance (10%)
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"
+
+
+def test_compress_refuses_what_it_cannot_do(tmp_path, digits_run):
+    done = cli("effnet.compress", str(digits_run), "--prune", "1.5", "--out", str(tmp_path / "x"))
+    assert done.returncode != 0 and "between 0 and 1" in done.stderr
+    done = cli("effnet.compress", str(tmp_path), "--int8", "--out", str(tmp_path / "y"))
+    assert done.returncode != 0 and "error:" in done.stderr and "Traceback" not in done.stderr
