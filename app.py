@@ -19,5 +19,6 @@ navigation = st.navigation([
     st.Page("views/results.py", title="Results", icon=":material/leaderboard:"),
     st.Page("views/cam.py", title="Class activation maps", icon=":material/visibility:"),
     st.Page("views/study.py", title="Studies", icon=":material/science:"),
+    st.Page("views/compress.py", title="Compress", icon=":material/compress:"),
 ])
 navigation.run()

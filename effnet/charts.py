@@ -286,3 +286,18 @@ def grid_search(points: Sequence[tuple[float, float, float, float]], paper: tupl
     fig.update_yaxes(title="γ (resolution base)")
     fig.update_traces(cliponaxis=False)
     return _layout(fig, "Grid search at φ=1 under α·β²·γ² ≈ 2", legend={"orientation": "h", "y": -0.25})
+
+
+@_memo
+def compression(points: Sequence[tuple[str, float, float]], x_title: str) -> go.Figure:
+    """Test top-1 against a cost (size or latency), one labelled point per compressed variant."""
+    fig = go.Figure()
+    for i, (name, x, y) in enumerate(points):
+        fig.add_scatter(x=[x], y=[y], text=[name], mode="markers+text", textposition=_alternating(points)[i],
+                        marker={"size": 15, "color": PALETTE[i % len(PALETTE)],
+                                "symbol": "diamond" if name.startswith("fp32") else "circle"},
+                        textfont={"size": 14}, name=name, showlegend=False)
+    fig.update_xaxes(title=x_title, rangemode="tozero")
+    fig.update_yaxes(title="test top-1 (%)")
+    _pad_y(fig, [p[2] for p in points])
+    return _layout(fig, f"Accuracy vs {x_title.split(' (')[0]}")

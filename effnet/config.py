@@ -146,8 +146,11 @@ class TrainConfig:
         if self.init_from is not None:
             if self.pretrained:
                 raise ValueError("init_from: start from ImageNet weights (pretrained) or from a run, not both")
-            if not Path(self.init_from).is_dir() or Path(self.init_from).is_symlink():
-                raise ValueError(f"init_from: {self.init_from} is not a run folder")
+            theirs = _run_spec(Path(self.init_from))
+            if theirs.replace(num_classes=self.spec.num_classes) != self.spec:
+                raise ValueError(f"init_from: that run trained {theirs.name} ({theirs.resolution} px, "
+                                 f"{theirs.normalization} inputs); start from it with the same model, not "
+                                 f"{self.spec.name} ({self.spec.resolution} px, {self.spec.normalization} inputs)")
         if not self.pretrained:
             return
         if not self.spec.is_official:
@@ -156,6 +159,17 @@ class TrainConfig:
         if self.spec.normalization != normalization_for(pretrained=True):
             raise ValueError("pretrained: needs the spec's normalization='imagenet' (the statistics the weights "
                              "were trained with)")
+
+
+def _run_spec(run_dir: Path) -> ScalingSpec:
+    """The spec in a run folder's config.json (read here without the run readers: they import this module)."""
+    path = run_dir / "config.json"
+    try:
+        if run_dir.is_symlink() or path.is_symlink() or path.stat().st_size > 1 << 20:
+            raise ValueError("refused")
+        return ScalingSpec.from_dict(json.loads(path.read_text())["spec"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"init_from: {run_dir} is not a finished run's folder ({exc})") from exc
 
 
 def fit_to_dataset(config: TrainConfig, n_train: int, n_test: int) -> tuple[TrainConfig, str | None]:

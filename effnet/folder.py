@@ -223,3 +223,35 @@ def unpack_zip(data: bytes | io.BufferedIOBase, into: str | os.PathLike) -> Path
             shutil.rmtree(into, ignore_errors=True)
             raise DataError(f"refused: {exc}") from exc
     return root
+
+
+# ----------------------------------------------------------------------------- datasets the app knows
+OWN = "own"  # <data folder>/own/<name>/: the datasets uploaded in the app
+
+
+def own_datasets(data_root: str | os.PathLike) -> dict[str, Path]:
+    """``{name: folder of class folders}`` for every dataset uploaded into ``<data_root>/own/``."""
+    base = Path(data_root) / OWN
+    if not base.is_dir() or base.is_symlink():
+        return {}
+    found = {}
+    for entry in sorted(base.iterdir()):
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        folder, inner = entry, _class_folders(entry)
+        if len(inner) == 1:  # a zip of one top folder
+            folder, inner = inner[0], _class_folders(inner[0])
+        if len(inner) >= 2:
+            found[entry.name] = folder
+    return found
+
+
+def split_sizes(folder: str | os.PathLike) -> tuple[int, int]:
+    """(training, test) image counts the folder will give, from its files alone (unreadable ones included)."""
+    listing = list_folder(folder)
+    if "all" not in listing.files:
+        return len(listing.files["train"]), len(listing.files["test"])
+    labels = [label for _, label in listing.files["all"]]
+    per_class = [labels.count(c) for c in range(len(listing.classes))]
+    test = sum(max(1, round(TEST_FRACTION * n)) for n in per_class if n)
+    return len(labels) - test, test

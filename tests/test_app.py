@@ -10,7 +10,8 @@ from effnet import ScalingSpec, jobs, model_card, runs
 from effnet.config import TrainConfig
 from views.widgets import human
 
-PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.py", "views/lesson.py", "views/study.py"]
+PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.py", "views/lesson.py", "views/study.py",
+         "views/compress.py"]
 
 
 @pytest.fixture

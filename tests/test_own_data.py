@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli
+from conftest import PROJECT, cli, wait_for
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from effnet import runs
 from effnet.data import DataError
@@ -166,7 +167,7 @@ def test_init_from_on_the_command_line_fine_tunes_a_finished_run(tmp_path, digit
     assert json.loads((out / "config.json").read_text())["train"]["init_from"] == str(digits_run)
     bad = cli("effnet.train", "--dataset", "folder", "--data-dir", str(digits), *DIGITS_TRAIN, "--phi", "-2",
               "--init-from", str(digits_run), "--out", str(tmp_path / "bad"))
-    assert bad.returncode != 0 and "different backbone" in bad.stderr
+    assert bad.returncode != 0 and "same model" in bad.stderr and not (tmp_path / "bad").exists()
 
 
 # ----------------------------------------------------------------------------- compression
@@ -195,3 +196,43 @@ def test_compress_refuses_what_it_cannot_do(tmp_path, digits_run):
     assert done.returncode != 0 and "between 0 and 1" in done.stderr
     done = cli("effnet.compress", str(tmp_path), "--int8", "--out", str(tmp_path / "y"))
     assert done.returncode != 0 and "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------------- in the app
+def test_the_app_trains_on_an_added_dataset_and_compresses_the_run(tmp_path, monkeypatch, digits):
+    """Train page: dataset chosen, run queued and finished with the folder's class names; Compress page: started,
+    finished in the background, trade-off table shown. (Unpacking the uploaded zip is tested above.)"""
+    data, root = tmp_path / "data", tmp_path / "checkpoints"
+    members = {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(digits.glob("digit-*/*.png"))}
+    unpack_zip(zipped(members), data / "own" / "digits")
+    for name, value in {"EFFNET_CHECKPOINTS": root, "EFFNET_DATA": data, "PYTHONPATH": PROJECT}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.chdir(PROJECT)
+    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=180)
+    at.run()
+    at.switch_page("views/train.py").run()
+    at.button(key="preset_quick").click().run()
+    at.selectbox(key="t_dataset").set_value("digits")
+    at.selectbox(key="t_device").set_value("cpu")
+    at.selectbox(key="t_augment").set_value("none")
+    for key, value in {"t_epochs": 3, "t_subset": 0, "t_eval_subset": 0, "t_val_size": 200}.items():
+        at.number_input(key=key).set_value(value)
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert not at.exception and at.success, [e.value for e in at.error]
+    [info] = runs.list_runs(root)
+    assert info.config.dataset == "folder" and info.spec.num_classes == 10
+    wait_for(lambda: runs.read_run(info.path).state in runs.ENDED, timeout=300, what="the run to end")
+    assert runs.read_run(info.path).state == "finished", runs.read_run(info.path).error
+    assert runs.load_classes(info.path)["fine"][3] == "digit-3"
+
+    at.switch_page("views/compress.py").run()
+    assert not at.exception
+    at.multiselect(key="c_ratios").set_value([])
+    next(b for b in at.button if b.label == "Compress").click().run()
+    assert not at.exception and at.success, [e.value for e in at.error]
+    wait_for(lambda: list((info.path / "compressed").glob("*/compress.json")), timeout=300, what="compression")
+    at.run()
+    assert not at.exception
+    names = list(at.dataframe[0].value["variant"])
+    assert names == ["fp32", "fp32-onnx", "int8"]
+    assert len(at.get("plotly_chart")) == 3

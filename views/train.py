@@ -8,17 +8,20 @@ from effnet import OFFICIAL, ScalingSpec, jobs, runs
 from effnet.access import readonly
 from effnet.charts import training_curves
 from effnet.config import AUGMENTATIONS, QUICK_DEMO, SCHEDULES, TrainConfig, fit_to_dataset, normalization_for
-from effnet.data import data_dir, dataset_present, missing_data_message
+from effnet.data import DataError, data_dir, dataset_present, missing_data_message
+from effnet.folder import OWN, count_classes, list_folder, own_datasets, split_sizes, unpack_zip
 from effnet.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
 from views.widgets import caller, chart, dataset_sizes
 
 VARIANTS = [v.upper() for v in OFFICIAL]
+CIFAR = "CIFAR-100"
+STARTS = ["from scratch", "from ImageNet weights (fine-tune)", "from a finished run (fine-tune)"]
 DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": PAPER_ALPHA, "c_beta": PAPER_BETA,
             "c_gamma": PAPER_GAMMA,
             "scaling": "compound", "geometry": "cifar", "start": "from scratch", "epochs": 3, "batch": 64,
             "lr": 0.05, "subset": 0, "eval_subset": 0, "val_size": 5000, "device": "auto", "momentum": 0.9,
             "nesterov": True, "wd": 5e-4, "smoothing": 0.0, "schedule": "cosine", "warmup": 1.0, "ema": 0.0,
-            "augment": "standard", "seed": 0, "compile": False}
+            "augment": "standard", "seed": 0, "compile": False, "dataset": CIFAR, "init": None}
 QUICK_CPU = {"variants": [], "custom": True, "c_phi": -3.0, "geometry": "cifar", "epochs": QUICK_DEMO["epochs"],
              "batch": QUICK_DEMO["batch_size"], "lr": QUICK_DEMO["lr"], "subset": QUICK_DEMO["subset"],
              "eval_subset": QUICK_DEMO["eval_subset"], "val_size": QUICK_DEMO["val_size"]}
@@ -60,6 +63,36 @@ presets[1].button("Seed study: B0-B7, SGD+momentum, 200 epochs", on_click=apply,
                   key="preset_seed", help="The study this lab grew from. Every field stays editable.")
 presets[2].button("Reset", on_click=apply, args=(DEFAULTS,), key="preset_reset")
 
+own = own_datasets(data_dir())
+with st.expander(f"Your own images ({len(own)} dataset{'s' if len(own) != 1 else ''} here)"):
+    st.caption("A zip with one folder per class, named after it (optionally train/ and test/ above them), any "
+               "image format the CAM page reads. Files that are not images are skipped and counted; without a test "
+               "folder a fifth of each class is held out for testing. Then choose it as the dataset below.")
+    cols = st.columns([3, 2, 1], vertical_alignment="bottom")
+    upload = cols[0].file_uploader("Zip of class folders", type=["zip"], key="own_zip", disabled=readonly())
+    name = cols[1].text_input("Name", key="own_name", placeholder="e.g. leaves", max_chars=40)
+    if cols[2].button("Add", key="own_add", disabled=readonly()):
+        try:
+            if upload is None:
+                raise ValueError("choose a zip file first")
+            if not runs.RUN_ID.fullmatch(name or ""):
+                raise ValueError("name: letters, digits, '.', '-' and '_' only, e.g. leaves")
+            folder = unpack_zip(upload.getvalue(), data_dir() / OWN / name)
+            n_train, n_test = split_sizes(folder)
+            st.success(f"Added {name}: {count_classes(folder)} classes, about {n_train:,} training and {n_test:,} "
+                       "test images. Choose it as the dataset below.")
+            own = own_datasets(data_dir())
+        except (DataError, ValueError) as exc:
+            st.error(f"Not added: {exc}")
+    for label, folder in own.items():
+        st.caption(f"**{label}**: {', '.join(list_folder(folder).classes)}")
+
+finished = {i.run_id: i for i in runs.list_runs(root) if i.state == "finished" and runs.shown_checkpoint(i.path)}
+if st.session_state.t_dataset not in (CIFAR, *own):  # removed since it was chosen
+    st.session_state.t_dataset = CIFAR
+if st.session_state.t_init not in finished:
+    st.session_state.t_init = None
+
 with st.form("new_runs"):
     st.subheader("New runs")
     models, options = st.columns(2)
@@ -76,8 +109,13 @@ with st.form("new_runs"):
         st.selectbox("Scaling method", SCALINGS, key="t_scaling",
                      help="compound, or one dimension alone with the same FLOPs budget (2^φ)")
         st.radio("Geometry", GEOMETRIES, horizontal=True, key="t_geometry", bind="query-params")
-        st.radio("Start", ["from scratch", "from ImageNet weights (fine-tune)"], horizontal=True, key="t_start",
-                 help="Fine-tuning downloads torchvision's weights for official variants (internet needed).")
+        st.selectbox("Dataset", [CIFAR, *own], key="t_dataset",
+                     help="CIFAR-100, or your own images (add them above); the class count follows the dataset.")
+        st.radio("Start", STARTS, horizontal=True, key="t_start",
+                 help="ImageNet weights: downloaded for official variants (internet needed). A finished run: its "
+                      "backbone, with a new classifier when the classes differ; the model must be the same.")
+        st.selectbox("Finished run to start from", list(finished), key="t_init", index=None,
+                     format_func=lambda r: f"{finished[r].label} · {r}", placeholder="(for 'from a finished run')")
     with options:
         cols = st.columns(3)
         cols[0].number_input("Epochs", step=1, key="t_epochs", bind="query-params")
@@ -116,7 +154,12 @@ with st.form("new_runs"):
 def planned_specs() -> list[ScalingSpec]:
     """The specs the form describes; ValueError (naming the field) when one cannot be built."""
     s = st.session_state
-    common = dict(geometry=s.t_geometry, num_classes=100, normalization=normalization_for(s.t_start != "from scratch"))
+    common = dict(geometry=s.t_geometry, num_classes=100 if s.t_dataset == CIFAR else count_classes(own[s.t_dataset]),
+                  normalization=normalization_for(s.t_start == STARTS[1]))
+    if s.t_start == STARTS[2]:
+        if s.t_init not in finished:
+            raise ValueError("init_from: choose the finished run to start from")
+        common["normalization"] = finished[s.t_init].spec.normalization  # the inputs its weights saw
     specs = [ScalingSpec.official(v.lower(), **common).with_scaling(s.t_scaling) for v in s.t_variants]
     if s.t_custom:
         specs.append(ScalingSpec(phi=s.t_c_phi, alpha=s.t_c_alpha, beta=s.t_c_beta, gamma=s.t_c_gamma,
@@ -126,7 +169,10 @@ def planned_specs() -> list[ScalingSpec]:
 
 def fitted(configs: list[TrainConfig]) -> list[TrainConfig]:
     """The configs with their image counts cut to the dataset's; what changed is said under Start."""
-    sizes = dataset_sizes(str(data_dir().resolve())) if dataset_present() else None
+    if st.session_state.t_dataset != CIFAR:
+        sizes = split_sizes(own[st.session_state.t_dataset])
+    else:
+        sizes = dataset_sizes(str(data_dir().resolve())) if dataset_present() else None
     if sizes is None:
         return configs
     out = []
@@ -146,7 +192,10 @@ def config_for(spec: ScalingSpec) -> TrainConfig:
         label_smoothing=float(s.t_smoothing), warmup_epochs=float(s.t_warmup), schedule=s.t_schedule,
         ema=float(s.t_ema), augment=s.t_augment, subset=int(s.t_subset) or None,
         eval_subset=int(s.t_eval_subset) or None, val_size=int(s.t_val_size), seed=int(s.t_seed),
-        device=s.t_device, compile=bool(s.t_compile), pretrained=s.t_start != "from scratch")
+        device=s.t_device, compile=bool(s.t_compile), pretrained=s.t_start == STARTS[1],
+        dataset="cifar100" if s.t_dataset == CIFAR else "folder",
+        data_dir=None if s.t_dataset == CIFAR else str(own[s.t_dataset]),
+        init_from=str(finished[s.t_init].path) if s.t_start == STARTS[2] else None)
 
 
 if start:

@@ -1,0 +1,136 @@
+"""Compress page: make a finished run small and fast (int8, channel pruning) and read the trade-off."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from effnet import runs
+from effnet.access import readonly
+from effnet.charts import compression
+from effnet.compress import COMPRESS, load_result
+from views.widgets import caller, chart
+
+root = runs.checkpoints_dir()
+who = caller()
+FOLDER = "compressed"  # <run>/compressed/<time>/: compress.json, status.json, log.txt, one ONNX file per variant
+PROJECT = Path(__file__).resolve().parents[1]
+
+st.title("Compress a trained model")
+st.caption("int8 (ONNX Runtime) and structured channel pruning (Torch-Pruning, then a short fine-tune), each "
+           "measured on this machine's CPU on the run's own test images: size, latency at batch 1 and 32, top-1.")
+
+finished = [i for i in runs.list_runs(root) if i.state == "finished" and runs.shown_checkpoint(i.path)]
+if not finished:
+    st.info("No finished run yet. Train one on the Train page (the quick CPU demo takes a few minutes, or your own "
+            "images), then come back.")
+    st.page_link("views/train.py", label="Go to the Train page", icon=":material/model_training:")
+    st.stop()
+by_id = {i.run_id: i for i in finished}
+chosen = st.selectbox("Run", list(by_id), format_func=lambda r: f"{by_id[r].label} · {r}", key="c_run")
+info = by_id[chosen]
+
+
+def outputs(run_dir: Path) -> list[Path]:
+    folder = run_dir / FOLDER
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.is_symlink()), reverse=True)
+
+
+def start(run_dir: Path, int8: bool, qat: int, ratios: list[float], finetune: int) -> Path:
+    """``python -m effnet.compress`` in the background (its own session: it outlives this page's rerun)."""
+    out = run_dir / FOLDER / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    argv = [sys.executable, "-m", "effnet.compress", str(run_dir), "--out", str(out), "--qat-epochs", str(qat),
+            "--finetune-epochs", str(finetune), "--prune", ",".join(f"{r:g}" for r in ratios)]
+    with open(out / runs.LOG, "wb") as log:
+        subprocess.Popen([*argv, *(["--int8"] if int8 else [])], cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True, env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    return out
+
+
+with st.form("compress"):
+    cols = st.columns(4)
+    int8 = cols[0].checkbox("int8", value=True, key="c_int8")
+    qat = cols[1].number_input("Quantization-aware fine-tune (epochs, 0 = off)", value=0, step=1, key="c_qat")
+    ratios = cols[2].multiselect("Prune channels", [0.1, 0.2, 0.3, 0.5, 0.7], default=[0.3], key="c_ratios",
+                                 format_func=lambda r: f"{r:.0%}")
+    finetune = cols[3].number_input("Fine-tune after pruning (epochs)", value=1, step=1, key="c_finetune")
+    may = who.may_manage(info) and not readonly()
+    go = st.form_submit_button("Compress", type="primary", disabled=not may,
+                               help=None if may else "Only the run's owner or the teacher can compress it here.")
+    if go:
+        if qat < 0 or finetune < 0:
+            st.error("Not started: epochs must be 0 or more.")
+        elif not int8 and not ratios:
+            st.error("Not started: choose int8, a pruning ratio, or both.")
+        else:
+            start(info.path, int8, int(qat), ratios, int(finetune))
+            st.success("Started in the background: progress and results appear below (a minute or more on a CPU).")
+            st.toast("Compression started", icon=":material/check_circle:")
+
+
+def show(out: Path) -> None:
+    """One compression: its progress while it works, then the table, the plots and the downloads."""
+    status = runs.read_json(out / runs.STATUS) or {}
+    try:
+        result = load_result(out)
+    except runs.Damaged as exc:
+        st.error(f"{out.name}: damaged ({exc})")
+        return
+    if result is None:
+        if status.get("state") == "failed":
+            st.error(f"Failed: {status.get('error')}")
+        elif not runs.pid_alive(status.get("pid")) and time.time() - (out / runs.LOG).stat().st_mtime > 60:
+            st.error("The compression process is gone (killed, or the server restarted). Last output:\n\n"
+                     + runs.log_tail(out))
+        else:
+            steps = max(1, int(status.get("steps") or 1))
+            st.progress(min(1.0, int(status.get("step") or 0) / steps),
+                        text=f"{status.get('state', 'starting')}: {status.get('doing', '')}")
+        return
+    rows = result["variants"]
+    table = pd.DataFrame([{"variant": r["name"], "size (MB)": round(r["size_bytes"] / 1e6, 2), "params": r["params"],
+                           "batch 1 (ms)": r["latency_ms_b1"], "batch 32 (ms)": r["latency_ms_b32"],
+                           "test top-1 (%)": r["test_top1"], "runs in": r.get("runtime", "")} for r in rows])
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.caption(f"{result.get('test_images', '?')} test images, {result.get('threads', '?')} CPU threads, every "
+               "number from one process. fp32 is the model as trained (PyTorch); fp32-onnx the same weights in "
+               "ONNX Runtime, so you can see how much of int8's speed is the runtime and how much is int8.")
+    left, mid, right = st.columns(3)
+    points = [(r["name"], r["size_bytes"] / 1e6, r["test_top1"]) for r in rows]
+    chart(compression(points, "size (MB)"), f"size_{out.name}", left,
+          note="Top-1 against file size. Look for variants far left at (almost) the same height.")
+    for col, batch in ((mid, 1), (right, 32)):
+        points = [(r["name"], r[f"latency_ms_b{batch}"], r["test_top1"]) for r in rows]
+        chart(compression(points, f"latency at batch {batch} (ms)"), f"b{batch}_{out.name}", col,
+              note=f"Top-1 against CPU time for {'one image' if batch == 1 else 'a batch of 32'}. Look for the "
+                   "variants that move left without dropping.")
+    cols = st.columns(min(6, len(rows)))
+    for col, r in zip(cols, rows, strict=False):
+        path = out / r["file"]
+        if path.is_file() and not path.is_symlink():
+            col.download_button(f"{r['name']} (.onnx)", key=f"dl_{out.name}_{r['name']}", on_click="ignore",
+                                data=lambda p=path: runs.read_file(p, max_bytes=1 << 34),
+                                file_name=f"{chosen}-{r['name']}.onnx", mime="application/octet-stream")
+
+
+@st.fragment(run_every=2)
+def results() -> None:
+    done = outputs(info.path)
+    if not done:
+        st.caption("No compression of this run yet.")
+        return
+    picked = st.selectbox("Compression", [d.name for d in done], key="c_out")
+    show(info.path / FOLDER / picked)
+
+
+st.subheader("Results")
+results()
+st.caption(f"Each compression is kept in the run's folder ({FOLDER}/<time>/{COMPRESS} and the .onnx files); "
+           "the command line does the same: `python -m effnet.compress RUN --int8 --prune 0.3 --out DIR`.")
