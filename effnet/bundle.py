@@ -20,10 +20,8 @@ import json
 import os
 import secrets
 import shutil
-import stat
 import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from typing import Any
 from effnet import runs, study
 from effnet.access import Caller
 from effnet.results import load_confusion
+from effnet.safezip import CHUNK, UnsafeZip, check_zip, extract_member
 
 FORMAT = 1
 MANIFEST = "bundle.json"
@@ -39,7 +38,6 @@ CHECKPOINTS = (runs.BEST, runs.LAST)
 MAX_MEMBERS = 2000
 MAX_CHECKPOINT_BYTES = 2 * 1024**3  # B7 with momentum and EMA is about 0.8 GB
 MAX_BUNDLE_BYTES = 16 * 1024**3
-CHUNK = 1024 * 1024
 
 
 class BundleError(ValueError):
@@ -105,53 +103,15 @@ def _member_limit(name: str) -> int:
     return MAX_CHECKPOINT_BYTES if name.endswith(".pt") else runs.MAX_JSON_BYTES
 
 
-def check_zip(zf: zipfile.ZipFile, max_members: int, member_limit: Callable[[str], int],
-              max_total: int) -> list[zipfile.ZipInfo]:
-    """The zip's file members, when none could escape or explode: no links, no ``..``, absolute paths or
-    backslashes, no duplicates, at most ``max_members``, each declared size within ``member_limit(name)`` and
-    all together within ``max_total``. ``BundleError`` naming the first offender otherwise."""
-    infos = zf.infolist()
-    if len(infos) > max_members:
-        raise BundleError(f"it has {len(infos)} files; at most {max_members} are accepted")
-    total, seen, files = 0, set(), []
-    for info in infos:
-        name = info.filename
-        if name in seen:
-            raise BundleError(f"{name!r} appears twice")
-        seen.add(name)
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise BundleError(f"{name!r} is a symbolic link; links are refused")
-        parts = name.rstrip("/").split("/")
-        if name.startswith("/") or "\\" in name or ":" in name or ".." in parts or "" in parts or "." in parts:
-            raise BundleError(f"{name!r} points outside the bundle; refused")
-        if name.endswith("/"):
-            continue  # a folder entry: folders are made from the file names
-        if info.file_size > member_limit(name):
-            raise BundleError(f"{name!r} declares {info.file_size:,} bytes, over the {member_limit(name):,} allowed")
-        total += info.file_size
-        files.append(info)
-    if total > max_total:
-        raise BundleError(f"it would unpack to {total:,} bytes, over the {max_total:,} allowed")
-    return files
-
-
-def extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
-    """One checked member to ``target`` (a new file), stopped at its declared size: a lying header is refused."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with zf.open(info) as src, open(target, "xb") as dst:
-        while chunk := src.read(CHUNK):
-            written += len(chunk)
-            if written > info.file_size:
-                raise BundleError(f"{info.filename!r} unpacks to more than it declares; refused")
-            dst.write(chunk)
-
-
 def _check_members(zf: zipfile.ZipFile) -> dict[str, list[str]]:
     """``{run name: [file names]}`` when every member is safe and one the layout allows; ``BundleError`` otherwise."""
     found: dict[str, list[str]] = {}
     names = set()
-    for info in check_zip(zf, MAX_MEMBERS, _member_limit, MAX_BUNDLE_BYTES):
+    try:
+        members = check_zip(zf, MAX_MEMBERS, _member_limit, MAX_BUNDLE_BYTES)
+    except UnsafeZip as exc:
+        raise BundleError(str(exc)) from exc
+    for info in members:
         names.add(info.filename)
         if info.filename == MANIFEST:
             continue
@@ -279,6 +239,8 @@ def import_bundle(bundle: str | os.PathLike | Any, root: str | os.PathLike | Non
             raise BundleError("there is not enough free disk space here to check it")
         try:
             _extract(zf, Path(tmp))
+        except UnsafeZip as exc:
+            raise BundleError(str(exc)) from exc
         except (zipfile.BadZipFile, EOFError, OSError) as exc:
             raise BundleError(f"it is damaged ({exc})") from exc
         for name in manifest["runs"]:

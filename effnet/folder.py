@@ -29,6 +29,7 @@ import torch
 from effnet import runs
 from effnet.data import Cifar100, DataError, Split
 from effnet.images import decode_image
+from effnet.safezip import UnsafeZip, check_zip, extract_member
 
 TEST_FRACTION = 0.2
 MIN_PER_CLASS = 2  # one to train on and one to test: fewer and the class cannot be learned or measured
@@ -200,8 +201,6 @@ def unpack_zip(data: bytes | io.BufferedIOBase, into: str | os.PathLike) -> Path
     """
     import shutil
 
-    from effnet.bundle import BundleError, check_zip, extract_member
-
     into = Path(into)
     if into.exists():
         raise DataError(f"{into} already exists; choose another name")
@@ -219,7 +218,7 @@ def unpack_zip(data: bytes | io.BufferedIOBase, into: str | os.PathLike) -> Path
             if len(inner) == 1 and not any(p.is_file() for p in into.iterdir()):
                 root = inner[0]  # the zip held one folder: the class folders are inside it
             list_folder(root)
-        except (BundleError, DataError, OSError, zipfile.BadZipFile) as exc:
+        except (UnsafeZip, DataError, OSError, zipfile.BadZipFile) as exc:
             shutil.rmtree(into, ignore_errors=True)
             raise DataError(f"refused: {exc}") from exc
     return root
