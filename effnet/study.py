@@ -313,7 +313,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m effnet.study", description=__doc__.split("\n\n")[0])
     kinds = p.add_subparsers(dest="kind", required=True)
     methods = kinds.add_parser("methods", help="compound vs one dimension alone at equal multiply-adds")
-    add_spec_arguments(methods, num_classes_default=100)
+    add_spec_arguments(methods, num_classes_default=None)
     methods.add_argument("--phis", help="several budgets at once, e.g. 1,2,3 (with --alpha/--beta/--gamma)")
     grid = kinds.add_parser("grid", help="the alpha/beta/gamma grid search at phi=1")
     grid.add_argument("--phi", type=float, default=1.0)
@@ -324,7 +324,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, (low, high) in GRID_RANGES.items():
         grid.add_argument(f"--{name}-range", default=f"{low},{high}", help="LOW,HIGH (default %(default)s)")
     grid.add_argument("--geometry", choices=("cifar", "imagenet"), default="cifar")
-    grid.add_argument("--num-classes", type=int, default=100)
+    grid.add_argument("--num-classes", type=int, help="default: 100, or the folder's class count (--dataset folder)")
     for sub in (methods, grid):
         add_training_arguments(sub)
         sub.add_argument("--out", required=True, help="the study's folder (study.json is written there)")
@@ -343,13 +343,13 @@ def _numbers(text: str, name: str) -> list[float]:
 def _start(args: argparse.Namespace) -> dict[str, Any]:
     from effnet.config import normalization_for
     from effnet.spec_flags import spec_from_args
-    from effnet.train import config_from_args
+    from effnet.train import config_from_args, num_classes_from_args
 
     norm = normalization_for(args.pretrained)
     if args.kind == "methods":
         if args.scaling != "compound":
             raise ValueError("scaling: a methods study trains every method; leave --scaling out")
-        spec = spec_from_args(args, normalization=norm)
+        spec = spec_from_args(args, num_classes=num_classes_from_args(args), normalization=norm)
         config = config_from_args(args, spec)
         phis = _numbers(args.phis, "phis") if args.phis else None
         return queue_methods(spec, config, Path(args.out), phis, args.checkpoints)
@@ -359,7 +359,7 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
         if len(low_high) != 2:
             raise ValueError(f"{name}_range: expected LOW,HIGH")
         ranges[name] = (low_high[0], low_high[1])
-    template = ScalingSpec(phi=0.0, geometry=args.geometry, num_classes=args.num_classes, normalization=norm)
+    template = ScalingSpec(phi=0.0, geometry=args.geometry, num_classes=num_classes_from_args(args), normalization=norm)
     return queue_grid(config_from_args(args, template), Path(args.out), args.phi, args.step, args.tolerance,
                       args.max_points, ranges, args.checkpoints)
 

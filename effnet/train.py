@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _num_classes(args: argparse.Namespace) -> int:
+def num_classes_from_args(args: argparse.Namespace) -> int:
     """--num-classes, else the folder's class count (--dataset folder), else CIFAR-100's 100."""
     if args.num_classes:
         return args.num_classes
@@ -147,7 +147,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
             config = config.replace(**{k: v for k, v in (("device", args.device), ("data_dir", args.data_dir))
                                        if v is not None})
         else:
-            config = config_from_args(args, spec_from_args(args, num_classes=_num_classes(args),
+            config = config_from_args(args, spec_from_args(args, num_classes=num_classes_from_args(args),
                                                            normalization=_normalization(args)))
         config.validate()
     except ValueError as exc:

@@ -266,3 +266,31 @@ def test_study_page_in_the_browser_shows_the_methods_side_by_side(browser, study
         assert any(c.startswith(method) for c in captions), captions
     assert not clipped(page, '[data-testid="stMarkdownContainer"] h1')
     page.screenshot(path=str(ARTIFACTS / "study-1280.png"), full_page=True)
+
+
+def test_a_zip_of_class_folders_is_added_from_the_train_page(browser, server, tmp_path):
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    archive = tmp_path / "letters.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, (img, y) in enumerate(zip(digits.images[:60], digits.target[:60], strict=True)):
+            buf = io.BytesIO()
+            Image.fromarray((img * 16).astype(np.uint8)).save(buf, format="PNG")
+            zf.writestr(f"mine/digit-{y}/{i}.png", buf.getvalue())
+    page = projector_page(browser, server, "/train", "Train on CIFAR-100")
+    page.get_by_text("Your own images").first.click()
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(archive))
+    page.get_by_text("letters.zip").first.wait_for(timeout=30_000)
+    page.get_by_label("Name").fill("browser-digits")
+    page.get_by_label("Name").press("Tab")
+    page.get_by_role("button", name="Add", exact=True).click()
+    message = page.get_by_text("Added browser-digits: 10 classes").first
+    message.wait_for(timeout=60_000)
+    assert_no_exception(page)
+    page.screenshot(path=str(ARTIFACTS / "train-own-images-1280.png"))

@@ -215,7 +215,7 @@ def test_the_app_trains_on_an_added_dataset_and_compresses_the_run(tmp_path, mon
     at.selectbox(key="t_dataset").set_value("digits")
     at.selectbox(key="t_device").set_value("cpu")
     at.selectbox(key="t_augment").set_value("none")
-    for key, value in {"t_epochs": 3, "t_subset": 0, "t_eval_subset": 0, "t_val_size": 200}.items():
+    for key, value in {"t_epochs": 1, "t_subset": 0, "t_eval_subset": 0, "t_val_size": 200}.items():
         at.number_input(key=key).set_value(value)
     next(b for b in at.button if b.label == "Start").click().run()
     assert not at.exception and at.success, [e.value for e in at.error]

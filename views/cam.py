@@ -7,7 +7,7 @@ from effnet import runs
 from effnet.cam import METHOD_NOTES, METHODS, colour_bar, default_device, imagenet_model
 from effnet.data import DataError, dataset_present
 from effnet.scaling import OFFICIAL, ScalingSpec
-from views.widgets import cam_strip, cifar_test, cifar_test_images, load_run_models
+from views.widgets import cam_strip, dataset_test_images, load_run_models, run_dataset
 
 DEVICE = default_device()
 TOP = "(top prediction)"
@@ -51,8 +51,10 @@ for variant in chosen_imagenet:
         controls.error(f"{variant} ImageNet weights are unavailable here. {exc}")
 
 with controls:
-    cifar_names = next((m[3] for m in models if m[2].num_classes == 100), None)
-    explain_cifar = st.selectbox("Explain this CIFAR-100 class", [TOP, *(cifar_names or [])], key="cam_class")
+    # The classes of the first trained run (CIFAR-100's, or the names of your own class folders).
+    cifar_names = next((m[3] for m in models if m[2].num_classes != 1000), None)
+    explain_cifar = st.selectbox("Explain this class (runs trained here)", [TOP, *(cifar_names or [])],
+                                 key="cam_class")
     imagenet_names = next((m[3] for m in models if m[2].num_classes == 1000), None)
     explain_imagenet = st.selectbox("Explain this ImageNet class", [TOP, *(imagenet_names or [])],
                                     key="cam_class_imagenet") if imagenet_names else TOP
@@ -64,18 +66,22 @@ with source:
                                accept_multiple_files=True, key="cam_upload")
     for upload in uploads or []:
         images.append((upload.name, upload.getvalue()))  # bytes in memory: nothing is written to disk
-    if dataset_present():
+    # Test images of the first chosen run's dataset: CIFAR-100, or your own class folders.
+    config = next((by_id[r].config for r in chosen_runs if by_id[r].config is not None), None)
+    own = config is not None and config.dataset == "folder"
+    if own or dataset_present():
+        where = "its dataset's" if own else "CIFAR-100"
 
         def pick_random() -> None:
-            n = len(cifar_test().test)
+            n = len(run_dataset(config).test)
             st.session_state.cam_cifar = ", ".join(str(i) for i in np.random.default_rng().choice(n, min(4, n),
                                                                                                    replace=False))
 
-        st.button("Pick 4 random CIFAR-100 test images", on_click=pick_random, key="cam_random")
-        pick = st.text_input("CIFAR-100 test images (indices, comma separated)", key="cam_cifar",
+        st.button(f"Pick 4 random test images ({where})", on_click=pick_random, key="cam_random")
+        pick = st.text_input(f"Test images of {where} (indices, comma separated)", key="cam_cifar",
                              placeholder="e.g. 0, 7, 42")
         try:
-            images += cifar_test_images(pick)
+            images += dataset_test_images(pick, config)
         except (ValueError, IndexError, DataError) as exc:
             st.error(f"Could not take those test images: {exc}")
     else:

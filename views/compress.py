@@ -95,22 +95,21 @@ def show(out: Path) -> None:
                         text=f"{status.get('state', 'starting')}: {status.get('doing', '')}")
         return
     rows = result["variants"]
-    table = pd.DataFrame([{"variant": r["name"], "size (MB)": round(r["size_bytes"] / 1e6, 2), "params": r["params"],
+    table = pd.DataFrame([{"variant": r["name"], "size (MB)": round(r["size_bytes"] / 1e6, 2),
+                           "params (M)": round(r["params"] / 1e6, 3),
                            "batch 1 (ms)": r["latency_ms_b1"], "batch 32 (ms)": r["latency_ms_b32"],
                            "test top-1 (%)": r["test_top1"], "runs in": r.get("runtime", "")} for r in rows])
     st.dataframe(table, hide_index=True, width="stretch")
     st.caption(f"{result.get('test_images', '?')} test images, {result.get('threads', '?')} CPU threads, every "
                "number from one process. fp32 is the model as trained (PyTorch); fp32-onnx the same weights in "
                "ONNX Runtime, so you can see how much of int8's speed is the runtime and how much is int8.")
-    left, mid, right = st.columns(3)
-    points = [(r["name"], r["size_bytes"] / 1e6, r["test_top1"]) for r in rows]
-    chart(compression(points, "size (MB)"), f"size_{out.name}", left,
-          note="Top-1 against file size. Look for variants far left at (almost) the same height.")
-    for col, batch in ((mid, 1), (right, 32)):
-        points = [(r["name"], r[f"latency_ms_b{batch}"], r["test_top1"]) for r in rows]
-        chart(compression(points, f"latency at batch {batch} (ms)"), f"b{batch}_{out.name}", col,
-              note=f"Top-1 against CPU time for {'one image' if batch == 1 else 'a batch of 32'}. Look for the "
-                   "variants that move left without dropping.")
+    cost = st.radio("Cost on the x axis", ["size (MB)", "latency at batch 1 (ms)", "latency at batch 32 (ms)"],
+                    horizontal=True, key=f"c_axis_{out.name}")
+    value = {"size (MB)": lambda r: r["size_bytes"] / 1e6, "latency at batch 1 (ms)": lambda r: r["latency_ms_b1"],
+             "latency at batch 32 (ms)": lambda r: r["latency_ms_b32"]}[cost]
+    chart(compression([(r["name"], value(r), r["test_top1"]) for r in rows], cost), f"chart_{out.name}",
+          note="Test top-1 of every variant against its cost (diamonds: the fp32 model). Look for variants far to the "
+               "left at (almost) the height of fp32: smaller or faster for little accuracy.")
     cols = st.columns(min(6, len(rows)))
     for col, r in zip(cols, rows, strict=False):
         path = out / r["file"]
@@ -120,13 +119,24 @@ def show(out: Path) -> None:
                                 file_name=f"{chosen}-{r['name']}.onnx", mime="application/octet-stream")
 
 
+def describe(name: str) -> str:
+    """``20261127-031500`` -> ``27 Nov 03:15 · fp32, int8, pruned-0.3`` (what it holds, or that it is running)."""
+    try:
+        result = load_result(info.path / FOLDER / name)
+    except runs.Damaged:
+        result = None
+    when = f"{name[6:8]}/{name[4:6]} {name[9:11]}:{name[11:13]}" if len(name) == 15 else name
+    held = ", ".join(r["name"] for r in result["variants"]) if result else "in progress or failed"
+    return f"{when} · {held}"
+
+
 @st.fragment(run_every=2)
 def results() -> None:
     done = outputs(info.path)
     if not done:
         st.caption("No compression of this run yet.")
         return
-    picked = st.selectbox("Compression", [d.name for d in done], key="c_out")
+    picked = st.selectbox("Compression", [d.name for d in done], key="c_out", format_func=describe)
     show(info.path / FOLDER / picked)
 
 

@@ -51,6 +51,8 @@ st.dataframe(pd.DataFrame(scaling_methods(ScalingSpec(phi=max(phi, 1.0)))), hide
 st.markdown("**Look for:** the column of FLOPs against φ=0: a fair comparison needs the same *actual* cost, and "
             "rounding moves each method's cost differently.")
 st.page_link("views/explorer.py", label="Go deeper: the explorer's Scaling methods tab", icon=":material/tune:")
+st.page_link("views/study.py", label="Train the comparison: a scaling-methods study (four runs at one cost, their "
+             "accuracy and CAMs), or the grid search that found α, β, γ", icon=":material/science:")
 
 st.header("5. What the study found")
 study = pd.DataFrame([{"variant": name, "validation top-1 (%)": val, "test top-1 (%)": test}

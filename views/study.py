@@ -16,7 +16,7 @@ from effnet.charts import METHOD_NAMES, grid_search, methods_comparison
 from effnet.config import QUICK_DEMO, TrainConfig, fit_to_dataset
 from effnet.data import DataError, data_dir, dataset_present
 from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
-from views.widgets import caller, cam_strip, chart, cifar_test_images, dataset_sizes, load_run_models
+from views.widgets import caller, cam_strip, chart, dataset_sizes, dataset_test_images, load_run_models
 
 root = runs.checkpoints_dir()
 who = caller()
@@ -199,10 +199,13 @@ def method_cams(path: Path) -> None:
     for upload in left.file_uploader("Images", type=["png", "jpg", "jpeg", "webp", "bmp"], accept_multiple_files=True,
                                      key="s_cam_upload") or []:
         images.append((upload.name, upload.getvalue()))
-    if dataset_present():
-        picked = right.text_input("CIFAR-100 test images (indices, comma separated)", "0, 1", key="s_cam_cifar")
+    config = shown[0].info.config if shown else None
+    own = config is not None and config.dataset == "folder"
+    if own or dataset_present():
+        picked = right.text_input(f"{'Its dataset' if own else 'CIFAR-100'}'s test images (indices, comma separated)",
+                                  "0, 1", key="s_cam_cifar")
         try:
-            images += cifar_test_images(picked)
+            images += dataset_test_images(picked, config)
         except (ValueError, IndexError, DataError) as exc:
             right.error(f"Could not take those test images: {exc}")
     if not models or not images:

@@ -128,13 +128,30 @@ def cifar_test():
     return load_cifar100(download=False)
 
 
-def cifar_test_images(text: str) -> list[tuple[str, object]]:
-    """``"0, 7, 42"`` -> those CIFAR-100 test images as (caption with the true class, picture); ValueError, IndexError
-    or DataError when the text or the data does not allow it."""
+@st.cache_resource(max_entries=4, show_spinner="Reading the dataset...")
+def folder_test(folder: str, size: int, seed: int):
+    """A folder dataset as a run saw it (its own cache makes this quick after training)."""
+    from effnet.folder import load_folder
+
+    return load_folder(folder, size, seed)[0]
+
+
+def run_dataset(config=None):
+    """The dataset a run was trained on (CIFAR-100 unless ``config`` says a folder of your own images)."""
+    from effnet.data import data_dir
+
+    if config is not None and config.dataset == "folder":
+        return folder_test(str(data_dir(config.data_dir)), config.spec.resolution, config.seed)
+    return cifar_test()
+
+
+def dataset_test_images(text: str, config=None) -> list[tuple[str, object]]:
+    """``"0, 7, 42"`` -> those test images of the run's dataset (CIFAR-100 unless ``config`` says a folder), as
+    (caption with the true class, picture); ValueError, IndexError or DataError when that is not possible."""
     import numpy as np
     from PIL import Image
 
-    data = cifar_test()
+    data = run_dataset(config)
     images = []
     for part in (p for p in text.split(",") if p.strip()):
         index = int(part)
