@@ -27,6 +27,7 @@ What was chosen, and why (measured on this 2-core AVX2 CPU, bench/RESULTS.md):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -44,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from effnet import runs
+from effnet import locks, runs
 from effnet.config import TrainConfig
 from effnet.preprocess import to_model_input
 
@@ -315,18 +316,29 @@ def run(run_dir: Path, out: Path, int8: bool = True, qat_epochs: int = 0, ratios
     if qat_epochs < 0 or finetune_epochs < 0:
         raise ValueError("qat_epochs, finetune_epochs: must be 0 or more")
     out.mkdir(parents=True, exist_ok=True)
-    write_status(out, state="loading data", step=0, steps=1)
+    write_status(out, state="starting", step=0, steps=1)
     try:
-        job = load_job(run_dir, out, data_dir)
-        result = {"run": str(run_dir), "spec": job.config.spec.name, "test_images": len(job.y_test),
-                  "threads": torch.get_num_threads(), "variants": compress(job, int8, qat_epochs, ratios,
-                                                                           finetune_epochs, budget_s)}
+        with contextlib.ExitStack() as held:
+            for path in filter(None, os.environ.get(locks.DEVICE_LOCK_ENV, "").split(os.pathsep)):
+                # Started by the app: wait for training on these cores to end, and keep them while timing.
+                held.enter_context(locks.exclusive(Path(path), on_busy=lambda: write_status(
+                    out, state="waiting", step=0, steps=1, doing="a training run is using the CPU")))
+            result = _run(run_dir, out, int8, qat_epochs, ratios, finetune_epochs, data_dir, budget_s)
     except BaseException as exc:
         write_status(out, state="failed", error=f"{exc.__class__.__name__}: {exc}")
         raise
     runs.write_json(out / COMPRESS, result)
     write_status(out, state="finished", step=1, steps=1)
     return result
+
+
+def _run(run_dir: Path, out: Path, int8: bool, qat_epochs: int, ratios: list[float], finetune_epochs: int,
+         data_dir: str | None, budget_s: float) -> dict[str, Any]:
+    write_status(out, state="loading data", step=0, steps=1)
+    job = load_job(run_dir, out, data_dir)
+    return {"run": str(run_dir), "spec": job.config.spec.name, "test_images": len(job.y_test),
+            "threads": torch.get_num_threads(),
+            "variants": compress(job, int8, qat_epochs, ratios, finetune_epochs, budget_s)}
 
 
 def load_result(out: Path) -> dict[str, Any] | None:

@@ -307,6 +307,12 @@ def device_lock(root: Path, slot: str) -> Path:
     return root / f".device-{re.sub(r'[^A-Za-z0-9]+', '-', slot)}.lock"
 
 
+def cpu_locks(root: Path) -> list[Path]:
+    """The device locks of the queue's CPU slots: work that times the CPU (compression) holds them all, so
+    training and measuring never share the cores (each waits for the other)."""
+    return [device_lock(root, s) for s in device_slots() if slot_device(s) == "cpu"]
+
+
 def _command(info: RunInfo, job: dict, slots: list[str]) -> list[str]:
     train = ["-m", "effnet.train", "--config", str(info.path / runs.JOB), "--out", str(info.path)]
     train += ["--resume"] if job.get("resume") else []

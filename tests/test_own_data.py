@@ -236,3 +236,26 @@ def test_the_app_trains_on_an_added_dataset_and_compresses_the_run(tmp_path, mon
     names = list(at.dataframe[0].value["variant"])
     assert names == ["fp32", "fp32-onnx", "int8"]
     assert len(at.get("plotly_chart")) == 3
+
+
+def test_compression_waits_for_training_on_the_cpu_and_then_runs(tmp_path, digits_run):
+    """The app starts compression holding the queue's CPU device lock: while a run trains, it waits (and says so)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import python_env
+
+    from effnet import locks
+
+    lock, out = tmp_path / ".device-cpu.lock", tmp_path / "out"
+    with locks.exclusive(lock):  # a training run holds the CPU
+        proc = subprocess.Popen([sys.executable, "-m", "effnet.compress", str(digits_run), "--time-budget", "0.05",
+                                 "--out", str(out)], cwd=PROJECT, env=python_env() | {locks.DEVICE_LOCK_ENV: str(lock)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: (runs.read_json(out / "status.json") or {}).get("state") == "waiting", timeout=60,
+                 what="compression to wait for the CPU")
+        assert not (out / "compress.json").exists()
+    assert proc.wait(timeout=300) == 0
+    assert [r["name"] for r in json.loads((out / "compress.json").read_text())["variants"]] == ["fp32", "fp32-onnx"]
+    assert os.path.exists(out / "fp32.onnx")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from effnet import runs
+from effnet import jobs, locks, runs
 from effnet.access import readonly
 from effnet.charts import compression
 from effnet.compress import COMPRESS, load_result
@@ -43,14 +43,18 @@ def outputs(run_dir: Path) -> list[Path]:
 
 
 def start(run_dir: Path, int8: bool, qat: int, ratios: list[float], finetune: int) -> Path:
-    """``python -m effnet.compress`` in the background (its own session: it outlives this page's rerun)."""
+    """``python -m effnet.compress`` in the background (its own session: it outlives this page's rerun), sharing
+    the CPU with the training queue through its device locks."""
     out = run_dir / FOLDER / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     argv = [sys.executable, "-m", "effnet.compress", str(run_dir), "--out", str(out), "--qat-epochs", str(qat),
             "--finetune-epochs", str(finetune), "--prune", ",".join(f"{r:g}" for r in ratios)]
     with open(out / runs.LOG, "wb") as log:
+        # It holds the queue's CPU device locks: it waits for training on the CPU and training waits for it.
+        env = {**os.environ, "PYTHONPATH": str(PROJECT),
+               locks.DEVICE_LOCK_ENV: os.pathsep.join(str(p) for p in jobs.cpu_locks(root))}
         subprocess.Popen([*argv, *(["--int8"] if int8 else [])], cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True, env={**os.environ, "PYTHONPATH": str(PROJECT)})
+                         start_new_session=True, env=env)
     return out
 
 
