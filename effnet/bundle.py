@@ -143,7 +143,7 @@ def _manifest(zf: zipfile.ZipFile, found: dict[str, list[str]]) -> dict[str, Any
             raise BundleError(f"{MANIFEST}: a study bundle needs its study (kind and runs)")
         for row in data["runs"]:
             try:
-                row = study._check_row(row, data["kind"])
+                row = study.check_row(row, data["kind"])
             except study.StudyError as exc:
                 raise BundleError(str(exc)) from exc
             if row["run"] not in names:

@@ -222,7 +222,8 @@ class Study:
         return max(scored, key=lambda r: r.best_val) if scored else None
 
 
-def _check_row(row: object, kind: str) -> dict[str, Any]:
+def check_row(row: object, kind: str) -> dict[str, Any]:
+    """One run row of a study.json, validated (a study file is read like any other untrusted file)."""
     if not isinstance(row, dict) or not isinstance(row.get("run"), str):
         raise StudyError(f"{STUDY}: each run row needs a 'run' path")
     if kind == "methods" and row.get("method") not in SCALINGS:
@@ -257,7 +258,7 @@ def load(study_dir: str | os.PathLike, root: str | os.PathLike | None = None) ->
         raise StudyError(f"{STUDY}: needs kind (one of {', '.join(KINDS)}) and a list of runs")
     rows = []
     for row in data["runs"]:
-        row = _check_row(row, kind)
+        row = check_row(row, kind)
         folder = run_folder(study_dir, row["run"], root)
         info = runs.read_run(folder) if folder is not None else None
         metrics = runs.read_metrics(folder) if info is not None and not info.damaged else []

@@ -294,3 +294,36 @@ def test_a_zip_of_class_folders_is_added_from_the_train_page(browser, server, tm
     message.wait_for(timeout=60_000)
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "train-own-images-1280.png"))
+
+
+@pytest.fixture(scope="module")
+def own_server(finished_runs: Path, cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server over a copy of the finished runs, for tests that add runs of their own."""
+    root = tmp_path_factory.mktemp("own") / "checkpoints"
+    shutil.copytree(finished_runs, root)
+    yield from serve(root, cifar_dir, tmp_path_factory.mktemp("streamlit-own"))
+
+
+def test_manage_a_run_follows_the_run_without_a_reload(browser, own_server):
+    """Item 8 of the classroom issue: 'Manage a run' said 'queued' and 'No best.pt yet' after the run finished."""
+    page = projector_page(browser, own_server, "/train", "Train on CIFAR-100")
+    page.get_by_role("button", name="Quick CPU demo").click()
+    settle(page, 1)
+    for label, value in (("φ", "-4"), ("Epochs", "1"), ("Training images (0 = all)", "96"),
+                         ("Eval images (0 = all)", "32"), ("Validation held out", "32"), ("Batch size", "32")):
+        field = page.get_by_label(label, exact=True)
+        field.fill(value)
+        field.press("Tab")
+    page.get_by_test_id("stBaseButton-primaryFormSubmit").click()
+    queued = page.get_by_text("Queued 1 run(s): ").first
+    queued.wait_for(timeout=60_000)
+    run_id = queued.inner_text().split(": ")[1].split(".")[0]
+    manage = page.locator('[data-testid="stSelectbox"]').filter(has=page.get_by_text("Run", exact=True))
+    manage.locator("input").click()
+    page.keyboard.type(run_id[-12:])  # the selectbox filters its options as one types
+    page.keyboard.press("Enter")
+    settle(page, 1)
+    page.get_by_role("button", name="Download best.pt").wait_for(timeout=240_000)  # no reload: the view followed
+    assert page.get_by_text("No best.pt yet").count() == 0
+    assert_no_exception(page)
+    page.screenshot(path=str(ARTIFACTS / "manage-follows-1280.png"))

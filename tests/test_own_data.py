@@ -259,3 +259,15 @@ def test_compression_waits_for_training_on_the_cpu_and_then_runs(tmp_path, digit
     assert proc.wait(timeout=300) == 0
     assert [r["name"] for r in json.loads((out / "compress.json").read_text())["variants"]] == ["fp32", "fp32-onnx"]
     assert os.path.exists(out / "fp32.onnx")
+
+
+def test_results_page_shows_the_own_classes_confusion(monkeypatch, digits_run, digits):
+    for name, value in {"EFFNET_CHECKPOINTS": digits_run.parent, "EFFNET_DATA": digits.parent, "PYTHONPATH": PROJECT}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.chdir(PROJECT)
+    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("views/results.py").run()
+    assert not at.exception, at.exception
+    assert any("classes the model mixes up" in c.value for c in at.caption)  # the class-level heatmap
+    assert not any(s.key == "drill" for s in at.selectbox)  # no superclasses to drill into

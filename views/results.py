@@ -78,6 +78,12 @@ best.dataframe(pd.DataFrame(per_class[:10], columns=["class", "top-1 (%)", "imag
 worst.markdown("**Worst classes**")
 worst.dataframe(pd.DataFrame(per_class[::-1][:10], columns=["class", "top-1 (%)", "images"]), hide_index=True,
                 width="stretch", column_config=PERCENT)
+if len(confusion.coarse_names) == 1:  # your own images: no superclasses, so the classes themselves
+    chart(confusion_heatmap(confusion.matrix, confusion.fine_names, confusion.fine_names,
+                            f"Confusion between the {len(confusion.fine_names)} classes"), "fine",
+          note="Rows: the true class; columns: what the model predicted. Look for bright cells off the diagonal: "
+               "classes the model mixes up.")
+    st.stop()
 chart(confusion_heatmap(confusion.coarse(), confusion.coarse_names, confusion.coarse_names,
                         "Confusion between the 20 superclasses"), "coarse",
       note="Rows: the true superclass; columns: what the model predicted. Look for bright cells off the diagonal: "

@@ -223,7 +223,7 @@ if studies:
     if st.session_state.get("s_open") not in names:
         st.session_state.s_open = names[0]
     opened = st.selectbox("Open a study", names, key="s_open",
-                          format_func=lambda n: study_title(study.list_studies(root)[names.index(n)]))
+                          format_func=lambda n: study_title(studies[names.index(n)]))
     path = studies[names.index(opened)]
     live(path)
     if study_title(path).startswith(KIND_NAMES["methods"]):
