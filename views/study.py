@@ -109,6 +109,10 @@ def study_title(path: Path) -> str:
     return f"{KIND_NAMES[data['kind']]} · {len(data['runs'])} runs · {when} · {path.name}"
 
 
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def rows_table(s: study.Study) -> pd.DataFrame:
     rows = []
     for r in s.runs:
@@ -117,7 +121,7 @@ def rows_table(s: study.Study) -> pd.DataFrame:
         progress = runs.progress(r.info).text if r.info is not None else "missing"
         rows.append(first | {"MACs (M)": round(r.row["macs"] / 1e6, 1), "params (M)": round(r.row["params"] / 1e6, 2),
                              "state": progress if r.state not in ("failed", "damaged") else r.state,
-                             "val top-1 (best)": r.best_val, "test top-1 (at best val)": r.test_at_best_val})
+                             "val top-1 (best)": _pct(r.best_val), "test top-1 (at best val)": _pct(r.test_at_best_val)})
     return pd.DataFrame(rows)
 
 
