@@ -70,7 +70,10 @@ def export(path: str | os.PathLike, out: str | os.PathLike, root: str | os.PathL
     """Write the run folder or study folder ``path`` as the bundle ``out`` (atomically); returns ``out``."""
     path, out = Path(path), Path(out)
     if (path / study.STUDY).is_file():
-        loaded = study.load(path, root)
+        try:
+            loaded = study.load(path, root)
+        except study.StudyError as exc:
+            raise BundleError(f"{path}: {exc}") from exc
         missing = [r.row["run"] for r in loaded.runs if r.info is None]
         if missing:
             raise BundleError(f"{path}: runs are missing: {', '.join(missing)}")
