@@ -287,8 +287,9 @@ def test_a_zip_of_class_folders_is_added_from_the_train_page(browser, server, tm
     page.get_by_text("Your own images").first.click()
     page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(archive))
     page.get_by_text("letters.zip").first.wait_for(timeout=30_000)
-    page.get_by_label("Name").fill("browser-digits")
-    page.get_by_label("Name").press("Tab")
+    name = page.get_by_label("Name", exact=True)
+    name.fill("browser-digits")
+    name.press("Tab")
     page.get_by_role("button", name="Add", exact=True).click()
     message = page.get_by_text("Added browser-digits: 10 classes").first
     message.wait_for(timeout=60_000)

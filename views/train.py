@@ -64,7 +64,7 @@ presets[1].button("Seed study: B0-B7, SGD+momentum, 200 epochs", on_click=apply,
 presets[2].button("Reset", on_click=apply, args=(DEFAULTS,), key="preset_reset")
 
 own = own_datasets(data_dir())
-with st.expander(f"Your own images ({len(own)} dataset{'s' if len(own) != 1 else ''} here)"):
+with st.expander("Your own images (a zip of class folders)"):  # a fixed label: a changed one would close it
     st.caption("A zip with one folder per class, named after it (optionally train/ and test/ above them), any "
                "image format the CAM page reads. Files that are not images are skipped and counted; without a test "
                "folder a fifth of each class is held out for testing. Then choose it as the dataset below.")
