@@ -123,15 +123,10 @@ def show(out: Path) -> None:
                                 file_name=f"{chosen}-{r['name']}.onnx", mime="application/octet-stream")
 
 
-def describe(name: str) -> str:
-    """``20261127-031500`` -> ``27 Nov 03:15 · fp32, int8, pruned-0.3`` (what it holds, or that it is running)."""
-    try:
-        result = load_result(info.path / FOLDER / name)
-    except runs.Damaged:
-        result = None
-    when = f"{name[6:8]}/{name[4:6]} {name[9:11]}:{name[11:13]}" if len(name) == 15 else name
-    held = ", ".join(r["name"] for r in result["variants"]) if result else "in progress or failed"
-    return f"{when} · {held}"
+def when(name: str) -> str:
+    """``20261127-031500`` -> ``27/11 03:15``. A fixed label: one that changed as the work ended would make
+    Streamlit treat the choice as a new widget and lose it."""
+    return f"{name[6:8]}/{name[4:6]} {name[9:11]}:{name[11:13]}" if len(name) == 15 else name
 
 
 @st.fragment(run_every=2)
@@ -140,7 +135,7 @@ def results() -> None:
     if not done:
         st.caption("No compression of this run yet.")
         return
-    picked = st.selectbox("Compression", [d.name for d in done], key="c_out", format_func=describe)
+    picked = st.selectbox("Compression (when it was started)", [d.name for d in done], key="c_out", format_func=when)
     show(info.path / FOLDER / picked)
 
 
