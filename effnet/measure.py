@@ -6,7 +6,9 @@ share the cores in turn instead of slowing each other down, and each is bounded 
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -37,10 +39,28 @@ def cpu_seconds(spec: ScalingSpec, images: int) -> float:
     return 3 * model_card(spec).macs * images / CPU_TRAIN_MACS_PER_S
 
 
-def measure_estimate_s(spec: ScalingSpec, batch_size: int, budget_s: float = 4.0) -> float:
-    """About how long ``measure_speed`` takes on the CPU: building, a warm-up and at least one step of each."""
-    step = cpu_seconds(spec, batch_size)
-    return 1.0 + max(budget_s / 2, 2 * step) + max(budget_s / 2, 2 * cpu_seconds(spec, 1) / 3)
+# Most calls ``measure_speed`` times: small models reach these long before the time budget.
+INFER_REPS, STEP_REPS = 20, 5
+# The first measurement in a process also imports torch and the model code: 4.4 s on the 2-core machine
+# (bench/measure_estimate.py), more than the timing itself for small models.
+FIRST_IMPORT_S = 4.5
+
+
+def _timed_estimate_s(call_s: float, budget_s: float, max_reps: int) -> float:
+    """What ``_timed`` spends: one warm-up call, then calls until the budget is spent or ``max_reps`` are done."""
+    reps = min(max_reps, max(1, math.ceil(budget_s / call_s)))
+    return call_s * (1 + reps)
+
+
+def measure_estimate_s(spec: ScalingSpec, batch_size: int, budget_s: float = 4.0, cold: bool | None = None) -> float:
+    """About how long ``measure_speed`` takes on the CPU (the explorer's spinner promises it): the imports when
+    ``cold`` (by default: when this process has not loaded the model code yet), a second to build the model,
+    then the timed loops as ``_timed`` runs them (a forward pass is about a third of a step)."""
+    step, infer = cpu_seconds(spec, batch_size), cpu_seconds(spec, 1) / 3
+    if cold is None:
+        cold = "effnet.model" not in sys.modules
+    return (FIRST_IMPORT_S * cold + 1.0 + _timed_estimate_s(infer, budget_s / 2, INFER_REPS)
+            + _timed_estimate_s(step, budget_s / 2, STEP_REPS))
 
 
 def ram_bytes() -> int:
@@ -94,7 +114,7 @@ def measure_speed(spec: ScalingSpec, batch_size: int = 32, device: str = "cpu", 
             sync()
 
         model.eval()
-        latency = _timed(infer, budget_s / 2, 20)
+        latency = _timed(infer, budget_s / 2, INFER_REPS)
         model.train()
-        step_s = _timed(step, budget_s / 2, 5)
+        step_s = _timed(step, budget_s / 2, STEP_REPS)
     return Speed(str(dev), 1e3 * latency, batch_size / step_s, batch_size)

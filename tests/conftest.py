@@ -33,6 +33,25 @@ def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def serve_app_from(monkeypatch: pytest.MonkeyPatch, checkpoints: Path, data: Path, **env: str) -> None:
+    """The environment ``streamlit run app.py`` has on a server: checkpoints and data folders, the project."""
+    for name, value in {"EFFNET_CHECKPOINTS": checkpoints, "EFFNET_DATA": data, "PYTHONPATH": PROJECT, **env}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.chdir(PROJECT)
+
+
+def open_app(page: str | None = None, timeout: int = 120, **query: str):
+    """The real app under Streamlit's AppTest (query parameters first), switched to ``page`` when given."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=timeout)
+    at.query_params.update(query)
+    at.run()
+    if page is not None:
+        at.switch_page(page).run()
+    return at
+
+
 def tiny_config(cifar_dir: Path, **changes: object) -> TrainConfig:
     """The queue's version of TINY: a one-epoch run of the smallest spec on the generated archive."""
     base = dict(spec=ScalingSpec(phi=-4), epochs=1, batch_size=32, lr=0.05, val_size=64, eval_subset=64,

@@ -1,9 +1,10 @@
 """AppTest for every page: renders without exceptions, numbers follow the core, runs start and show up."""
 
+import json
 import time
 
 import pytest
-from conftest import PROJECT, wait_for
+from conftest import open_app, serve_app_from, wait_for
 from streamlit.testing.v1 import AppTest
 
 from effnet import ScalingSpec, jobs, model_card, runs
@@ -16,10 +17,7 @@ PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.p
 
 @pytest.fixture
 def app_env(tmp_path, monkeypatch, cifar_dir):
-    monkeypatch.setenv("EFFNET_CHECKPOINTS", str(tmp_path / "checkpoints"))
-    monkeypatch.setenv("EFFNET_DATA", str(cifar_dir))
-    monkeypatch.setenv("PYTHONPATH", str(PROJECT))
-    monkeypatch.chdir(PROJECT)
+    serve_app_from(monkeypatch, tmp_path / "checkpoints", cifar_dir)
     yield tmp_path / "checkpoints"
     for info in runs.list_runs(tmp_path / "checkpoints"):
         if info.active or info.state == "queued":
@@ -27,11 +25,7 @@ def app_env(tmp_path, monkeypatch, cifar_dir):
 
 
 def open_page(page: str) -> AppTest:
-    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=120)
-    at.run()
-    if page != PAGES[0]:
-        at.switch_page(page).run()
-    return at
+    return open_app(None if page == PAGES[0] else page)
 
 
 def metrics(at: AppTest) -> dict[str, str]:
@@ -150,6 +144,19 @@ def test_results_page_shows_the_study_table_from_the_runs(with_runs):
     assert len(at.get("plotly_chart")) >= 5  # accuracy vs params/MACs, val vs test, curves, confusion
     at.selectbox(key="drill").set_value(4).run()
     assert not at.exception
+
+
+def test_results_page_rounds_per_class_accuracy_and_shows_no_none(with_runs):
+    """Classroom item 10: per-class top-1 to one decimal (not 96.9697), and no "None" row for custom runs."""
+    at = open_page(PAGES[2])
+    table = at.dataframe[0].value
+    assert not table.isna().any().any() and "None" not in table.astype(str).to_numpy()
+    per_class = [d for d in at.dataframe if "top-1 (%)" in d.value.columns]
+    assert len(per_class) == 2  # best and worst classes
+    for frame in per_class:
+        config = json.loads(frame.proto.columns)
+        formats = [c.get("type_config", {}).get("format") for name, c in config.items() if "top-1 (%)" in name]
+        assert formats == ["%.1f"], config
 
 
 def test_results_page_empty_state_points_to_training(app_env):

@@ -213,6 +213,30 @@ def test_explorer_tiles_are_not_cut_off_at_1280(browser, server):
     page.screenshot(path=str(ARTIFACTS / "explorer-1280.png"))
 
 
+def test_the_measure_spinner_promises_the_models_own_estimate(browser, server):
+    """Classroom item 14: not "a few seconds" for every model, but the estimate for this spec and batch."""
+    from effnet import ScalingSpec
+    from effnet.measure import measure_estimate_s
+
+    page = projector_page(browser, server, "/", "Compound scaling explorer")
+    page.get_by_role("tab", name="Speed on this machine").click()
+    batch = page.get_by_label("Training batch to time")
+    batch.fill("32")
+    batch.press("Tab")
+    settle(page, 0.5)
+    page.get_by_role("button", name="Measure on this machine").click()
+    # The server has or has not loaded the model code yet (other pages may have): either estimate is honest.
+    estimates = {f"{measure_estimate_s(ScalingSpec.official('b0'), 32, cold=cold):.0f}" for cold in (False, True)}
+    spinner = page.get_by_text("Timing on this machine: about")
+    spinner.wait_for(timeout=30_000)
+    assert spinner.inner_text().split("about ")[1].split(" s")[0] in estimates, spinner.inner_text()
+    box = spinner.bounding_box()
+    assert box and box["y"] + box["height"] <= 720, "the promise is on screen, where the eye is"
+    page.screenshot(path=str(ARTIFACTS / "explorer-measuring-1280.png"))
+    page.get_by_text("Inference, 1 image").first.wait_for(timeout=120_000)
+    assert_no_exception(page)
+
+
 def test_a_bad_value_is_explained_under_start_and_reset_clears_it(browser, server):
     page = projector_page(browser, server, "/train", "Train on CIFAR-100")
     epochs = page.get_by_label("Epochs", exact=True)

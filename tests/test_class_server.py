@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT, python_env, read_status, tiny_config, train_cmd, wait_for
+from conftest import PROJECT, open_app, python_env, read_status, serve_app_from, tiny_config, train_cmd, wait_for
 
 from effnet import ScalingSpec, jobs, locks, results, runs
 from effnet.access import Caller
@@ -184,16 +184,10 @@ def test_the_runner_never_starts_a_damaged_run(sandbox, cifar_dir):
 
 
 def test_results_page_shows_why_runs_are_left_out(sandbox, finished_runs, monkeypatch, cifar_dir):
-    from streamlit.testing.v1 import AppTest
-
     shutil.copytree(finished_runs / "tiny-a", sandbox / "good")
     write_damage(sandbox / "broken", runs.STATUS, {"state": "running", "heartbeat": "x"})
-    monkeypatch.setenv("EFFNET_CHECKPOINTS", str(sandbox))
-    monkeypatch.setenv("EFFNET_DATA", str(cifar_dir))
-    monkeypatch.chdir(PROJECT)
-    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=120)
-    at.run()
-    at.switch_page("views/results.py").run()
+    serve_app_from(monkeypatch, sandbox, cifar_dir)
+    at = open_app("views/results.py")
     assert not at.exception, at.exception
     assert any("broken" in m.value and "damaged: status.json" in m.value for m in at.markdown)
     at.switch_page("views/train.py").run()
@@ -321,19 +315,11 @@ def test_only_the_owner_or_the_teacher_manage_a_run_and_each_owner_has_a_quota(s
 
 
 def test_train_page_offers_buttons_only_to_the_owner_and_the_teacher_signs_in(sandbox, cifar_dir, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("EFFNET_CHECKPOINTS", str(sandbox))
-    monkeypatch.setenv("EFFNET_DATA", str(cifar_dir))
-    monkeypatch.setenv("EFFNET_TEACHER_PASSWORD", "s3cret")
-    monkeypatch.chdir(PROJECT)
+    serve_app_from(monkeypatch, sandbox, cifar_dir, EFFNET_TEACHER_PASSWORD="s3cret")
     run_id = jobs.submit(tiny_config(cifar_dir), sandbox, caller=Caller("a" * 32), start_runner=False)
 
-    def open_train(owner: str) -> AppTest:
-        at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=120)
-        at.query_params["owner"] = owner
-        at.run()
-        return at.switch_page("views/train.py").run()
+    def open_train(owner: str):
+        return open_app("views/train.py", owner=owner)
 
     stranger = open_train("b" * 32)
     assert not stranger.exception and not [b for b in stranger.button if b.key == f"stop_{run_id}"]

@@ -151,3 +151,15 @@ def test_preprocessing_resizes_to_the_spec_and_normalises_by_its_statistics():
     assert y.shape[-1] == 224 and y[0, 0, 0, 0].item() == pytest.approx((128 / 255 - 0.485) / 0.229, abs=1e-4)
     with pytest.raises(ValueError, match="images"):
         to_model_input(torch.zeros(3, 32, 32, dtype=torch.uint8), spec)
+
+
+def test_the_measure_estimate_follows_what_measure_speed_does():
+    """The explorer's spinner promises this estimate (classroom item 14: "a few seconds" took 22 s): it grows with
+    the model and the batch, counts the first imports, and a tiny model stops at its repetition caps."""
+    from effnet.measure import FIRST_IMPORT_S, measure_estimate_s
+
+    tiny, b0, b4 = ScalingSpec(phi=-4), ScalingSpec.official("b0"), ScalingSpec.official("b4", geometry="imagenet")
+    assert measure_estimate_s(tiny, 4, cold=False) < 2 < measure_estimate_s(b0, 16, cold=False)
+    assert measure_estimate_s(b0, 16, cold=False) < measure_estimate_s(b0, 64, cold=False)
+    assert measure_estimate_s(b0, 16, cold=False) < measure_estimate_s(b4, 16, cold=False)
+    assert measure_estimate_s(b0, 16, cold=True) == measure_estimate_s(b0, 16, cold=False) + FIRST_IMPORT_S

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT, cli, wait_for
+from conftest import PROJECT, cli, open_app, serve_app_from, wait_for
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 from effnet import runs
 from effnet.data import DataError
@@ -205,12 +204,8 @@ def test_the_app_trains_on_an_added_dataset_and_compresses_the_run(tmp_path, mon
     data, root = tmp_path / "data", tmp_path / "checkpoints"
     members = {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(digits.glob("digit-*/*.png"))}
     unpack_zip(zipped(members), data / "own" / "digits")
-    for name, value in {"EFFNET_CHECKPOINTS": root, "EFFNET_DATA": data, "PYTHONPATH": PROJECT}.items():
-        monkeypatch.setenv(name, str(value))
-    monkeypatch.chdir(PROJECT)
-    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=180)
-    at.run()
-    at.switch_page("views/train.py").run()
+    serve_app_from(monkeypatch, root, data)
+    at = open_app("views/train.py", timeout=180)
     at.button(key="preset_quick").click().run()
     at.selectbox(key="t_dataset").set_value("digits")
     at.selectbox(key="t_device").set_value("cpu")
@@ -265,12 +260,8 @@ def test_compression_waits_for_training_on_the_cpu_and_then_runs(tmp_path, digit
 
 
 def test_results_page_shows_the_own_classes_confusion(monkeypatch, digits_run, digits):
-    for name, value in {"EFFNET_CHECKPOINTS": digits_run.parent, "EFFNET_DATA": digits.parent, "PYTHONPATH": PROJECT}.items():
-        monkeypatch.setenv(name, str(value))
-    monkeypatch.chdir(PROJECT)
-    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=120)
-    at.run()
-    at.switch_page("views/results.py").run()
+    serve_app_from(monkeypatch, digits_run.parent, digits.parent)
+    at = open_app("views/results.py")
     assert not at.exception, at.exception
     assert any("classes the model mixes up" in c.value for c in at.caption)  # the class-level heatmap
     assert not any(s.key == "drill" for s in at.selectbox)  # no superclasses to drill into

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT, STUDY_TRAIN, cli
+from conftest import STUDY_TRAIN, cli, open_app, serve_app_from
 from streamlit.testing.v1 import AppTest
 
 from effnet import bundle, runs, study
@@ -82,11 +82,11 @@ def test_methods_study_trains_four_runs_at_one_budget(methods_study):
 
 def test_grid_study_picks_the_best_by_validation(tmp_path, cifar_dir):
     out = tmp_path / "grid"
-    done = cli("effnet.study", "grid", "--max-points", "3", *TRAIN, "--subset", "32", "--data-dir", str(cifar_dir),
+    done = cli("effnet.study", "grid", "--max-points", "2", *TRAIN, "--subset", "32", "--data-dir", str(cifar_dir),
                "--out", str(out), "--checkpoints", str(tmp_path / "ck"), "--wait")
     assert done.returncode == 0, done.stderr
     data = json.loads((out / study.STUDY).read_text())
-    assert data["kind"] == "grid" and len(data["runs"]) == 3
+    assert data["kind"] == "grid" and len(data["runs"]) == 2
     assert any((r["alpha"], r["beta"], r["gamma"]) == (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA) for r in data["runs"])
     loaded = study.load(out, tmp_path / "ck")
     vals = {r.row["run"]: r.best_val for r in loaded.runs}
@@ -261,13 +261,8 @@ def test_a_running_run_is_not_exported(tmp_path, methods_study):
 
 # ----------------------------------------------------------------------------- the Study page
 def study_page(monkeypatch, root: Path, cifar_dir: Path) -> AppTest:
-    monkeypatch.setenv("EFFNET_CHECKPOINTS", str(root))
-    monkeypatch.setenv("EFFNET_DATA", str(cifar_dir))
-    monkeypatch.setenv("PYTHONPATH", str(PROJECT))
-    monkeypatch.chdir(PROJECT)
-    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=180)
-    at.run()
-    at.switch_page("views/study.py").run()
+    serve_app_from(monkeypatch, root, cifar_dir)
+    at = open_app("views/study.py", timeout=180)
     assert not at.exception, at.exception
     return at
 
@@ -289,11 +284,14 @@ def test_study_page_starts_a_grid_study_through_the_queue(monkeypatch, tmp_path,
     at.radio(key="s_kind").set_value("grid").run()
     for key, value in {"s_points": 2, "s_epochs": 1, "s_subset": 32, "s_evals": 32, "s_batch": 32}.items():
         at.number_input(key=key).set_value(value)
+    at.slider(key="s_beta").set_value((PAPER_BETA, PAPER_BETA))  # the ranges searched, as the CLI's --beta-range
+    at.slider(key="s_gamma").set_value((1.1, 1.2))
     at.button(key="s_start").click().run()
     assert not at.exception and at.success, [e.value for e in at.error]
     [folder] = study.list_studies(root)
     done = study.wait(folder, root, poll_s=0.5)
     assert [r.state for r in done.runs] == ["finished", "finished"]
+    assert all(r.row["beta"] == PAPER_BETA and 1.1 <= r.row["gamma"] <= 1.2 for r in done.runs)
     assert any((r.row["alpha"], r.row["beta"], r.row["gamma"]) == (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA)
                for r in done.runs)
     at.run()

@@ -13,10 +13,10 @@ from effnet import OFFICIAL, ScalingSpec, bundle, jobs, runs, study
 from effnet.access import readonly
 from effnet.cam import colour_bar
 from effnet.charts import METHOD_NAMES, grid_search, methods_comparison
-from effnet.config import QUICK_DEMO, TrainConfig, fit_to_dataset
-from effnet.data import DataError, data_dir, dataset_present
+from effnet.config import QUICK_DEMO, TrainConfig
+from effnet.data import DataError, dataset_present
 from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
-from views.widgets import caller, cam_strip, chart, dataset_sizes, dataset_test_images, load_run_models
+from views.widgets import caller, cam_strip, chart, dataset_test_images, fit_to_data, load_run_models, refused
 
 root = runs.checkpoints_dir()
 who = caller()
@@ -49,6 +49,11 @@ def start_form() -> None:
                                          key="s_tol")
         points = cols[2].number_input("At most this many points", value=6 if not has_gpu else study.GRID_MAX_POINTS,
                                       step=1, key="s_points")
+        cols = st.columns(3)
+        ranges = {name: cols[i].slider(f"{greek} from, to", 1.0, 2.5, study.GRID_RANGES[name], 0.05, key=f"s_{name}",
+                                       help="The values searched; the paper's point (α=1.2, β=1.1, γ=1.15) is "
+                                            "always added as the reference.")
+                  for i, (name, greek) in enumerate({"alpha": "α", "beta": "β", "gamma": "γ"}.items())}
     cols = st.columns(5)
     epochs = cols[0].number_input("Epochs per run", value=d.epochs, step=1, key="s_epochs")
     subset = cols[1].number_input("Training images (0: all)", value=0 if has_gpu else d.subset, step=500,
@@ -63,11 +68,7 @@ def start_form() -> None:
     config = TrainConfig(epochs=int(epochs), subset=int(subset) or None, eval_subset=int(evals) or None,
                          val_size=d.val_size if not has_gpu else TrainConfig().val_size, batch_size=int(batch),
                          lr=float(lr))
-    sizes = dataset_sizes(str(data_dir().resolve())) if dataset_present() else None
-    if sizes is not None:  # a preset written for 50,000 images must not ask a small copy for more than it has
-        config, note = fit_to_dataset(config, *sizes)
-        if note:
-            st.info(note)
+    config = fit_to_data([config], None)[0]
     try:
         if kind == "methods":
             spec = (ScalingSpec(phi=0.0) if budget == CUSTOM else ScalingSpec.official(budget.lower()))
@@ -79,10 +80,9 @@ def start_form() -> None:
         else:
             out = study.new_study_dir(root, "grid")
             made = study.queue_grid(config, out, step=float(step), tolerance=float(tolerance),
-                                    max_points=int(points), root=root, caller=who)
+                                    max_points=int(points), ranges=ranges, root=root, caller=who)
     except (ValueError, TypeError, PermissionError) as exc:
-        st.error(f"Not started: {exc}")
-        st.toast(f"Not started: {exc}", icon=":material/error:")
+        refused(exc)
         return
     st.session_state.s_open = out.name
     st.success(f"Queued {len(made['runs'])} runs; the study is open below.")
@@ -100,13 +100,23 @@ if not studies:
 
 
 # ----------------------------------------------------------------------------- one study
-def study_title(path: Path) -> str:
+def read(path: Path) -> study.Study | study.StudyError:
+    """A study as it is now, or why it cannot be read (the page reads each study once per rerun)."""
     try:
-        data = study.load(path, root).data
+        return study.load(path, root)
     except study.StudyError as exc:
-        return f"{path.name} (damaged: {exc})"
-    when = time.strftime("%d %b %H:%M", time.localtime(float(data.get("created_at") or 0)))
-    return f"{KIND_NAMES[data['kind']]} · {len(data['runs'])} runs · {when} · {path.name}"
+        return exc
+
+
+read_now = {p: read(p) for p in studies}
+
+
+def study_title(path: Path) -> str:
+    s = read_now[path]
+    if isinstance(s, study.StudyError):
+        return f"{path.name} (damaged: {s})"
+    when = time.strftime("%d %b %H:%M", time.localtime(float(s.data.get("created_at") or 0)))
+    return f"{KIND_NAMES[s.kind]} · {len(s.runs)} runs · {when} · {path.name}"
 
 
 def _pct(value: float | None) -> float | None:
@@ -186,12 +196,8 @@ def live(path: Path) -> None:
     (show_methods if s.kind == "methods" else show_grid)(s)
 
 
-def method_cams(path: Path) -> None:
+def method_cams(s: study.Study) -> None:
     """The four methods' CAMs side by side for chosen images (uploaded or CIFAR-100 test images)."""
-    try:
-        s = study.load(path, root)
-    except study.StudyError:
-        return
     st.subheader("What each method looks at")
     phis = sorted({r.row["phi"] for r in s.runs})
     phi = st.selectbox("Budget (φ)", phis, key="s_cam_phi") if len(phis) > 1 else phis[0]
@@ -230,18 +236,11 @@ if studies:
                           format_func=lambda n: study_title(studies[names.index(n)]))
     path = studies[names.index(opened)]
     live(path)
-    if study_title(path).startswith(KIND_NAMES["methods"]):
-        method_cams(path)
+    if isinstance(read_now[path], study.Study) and read_now[path].kind == "methods":
+        method_cams(read_now[path])
 
 
 # ----------------------------------------------------------------------------- bundles
-def _ended(path: Path) -> bool:
-    try:
-        return study.load(path, root).ended
-    except study.StudyError:
-        return False
-
-
 def export_bytes(path: Path) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         return bundle.export(path, Path(tmp) / "bundle.zip", root).read_bytes()
@@ -254,7 +253,7 @@ st.caption("Train on a GPU machine, open the results in class: a bundle is one z
 out_col, in_col = st.columns(2, gap="large")
 with out_col:
     ended = [i for i in runs.list_runs(root) if i.state in runs.ENDED]
-    whole = [p for p in studies if _ended(p)]
+    whole = [p for p in studies if isinstance(read_now[p], study.Study) and read_now[p].ended]
     choices = {f"study: {study_title(p)}": p for p in whole} | {f"run: {i.label} · {i.run_id}": i.path for i in ended}
     if choices:
         pick = st.selectbox("Export", list(choices), key="s_export")

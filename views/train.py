@@ -7,11 +7,11 @@ import streamlit as st
 from effnet import OFFICIAL, ScalingSpec, jobs, runs
 from effnet.access import readonly
 from effnet.charts import training_curves
-from effnet.config import AUGMENTATIONS, QUICK_DEMO, SCHEDULES, TrainConfig, fit_to_dataset, normalization_for
+from effnet.config import AUGMENTATIONS, QUICK_DEMO, SCHEDULES, TrainConfig, normalization_for
 from effnet.data import DataError, data_dir, dataset_present, missing_data_message
 from effnet.folder import OWN, count_classes, list_folder, own_datasets, split_sizes, unpack_zip
 from effnet.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
-from views.widgets import caller, chart, dataset_sizes
+from views.widgets import caller, chart, fit_to_data, refused
 
 VARIANTS = [v.upper() for v in OFFICIAL]
 CIFAR = "CIFAR-100"
@@ -168,20 +168,9 @@ def planned_specs() -> list[ScalingSpec]:
 
 
 def fitted(configs: list[TrainConfig]) -> list[TrainConfig]:
-    """The configs with their image counts cut to the dataset's; what changed is said under Start."""
-    if st.session_state.t_dataset != CIFAR:
-        sizes = split_sizes(own[st.session_state.t_dataset])
-    else:
-        sizes = dataset_sizes(str(data_dir().resolve())) if dataset_present() else None
-    if sizes is None:
-        return configs
-    out = []
-    for config in configs:
-        config, note = fit_to_dataset(config, *sizes)
-        if note:
-            feedback_note.info(note)
-        out.append(config)
-    return out
+    """The configs with their image counts cut to the chosen dataset's; what changed is said under Start."""
+    dataset = st.session_state.t_dataset
+    return fit_to_data(configs, None if dataset == CIFAR else own[dataset], feedback_note)
 
 
 def config_for(spec: ScalingSpec) -> TrainConfig:
@@ -207,8 +196,7 @@ if start:
         started = jobs.submit_many(fitted([config_for(spec) for spec in specs]), root, caller=who,
                                    distributed=bool(st.session_state.get("t_distributed")))
     except (ValueError, TypeError, PermissionError) as exc:
-        feedback.error(f"Not started: {exc}")
-        st.toast(f"Not started: {exc}", icon=":material/error:")
+        refused(exc, feedback)
     else:
         at_once = "one at a time" if len(slots) == 1 else f"up to {len(slots)} at once, one per device"
         feedback.success(f"Queued {len(started)} run(s): {', '.join(started)}. They train {at_once}.")

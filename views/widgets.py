@@ -120,6 +120,35 @@ def dataset_sizes(folder: str) -> tuple[int, int] | None:
     return len(data.train), len(data.test)
 
 
+def fit_to_data(configs: Sequence, own_folder: Path | None, where=st) -> list:
+    """The configs with their image counts cut to what the dataset has (CIFAR-100 in the data folder, or an own
+    folder); each change is said in ``where``: a preset written for 50,000 images must not silently ask a small
+    copy for more than it has."""
+    from effnet.config import fit_to_dataset
+    from effnet.data import data_dir, dataset_present
+    from effnet.folder import split_sizes
+
+    if own_folder is not None:
+        sizes = split_sizes(own_folder)
+    else:
+        sizes = dataset_sizes(str(data_dir().resolve())) if dataset_present() else None
+    if sizes is None:
+        return list(configs)
+    out = []
+    for config in configs:
+        config, note = fit_to_dataset(config, *sizes)
+        if note:
+            where.info(note)
+        out.append(config)
+    return out
+
+
+def refused(exc: Exception, where=st) -> None:
+    """Why an action did not start, next to its button and as a toast (the eye may be anywhere on a projector)."""
+    where.error(f"Not started: {exc}")
+    st.toast(f"Not started: {exc}", icon=":material/error:")
+
+
 @st.cache_resource(show_spinner="Reading CIFAR-100...")
 def cifar_test():
     """The CIFAR-100 copy in the data folder, read once per server (its test images feed the CAM strips)."""
