@@ -56,9 +56,9 @@ def start_form() -> None:
                   for i, (name, greek) in enumerate({"alpha": "α", "beta": "β", "gamma": "γ"}.items())}
     cols = st.columns(5)
     epochs = cols[0].number_input("Epochs per run", value=d.epochs, step=1, key="s_epochs")
-    subset = cols[1].number_input("Training images (0: all)", value=0 if has_gpu else d.subset, step=500,
+    subset = cols[1].number_input("Training images (0 = all)", value=0 if has_gpu else d.subset, step=500,
                                   key="s_subset")
-    evals = cols[2].number_input("Evaluation images (0: all)", value=0 if has_gpu else d.eval_subset, step=500,
+    evals = cols[2].number_input("Eval images (0 = all)", value=0 if has_gpu else d.eval_subset, step=500,
                                  key="s_evals")
     batch = cols[3].number_input("Batch size", value=d.batch_size if not has_gpu else 128, step=16, key="s_batch")
     lr = cols[4].number_input("Learning rate", value=d.lr, step=0.01, format="%.3f", key="s_lr")
