@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from effnet import locks, runs
-from effnet.access import Caller, max_queued, readonly
+from effnet.access import MAX_QUEUED_ENV, Caller, max_queued, readonly
 from effnet.card import model_card
 from effnet.config import TrainConfig
 from effnet.locks import DEVICE_LOCK_ENV
@@ -90,6 +90,10 @@ def _check_quota(root: Path, caller: Caller | None, adding: int) -> None:
         raise PermissionError("this server is a read-only demo: no run can be started here")
     if caller is None or caller.teacher:
         return
+    if adding > max_queued():  # e.g. a student's 4-run methods study: waiting would never make room
+        raise ValueError(f"queue: this starts {adding} runs, and each user may have {max_queued()} queued or "
+                         f"training at once; ask the teacher to start it (the teacher has no limit; the server's "
+                         f"${MAX_QUEUED_ENV} sets it)")
     mine = [r for r in list_runs(root) if r.owner == caller.owner and (r.active or r.state == "queued")]
     if len(mine) + adding > max_queued():
         raise ValueError(f"queue: you already have {len(mine)} run(s) queued or training; each user may have "

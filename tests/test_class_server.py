@@ -297,6 +297,8 @@ def test_only_the_owner_or_the_teacher_manage_a_run_and_each_owner_has_a_quota(s
     assert runs.read_run(sandbox / first).owner == alice.owner
     with pytest.raises(ValueError, match="^queue: you already have 2"):
         jobs.submit(tiny_config(cifar_dir), sandbox, caller=alice, start_runner=False)
+    with pytest.raises(ValueError, match="^queue: this starts 3 runs.*ask the teacher"):  # never room by waiting
+        jobs.submit_many([tiny_config(cifar_dir)] * 3, sandbox, caller=bob, start_runner=False)
     for action in (jobs.stop, jobs.delete):
         with pytest.raises(PermissionError, match="belongs to another user"):
             action(first, sandbox, caller=bob)
