@@ -88,6 +88,15 @@ def browser() -> Iterator[object]:
         b.close()
 
 
+@pytest.fixture(autouse=True)
+def close_pages(browser) -> Iterator[None]:
+    """Each test's tabs close after it: an open Train or Studies tab re-runs its live fragment every 2 s on the
+    server, and tabs left open by earlier tests would keep both CPU cores busy for the rest of the module."""
+    yield
+    for context in browser.contexts:
+        context.close()
+
+
 def open_page(browser, url: str, path: str, text: str):
     page = browser.new_page(viewport={"width": 1600, "height": 1100})
     page.goto(url + path)
