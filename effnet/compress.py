@@ -33,6 +33,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -50,6 +51,8 @@ from effnet.config import TrainConfig
 from effnet.preprocess import to_model_input
 
 COMPRESS = "compress.json"
+FOLDER = "compressed"  # the app's compressions: <run>/compressed/<time>/ (compress.json, status.json, log, .onnx)
+STARTUP_S = 60  # a started compression that has not reported its pid yet (importing torch) within this is gone
 CALIBRATION_IMAGES = 512
 WEIGHT_BITS = 7  # reduce_range: what ORT's int8 kernels use on CPUs without VNNI
 Predict = Callable[[Tensor], Tensor | np.ndarray]
@@ -306,15 +309,21 @@ def compress(job: Job, int8: bool, qat_epochs: int, ratios: list[float], finetun
     return measure(made, job, budget_s)
 
 
-def run(run_dir: Path, out: Path, int8: bool = True, qat_epochs: int = 0, ratios: list[float] | None = None,
-        finetune_epochs: int = 1, data_dir: str | None = None, budget_s: float = 2.0) -> dict[str, Any]:
-    """Compress ``run_dir`` into ``out`` (compress.json, one ONNX file per variant, status.json)."""
-    ratios = ratios or []
+def check_settings(qat_epochs: int, ratios: list[float], finetune_epochs: int) -> None:
+    """ValueError naming the setting when a compression could not do what it is asked."""
     bad = [r for r in ratios if not 0 < r < 1]
     if bad:
         raise ValueError(f"prune: ratios must be between 0 and 1, got {bad}")
     if qat_epochs < 0 or finetune_epochs < 0:
         raise ValueError("qat_epochs, finetune_epochs: must be 0 or more")
+
+
+def run(run_dir: Path, out: Path, int8: bool = True, qat_epochs: int = 0, ratios: list[float] | None = None,
+        finetune_epochs: int = 1, data_dir: str | None = None, budget_s: float = 2.0) -> dict[str, Any]:
+    """Compress ``run_dir`` into ``out`` (compress.json, one ONNX file per variant, status.json). With neither
+    int8 nor pruning asked for, only the fp32 rows (eager and ONNX Runtime) are measured."""
+    ratios = ratios or []
+    check_settings(qat_epochs, ratios, finetune_epochs)
     out.mkdir(parents=True, exist_ok=True)
     write_status(out, state="starting", step=0, steps=1)
     try:
@@ -339,6 +348,55 @@ def _run(run_dir: Path, out: Path, int8: bool, qat_epochs: int, ratios: list[flo
     return {"run": str(run_dir), "spec": job.config.spec.name, "test_images": len(job.y_test),
             "threads": torch.get_num_threads(),
             "variants": compress(job, int8, qat_epochs, ratios, finetune_epochs, budget_s)}
+
+
+# ----------------------------------------------------------------------------- in the background (the app)
+def outputs(run_dir: Path) -> list[Path]:
+    """The app's compressions of a run, newest first (symlinked folders are never followed)."""
+    folder = run_dir / FOLDER
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.is_symlink()), reverse=True)
+
+
+def working(out: Path) -> bool:
+    """Whether the compression writing ``out`` is still at work (waiting for the CPU counts)."""
+    status = runs.read_json(out / runs.STATUS) or {}
+    if status.get("state") in ("finished", "failed"):
+        return False
+    if runs.pid_alive(status.get("pid")):
+        return True
+    heartbeat = status.get("heartbeat")
+    return isinstance(heartbeat, (int, float)) and time.time() - heartbeat < STARTUP_S
+
+
+def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[float], finetune_epochs: int,
+          budget_s: float = 2.0) -> Path:
+    """``python -m effnet.compress`` in the background (its own session: it outlives the page that started it),
+    holding the queue's CPU device locks: it waits for training on the CPU, and training waits for it.
+
+    One compression of a run at a time: a second click, or a second student, is refused saying why."""
+    from effnet.jobs import cpu_locks
+
+    check_settings(qat_epochs, ratios, finetune_epochs)
+    if not int8 and not ratios:
+        raise ValueError("nothing to compress: choose int8, a pruning ratio, or both")
+    busy = [d.name for d in outputs(run_dir) if working(d)]
+    if busy:
+        raise ValueError(f"this run is being compressed already (started {busy[0]}); wait for it to finish")
+    out = run_dir / FOLDER / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    write_status(out, state="starting", step=0, steps=1, pid=None)
+    argv = [sys.executable, "-m", "effnet.compress", str(run_dir), "--out", str(out), "--qat-epochs", str(qat_epochs),
+            "--finetune-epochs", str(finetune_epochs), "--prune", ",".join(f"{r:g}" for r in ratios),
+            "--time-budget", str(budget_s)]
+    project = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(project),
+           locks.DEVICE_LOCK_ENV: os.pathsep.join(str(p) for p in cpu_locks(root))}
+    with open(out / runs.LOG, "wb") as log:
+        subprocess.Popen([*argv, *(["--int8"] if int8 else [])], cwd=project, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True, env=env)
+    return out
 
 
 def load_result(out: Path) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT, cli, open_app, serve_app_from, wait_for
+from conftest import cli, open_app, serve_app_from, wait_for
 from PIL import Image
 
 from effnet import runs
@@ -236,27 +236,30 @@ def test_the_app_trains_on_an_added_dataset_and_compresses_the_run(tmp_path, mon
     assert not at.exception and len(at.get("plotly_chart")) == 1
 
 
-def test_compression_waits_for_training_on_the_cpu_and_then_runs(tmp_path, digits_run):
-    """The app starts compression holding the queue's CPU device lock: while a run trains, it waits (and says so)."""
-    import os
-    import subprocess
-    import sys
+def test_compression_waits_for_training_on_the_cpu_and_runs_one_at_a_time(tmp_path, digits_run):
+    """The app's compression holds the queue's CPU device locks: while a run trains it waits (and says so), and a
+    second compression of the same run is refused while the first is at work."""
+    import contextlib
+    import shutil
 
-    from conftest import python_env
+    from effnet import compress, jobs, locks
 
-    from effnet import locks
-
-    lock, out = tmp_path / ".device-cpu.lock", tmp_path / "out"
-    with locks.exclusive(lock):  # a training run holds the CPU
-        proc = subprocess.Popen([sys.executable, "-m", "effnet.compress", str(digits_run), "--time-budget", "0.05",
-                                 "--out", str(out)], cwd=PROJECT, env=python_env() | {locks.DEVICE_LOCK_ENV: str(lock)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: (runs.read_json(out / "status.json") or {}).get("state") == "waiting", timeout=60,
+    root = tmp_path / "checkpoints"
+    run = shutil.copytree(digits_run, root / "digits")
+    with pytest.raises(ValueError, match="nothing to compress"):
+        compress.start(run, root, int8=False, qat_epochs=0, ratios=[], finetune_epochs=0)
+    with contextlib.ExitStack() as held:
+        for lock in jobs.cpu_locks(root):  # a training run holds the CPU
+            held.enter_context(locks.exclusive(lock))
+        out = compress.start(run, root, int8=True, qat_epochs=0, ratios=[], finetune_epochs=0, budget_s=0.05)
+        wait_for(lambda: (runs.read_json(out / runs.STATUS) or {}).get("state") == "waiting", timeout=60,
                  what="compression to wait for the CPU")
-        assert not (out / "compress.json").exists()
-    assert proc.wait(timeout=300) == 0
-    assert [r["name"] for r in json.loads((out / "compress.json").read_text())["variants"]] == ["fp32", "fp32-onnx"]
-    assert os.path.exists(out / "fp32.onnx")
+        assert compress.working(out) and not (out / compress.COMPRESS).exists()
+        with pytest.raises(ValueError, match="being compressed already"):
+            compress.start(run, root, int8=True, qat_epochs=0, ratios=[0.3], finetune_epochs=0)
+    wait_for(lambda: not compress.working(out), timeout=300, what="the compression to end")
+    assert [r["name"] for r in compress.load_result(out)["variants"]] == ["fp32", "fp32-onnx", "int8"]
+    assert compress.outputs(run) == [out] and (out / "int8.onnx").is_file()
 
 
 def test_results_page_shows_the_own_classes_confusion(monkeypatch, digits_run, digits):

@@ -1,24 +1,18 @@
 """Compress page: make a finished run small and fast (int8, channel pruning) and read the trade-off."""
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from effnet import jobs, locks, runs
+from effnet import runs
 from effnet.access import readonly
 from effnet.charts import compression
-from effnet.compress import COMPRESS, load_result
-from views.widgets import caller, chart
+from effnet.compress import COMPRESS, FOLDER, load_result, outputs, start, working
+from views.widgets import caller, chart, refused
 
 root = runs.checkpoints_dir()
 who = caller()
-FOLDER = "compressed"  # <run>/compressed/<time>/: compress.json, status.json, log.txt, one ONNX file per variant
-PROJECT = Path(__file__).resolve().parents[1]
 
 st.title("Compress a trained model")
 st.caption("int8 (ONNX Runtime) and structured channel pruning (Torch-Pruning, then a short fine-tune), each "
@@ -35,29 +29,6 @@ chosen = st.selectbox("Run", list(by_id), format_func=lambda r: f"{by_id[r].labe
 info = by_id[chosen]
 
 
-def outputs(run_dir: Path) -> list[Path]:
-    folder = run_dir / FOLDER
-    if not folder.is_dir() or folder.is_symlink():
-        return []
-    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.is_symlink()), reverse=True)
-
-
-def start(run_dir: Path, int8: bool, qat: int, ratios: list[float], finetune: int) -> Path:
-    """``python -m effnet.compress`` in the background (its own session: it outlives this page's rerun), sharing
-    the CPU with the training queue through its device locks."""
-    out = run_dir / FOLDER / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True)
-    argv = [sys.executable, "-m", "effnet.compress", str(run_dir), "--out", str(out), "--qat-epochs", str(qat),
-            "--finetune-epochs", str(finetune), "--prune", ",".join(f"{r:g}" for r in ratios)]
-    with open(out / runs.LOG, "wb") as log:
-        # It holds the queue's CPU device locks: it waits for training on the CPU and training waits for it.
-        env = {**os.environ, "PYTHONPATH": str(PROJECT),
-               locks.DEVICE_LOCK_ENV: os.pathsep.join(str(p) for p in jobs.cpu_locks(root))}
-        subprocess.Popen([*argv, *(["--int8"] if int8 else [])], cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True, env=env)
-    return out
-
-
 with st.form("compress"):
     cols = st.columns(4)
     int8 = cols[0].checkbox("int8", value=True, key="c_int8")
@@ -69,12 +40,11 @@ with st.form("compress"):
     go = st.form_submit_button("Compress", type="primary", disabled=not may,
                                help=None if may else "Only the run's owner or the teacher can compress it here.")
     if go:
-        if qat < 0 or finetune < 0:
-            st.error("Not started: epochs must be 0 or more.")
-        elif not int8 and not ratios:
-            st.error("Not started: choose int8, a pruning ratio, or both.")
+        try:
+            start(info.path, root, int8, int(qat), ratios, int(finetune))
+        except (ValueError, OSError) as exc:
+            refused(exc)
         else:
-            start(info.path, int8, int(qat), ratios, int(finetune))
             st.success("Started in the background: progress and results appear below (a minute or more on a CPU).")
             st.toast("Compression started", icon=":material/check_circle:")
 
@@ -90,7 +60,7 @@ def show(out: Path) -> None:
     if result is None:
         if status.get("state") == "failed":
             st.error(f"Failed: {status.get('error')}")
-        elif not runs.pid_alive(status.get("pid")) and time.time() - (out / runs.LOG).stat().st_mtime > 60:
+        elif not working(out):
             st.error("The compression process is gone (killed, or the server restarted). Last output:\n\n"
                      + runs.log_tail(out))
         else:
