@@ -384,6 +384,8 @@ def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[f
     busy = [d.name for d in outputs(run_dir) if working(d)]
     if busy:
         raise ValueError(f"this run is being compressed already (started {busy[0]}); wait for it to finish")
+    if (run_dir / FOLDER).is_symlink() or run_dir.is_symlink():
+        raise ValueError(f"{run_dir.name}/{FOLDER} is a symbolic link: refused (compressions stay in the run's folder)")
     out = run_dir / FOLDER / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     write_status(out, state="starting", step=0, steps=1, pid=None)

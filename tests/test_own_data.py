@@ -248,6 +248,11 @@ def test_compression_waits_for_training_on_the_cpu_and_runs_one_at_a_time(tmp_pa
     run = shutil.copytree(digits_run, root / "digits")
     with pytest.raises(ValueError, match="nothing to compress"):
         compress.start(run, root, int8=False, qat_epochs=0, ratios=[], finetune_epochs=0)
+    (run / compress.FOLDER).symlink_to(tmp_path)  # a planted link must not send the files elsewhere
+    with pytest.raises(ValueError, match="symbolic link"):
+        compress.start(run, root, int8=True, qat_epochs=0, ratios=[], finetune_epochs=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+    (run / compress.FOLDER).unlink()
     with contextlib.ExitStack() as held:
         for lock in jobs.cpu_locks(root):  # a training run holds the CPU
             held.enter_context(locks.exclusive(lock))
