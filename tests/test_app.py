@@ -107,9 +107,10 @@ def test_train_page_refuses_invalid_runs_before_anything_starts(app_env):
     assert runs.list_runs(app_env) == []
 
 
-def test_train_page_explains_missing_data(app_env, monkeypatch, tmp_path):
+@pytest.mark.parametrize("page", [PAGES[1], "views/study.py"])
+def test_pages_that_train_explain_missing_data(app_env, monkeypatch, tmp_path, page):
     monkeypatch.setenv("EFFNET_DATA", str(tmp_path / "nothing"))
-    at = open_page(PAGES[1])
+    at = open_page(page)
     assert any("cifar-100-python.tar.gz" in w.value for w in at.warning)
     assert not at.exception
 

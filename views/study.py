@@ -16,7 +16,16 @@ from effnet.charts import METHOD_NAMES, grid_search, methods_comparison
 from effnet.config import QUICK_DEMO, TrainConfig
 from effnet.data import DataError, dataset_present
 from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
-from views.widgets import caller, cam_strip, chart, dataset_test_images, fit_to_data, load_run_models, refused
+from views.widgets import (
+    caller,
+    cam_strip,
+    chart,
+    dataset_test_images,
+    fit_to_data,
+    load_run_models,
+    refused,
+    warn_if_no_cifar,
+)
 
 root = runs.checkpoints_dir()
 who = caller()
@@ -91,6 +100,7 @@ def start_form() -> None:
 
 studies = study.list_studies(root)
 with st.expander("Start a study", expanded=not studies):
+    warn_if_no_cifar()
     start_form()
     st.caption("On a GPU machine the same from the command line: `python -m effnet.study methods --variant b3 "
                "--epochs 30 --out DIR --wait` or `python -m effnet.study grid --max-points 12 --out DIR --wait`.")

@@ -8,10 +8,10 @@ from effnet import OFFICIAL, ScalingSpec, jobs, runs
 from effnet.access import readonly
 from effnet.charts import training_curves
 from effnet.config import AUGMENTATIONS, QUICK_DEMO, SCHEDULES, TrainConfig, normalization_for
-from effnet.data import DataError, data_dir, dataset_present, missing_data_message
+from effnet.data import DataError, data_dir
 from effnet.folder import OWN, count_classes, list_folder, own_datasets, split_sizes, unpack_zip
 from effnet.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
-from views.widgets import caller, chart, fit_to_data, refused
+from views.widgets import caller, chart, fit_to_data, refused, warn_if_no_cifar
 
 VARIANTS = [v.upper() for v in OFFICIAL]
 CIFAR = "CIFAR-100"
@@ -45,9 +45,7 @@ has_gpu = slots[0].startswith("cuda")
 
 st.title("Train on CIFAR-100")
 
-if not dataset_present():
-    st.warning("**CIFAR-100 is not here yet.** Runs try to download it (169 MB) when they start; without "
-               f"internet they will fail. To fix it: {missing_data_message(data_dir())}")
+warn_if_no_cifar()
 if has_gpu:
     st.success("A CUDA GPU is available: runs use it (bf16, channels_last, data and augmentation on the GPU).")
 else:

@@ -143,6 +143,15 @@ def fit_to_data(configs: Sequence, own_folder: Path | None, where=st) -> list:
     return out
 
 
+def warn_if_no_cifar() -> None:
+    """Before a form that trains on CIFAR-100: say it is missing and how to fix it, instead of runs that fail."""
+    from effnet.data import data_dir, dataset_present, missing_data_message
+
+    if not dataset_present():
+        st.warning("**CIFAR-100 is not here yet.** Runs try to download it (169 MB) when they start; without "
+                   f"internet they will fail. To fix it: {missing_data_message(data_dir())}")
+
+
 def refused(exc: Exception, where=st) -> None:
     """Why an action did not start, next to its button and as a toast (the eye may be anywhere on a projector)."""
     where.error(f"Not started: {exc}")
