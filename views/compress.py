@@ -32,7 +32,10 @@ info = by_id[chosen]
 with st.form("compress"):
     cols = st.columns(4)
     int8 = cols[0].checkbox("int8", value=True, key="c_int8")
-    qat = cols[1].number_input("Quantization-aware fine-tune (epochs, 0 = off)", value=0, step=1, key="c_qat")
+    qat = cols[1].number_input("Quantization-aware fine-tune (epochs, 0 = off)", value=0, step=1, key="c_qat",
+                               help="Fine-tunes with the weights rounded to the int8 grid (activations are not "
+                                    "modelled), then quantizes again; shown as int8-qat beside the plain int8. "
+                                    "Its gain varies from run to run: compare the two rows.")
     ratios = cols[2].multiselect("Prune channels", [0.1, 0.2, 0.3, 0.5, 0.7], default=[0.3], key="c_ratios",
                                  format_func=lambda r: f"{r:.0%}")
     finetune = cols[3].number_input("Fine-tune after pruning (epochs)", value=1, step=1, key="c_finetune")
