@@ -381,23 +381,24 @@ def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[f
     check_settings(qat_epochs, ratios, finetune_epochs)
     if not int8 and not ratios:
         raise ValueError("nothing to compress: choose int8, a pruning ratio, or both")
-    busy = [d.name for d in outputs(run_dir) if working(d)]
-    if busy:
-        raise ValueError(f"this run is being compressed already (started {busy[0]}); wait for it to finish")
     if (run_dir / FOLDER).is_symlink() or run_dir.is_symlink():
         raise ValueError(f"{run_dir.name}/{FOLDER} is a symbolic link: refused (compressions stay in the run's folder)")
-    out = run_dir / FOLDER / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True)
-    write_status(out, state="starting", step=0, steps=1, pid=None)
-    argv = [sys.executable, "-m", "effnet.compress", str(run_dir), "--out", str(out), "--qat-epochs", str(qat_epochs),
-            "--finetune-epochs", str(finetune_epochs), "--prune", ",".join(f"{r:g}" for r in ratios),
-            "--time-budget", str(budget_s)]
-    project = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(project),
-           locks.DEVICE_LOCK_ENV: os.pathsep.join(str(p) for p in cpu_locks(root))}
-    with open(out / runs.LOG, "wb") as log:
-        subprocess.Popen([*argv, *(["--int8"] if int8 else [])], cwd=project, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True, env=env)
+    with locks.exclusive(run_dir / FOLDER / ".start.lock"):  # two clicks at once: one starts, one is refused
+        busy = [d.name for d in outputs(run_dir) if working(d)]
+        if busy:
+            raise ValueError(f"this run is being compressed already (started {busy[0]}); wait for it to finish")
+        out = run_dir / FOLDER / time.strftime("%Y%m%d-%H%M%S")
+        out.mkdir()
+        write_status(out, state="starting", step=0, steps=1, pid=None)
+        argv = [sys.executable, "-m", "effnet.compress", str(run_dir), "--out", str(out), "--qat-epochs",
+                str(qat_epochs), "--finetune-epochs", str(finetune_epochs), "--prune",
+                ",".join(f"{r:g}" for r in ratios), "--time-budget", str(budget_s), *(["--int8"] if int8 else [])]
+        project = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONPATH": str(project),
+               locks.DEVICE_LOCK_ENV: os.pathsep.join(str(p) for p in cpu_locks(root))}
+        with open(out / runs.LOG, "wb") as log:
+            subprocess.Popen(argv, cwd=project, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                             env=env)
     return out
 
 
