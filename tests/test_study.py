@@ -267,6 +267,17 @@ def study_page(monkeypatch, root: Path, cifar_dir: Path) -> AppTest:
     return at
 
 
+def test_a_student_is_told_to_ask_the_teacher_for_a_study_larger_than_the_quota(monkeypatch, tmp_path, cifar_dir):
+    monkeypatch.setenv("EFFNET_TEACHER_PASSWORD", "s3cret")  # a class server: callers are students
+    root = tmp_path / "checkpoints"
+    at = study_page(monkeypatch, root, cifar_dir)
+    at.button(key="s_start").click().run()  # a methods study: four runs, the quota is two
+    assert not at.exception and not at.success
+    assert any(e.value.startswith("Not started: queue: this starts 4 runs") and "ask the teacher" in e.value
+               for e in at.error)
+    assert study.list_studies(root) == [] and runs.list_runs(root) == []
+
+
 def test_study_page_shows_the_comparison_and_the_methods_cams(monkeypatch, methods_study, cifar_dir):
     root, _ = methods_study
     at = study_page(monkeypatch, root, cifar_dir)

@@ -77,7 +77,8 @@ def start_form() -> None:
     config = TrainConfig(epochs=int(epochs), subset=int(subset) or None, eval_subset=int(evals) or None,
                          val_size=d.val_size if not has_gpu else TrainConfig().val_size, batch_size=int(batch),
                          lr=float(lr))
-    config = fit_to_data([config], None)[0]
+    feedback, note = st.empty(), st.empty()  # the outcome first, right under Start; then what was cut to fit
+    config = fit_to_data([config], None, note)[0]
     try:
         if kind == "methods":
             spec = (ScalingSpec(phi=0.0) if budget == CUSTOM else ScalingSpec.official(budget.lower()))
@@ -91,10 +92,10 @@ def start_form() -> None:
             made = study.queue_grid(config, out, step=float(step), tolerance=float(tolerance),
                                     max_points=int(points), ranges=ranges, root=root, caller=who)
     except (ValueError, TypeError, PermissionError) as exc:
-        refused(exc)
+        refused(exc, feedback)
         return
     st.session_state.s_open = out.name
-    st.success(f"Queued {len(made['runs'])} runs; the study is open below.")
+    feedback.success(f"Queued {len(made['runs'])} runs; the study is open below.")
     st.toast(f"Study queued: {len(made['runs'])} runs", icon=":material/check_circle:")
 
 
