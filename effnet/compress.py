@@ -33,7 +33,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -376,7 +375,7 @@ def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[f
     holding the queue's CPU device locks: it waits for training on the CPU, and training waits for it.
 
     One compression of a run at a time: a second click, or a second student, is refused saying why."""
-    from effnet.jobs import cpu_locks
+    from effnet.jobs import cpu_locks, spawn_detached
 
     check_settings(qat_epochs, ratios, finetune_epochs)
     if not int8 and not ratios:
@@ -390,15 +389,10 @@ def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[f
         out = run_dir / FOLDER / time.strftime("%Y%m%d-%H%M%S")
         out.mkdir()
         write_status(out, state="starting", step=0, steps=1, pid=None)
-        argv = [sys.executable, "-m", "effnet.compress", str(run_dir), "--out", str(out), "--qat-epochs",
-                str(qat_epochs), "--finetune-epochs", str(finetune_epochs), "--prune",
-                ",".join(f"{r:g}" for r in ratios), "--time-budget", str(budget_s), *(["--int8"] if int8 else [])]
-        project = Path(__file__).resolve().parents[1]
-        env = {**os.environ, "PYTHONPATH": str(project),
-               locks.DEVICE_LOCK_ENV: os.pathsep.join(str(p) for p in cpu_locks(root))}
-        with open(out / runs.LOG, "wb") as log:
-            subprocess.Popen(argv, cwd=project, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                             env=env)
+        spawn_detached(["effnet.compress", str(run_dir), "--out", str(out), "--qat-epochs", str(qat_epochs),
+                        "--finetune-epochs", str(finetune_epochs), "--prune", ",".join(f"{r:g}" for r in ratios),
+                        "--time-budget", str(budget_s), *(["--int8"] if int8 else [])], out / runs.LOG,
+                       {locks.DEVICE_LOCK_ENV: os.pathsep.join(str(p) for p in cpu_locks(root))})
     return out
 
 

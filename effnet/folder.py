@@ -113,6 +113,11 @@ def _decode_all(items: list[tuple[Path, int]], size: int) -> tuple[torch.Tensor,
     return torch.stack(images), torch.tensor(labels, dtype=torch.long), skipped
 
 
+def _test_count(images: int) -> int:
+    """How many of a class's ``images`` go to the test split: ``TEST_FRACTION``, at least one."""
+    return max(1, round(TEST_FRACTION * images))
+
+
 def _split_test(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class, a seeded ``TEST_FRACTION`` (at least one image) held out for the test split."""
     g = torch.Generator().manual_seed(seed)
@@ -120,7 +125,7 @@ def _split_test(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Te
     for c in labels.unique().tolist():
         idx = (labels == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        k = max(1, round(TEST_FRACTION * len(idx)))
+        k = _test_count(len(idx))
         test.append(idx[:k])
         train.append(idx[k:])
     return torch.cat(train).sort().values, torch.cat(test).sort().values
@@ -252,5 +257,5 @@ def split_sizes(folder: str | os.PathLike) -> tuple[int, int]:
         return len(listing.files["train"]), len(listing.files["test"])
     labels = [label for _, label in listing.files["all"]]
     per_class = [labels.count(c) for c in range(len(listing.classes))]
-    test = sum(max(1, round(TEST_FRACTION * n)) for n in per_class if n)
+    test = sum(_test_count(n) for n in per_class if n)
     return len(labels) - test, test

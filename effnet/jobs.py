@@ -289,13 +289,19 @@ def heal(root: str | os.PathLike | None = None, infos: list[RunInfo] | None = No
     return True
 
 
+def spawn_detached(module_args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    """``python -m <module_args>`` in its own session (it outlives the app page or process that started it),
+    finding this project's code, its output appended to ``log_path``."""
+    path = os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))
+    with open(log_path, "ab") as log:
+        subprocess.Popen([sys.executable, "-m", *module_args], cwd=PROJECT_DIR,
+                         env={**os.environ, "PYTHONPATH": path, **(env or {})}, stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+
+
 def ensure_runner(root: Path) -> None:
     """Start a detached runner; if one already holds the lock, the new one exits at once."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))}
-    with open(root / ".runner.log", "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "effnet.jobs", "runner", "--root", str(root)], cwd=PROJECT_DIR,
-                         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True, close_fds=True)
+    spawn_detached(["effnet.jobs", "runner", "--root", str(root)], root / ".runner.log")
 
 
 @dataclass

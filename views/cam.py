@@ -5,9 +5,9 @@ import streamlit as st
 
 from effnet import runs
 from effnet.cam import METHOD_NOTES, METHODS, colour_bar, default_device, imagenet_model
-from effnet.data import DataError, dataset_present
+from effnet.data import DataError
 from effnet.scaling import OFFICIAL, ScalingSpec
-from views.widgets import cam_strip, dataset_test_images, load_run_models, run_dataset
+from views.widgets import cam_strip, dataset_test_images, load_run_models, run_dataset, test_images_source
 
 DEVICE = default_device()
 TOP = "(top prediction)"
@@ -68,9 +68,8 @@ with source:
         images.append((upload.name, upload.getvalue()))  # bytes in memory: nothing is written to disk
     # Test images of the first chosen run's dataset: CIFAR-100, or your own class folders.
     config = next((by_id[r].config for r in chosen_runs if by_id[r].config is not None), None)
-    own = config is not None and config.dataset == "folder"
-    if own or dataset_present():
-        where = "its dataset's" if own else "CIFAR-100"
+    where = test_images_source(config)
+    if where is not None:
 
         def pick_random() -> None:
             n = len(run_dataset(config).test)

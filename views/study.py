@@ -14,7 +14,7 @@ from effnet.access import readonly
 from effnet.cam import colour_bar
 from effnet.charts import METHOD_NAMES, grid_search, methods_comparison
 from effnet.config import QUICK_DEMO, TrainConfig
-from effnet.data import DataError, dataset_present
+from effnet.data import DataError
 from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
 from views.widgets import (
     caller,
@@ -24,6 +24,7 @@ from views.widgets import (
     fit_to_data,
     load_run_models,
     refused,
+    test_images_source,
     warn_if_no_cifar,
 )
 
@@ -221,10 +222,9 @@ def method_cams(s: study.Study) -> None:
                                      key="s_cam_upload") or []:
         images.append((upload.name, upload.getvalue()))
     config = shown[0].info.config if shown else None
-    own = config is not None and config.dataset == "folder"
-    if own or dataset_present():
-        picked = right.text_input(f"{'Its dataset' if own else 'CIFAR-100'}'s test images (indices, comma separated)",
-                                  "0, 1", key="s_cam_cifar")
+    where = test_images_source(config)
+    if where is not None:
+        picked = right.text_input(f"Test images of {where} (indices, comma separated)", "0, 1", key="s_cam_cifar")
         try:
             images += dataset_test_images(picked, config)
         except (ValueError, IndexError, DataError) as exc:

@@ -183,6 +183,16 @@ def run_dataset(config=None):
     return cifar_test()
 
 
+def test_images_source(config=None) -> str | None:
+    """What to call the test images a run's pages can show ("CIFAR-100", or "its dataset" for your own class
+    folders), or None when there are none here (CIFAR-100 not downloaded)."""
+    from effnet.data import dataset_present
+
+    if config is not None and config.dataset == "folder":
+        return "its dataset"
+    return "CIFAR-100" if dataset_present() else None
+
+
 def dataset_test_images(text: str, config=None) -> list[tuple[str, object]]:
     """``"0, 7, 42"`` -> those test images of the run's dataset (CIFAR-100 unless ``config`` says a folder), as
     (caption with the true class, picture); ValueError, IndexError or DataError when that is not possible."""
