@@ -1,24 +1,13 @@
-"""effnet-lab: ``streamlit run app.py``. Navigation, this browser's identity and the teacher's sign-in; pages live in views/.
+"""effnet-lab's server: ``streamlit run app.py``.
 
-Not in pages/: Streamlit treats a pages/ folder beside the entry script as an old-style multipage app and,
-on a deep link or a rerun, runs the page file without this script (no wide layout, no sign-in, a sidebar
-listing every file)."""
+The pages are ``lab.py`` (navigation, this browser's identity, the teacher's sign-in link) and ``views/``;
+this file adds the lab's own routes beside Streamlit's (``views/routes.py``): the signed owner cookie every
+browser gets, the teacher's sign-in page, and downloads streamed from disk. ``streamlit run app.py`` finds
+``app`` below and serves it (Streamlit's ``st.App``), with every ``--server.*`` flag as usual.
+"""
 
 import streamlit as st
 
-from views.widgets import caller, teacher_sign_in
+from views.routes import middleware, routes
 
-st.set_page_config(page_title="effnet-lab", page_icon=":material/schema:", layout="wide")
-
-who = caller()  # every run: keeps this browser's owner token in the URL across page switches
-teacher_sign_in(who)
-navigation = st.navigation([
-    st.Page("views/lesson.py", title="Lesson", icon=":material/school:"),
-    st.Page("views/explorer.py", title="Scaling explorer", icon=":material/tune:", default=True),
-    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("views/results.py", title="Results", icon=":material/leaderboard:"),
-    st.Page("views/cam.py", title="Class activation maps", icon=":material/visibility:"),
-    st.Page("views/study.py", title="Studies", icon=":material/science:"),
-    st.Page("views/compress.py", title="Compress", icon=":material/compress:"),
-])
-navigation.run()
+app = st.App("lab.py", routes=routes(), middleware=middleware())

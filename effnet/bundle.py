@@ -1,5 +1,12 @@
 """Run bundles: a run, or a study with its runs, as one zip that opens on another install.
 
+    python -m effnet.bundle export checkpoints/<run> b0.zip         # a run
+    python -m effnet.bundle export checkpoints/studies/<study> s.zip # a study and all its runs
+    python -m effnet.bundle import b0.zip [--checkpoints DIR]        # prints the new run folder(s)
+
+(``python -m effnet.runs export|import`` is the same command under its older name.) A refused bundle
+exits non-zero with the reason on stderr and writes nothing.
+
 Training CIFAR-100 takes a GPU for hours; the class sees the results on a laptop. A bundle carries
 what the pages read and nothing else:
 
@@ -16,18 +23,21 @@ copied in, each under a name no existing run has: an import never overwrites.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effnet import runs, study
+from effnet import files, runs, study
 from effnet.access import Caller
+from effnet.checkpoint import CheckpointError
 from effnet.results import load_confusion
 from effnet.safezip import CHUNK, UnsafeZip, check_zip, extract_member
 
@@ -103,7 +113,7 @@ def export(path: str | os.PathLike, out: str | os.PathLike, root: str | os.PathL
 
 # ----------------------------------------------------------------------------- import: the checks
 def _member_limit(name: str) -> int:
-    return MAX_CHECKPOINT_BYTES if name.endswith(".pt") else runs.MAX_JSON_BYTES
+    return MAX_CHECKPOINT_BYTES if name.endswith(".pt") else files.MAX_JSON_BYTES
 
 
 def _check_members(zf: zipfile.ZipFile) -> dict[str, list[str]]:
@@ -180,14 +190,14 @@ def _check_run(run_dir: Path) -> None:
     try:
         runs.load_metrics(run_dir)
         load_confusion(run_dir)
-    except (runs.Damaged, ValueError) as exc:
+    except (files.Damaged, ValueError) as exc:
         raise BundleError(f"run {run_dir.name}: {exc}") from exc
     for name in CHECKPOINTS:
         if not (run_dir / name).exists():
             continue
         try:
             _, spec = runs.load_model(run_dir, run_dir / name)
-        except runs.CheckpointError as exc:
+        except CheckpointError as exc:
             raise BundleError(f"run {run_dir.name}: {exc}") from exc
         if info.spec is not None and spec != info.spec:
             raise BundleError(f"run {run_dir.name}: {name} holds {spec.name}, but the run declares {info.spec.name}")
@@ -202,11 +212,11 @@ class Imported:
 
 def _own(run_dir: Path, caller: Caller | None) -> None:
     """The imported run belongs to whoever imported it; the other machine's data folder means nothing here."""
-    job = runs.load_json(run_dir / runs.JOB)  # checked by read_run already; raw, to write it back
+    job = files.load_json(run_dir / runs.JOB)  # checked by read_run already; raw, to write it back
     if job is None:
         return
     config = job["config"] | {"data_dir": None}
-    runs.write_json(run_dir / runs.JOB, job | {"config": config, "owner": caller.owner if caller else None})
+    files.write_json(run_dir / runs.JOB, job | {"config": config, "owner": caller.owner if caller else None})
 
 
 def _place(staged: Path, root: Path) -> Path:
@@ -263,5 +273,35 @@ def _place_study(manifest: dict[str, Any], placed: dict[str, Path], root: Path) 
     where = study.new_study_dir(root, f"imported-{data['kind']}")
     where.mkdir(parents=True)
     rows = [row | {"run": os.path.relpath(placed[row["run"]], where)} for row in data["runs"]]
-    runs.write_json(where / study.STUDY, data | {"runs": rows})
+    files.write_json(where / study.STUDY, data | {"runs": rows})
     return where
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m effnet.bundle", description=__doc__.split("\n\n")[0])
+    verbs = p.add_subparsers(dest="verb", required=True)
+    out = verbs.add_parser("export", help="a run folder or a study folder as one zip")
+    out.add_argument("path", help="a run folder, or a study folder (with study.json)")
+    out.add_argument("bundle", help="the zip to write")
+    out.add_argument("--checkpoints", help="where a study's runs are (default: $EFFNET_CHECKPOINTS or ./checkpoints)")
+    into = verbs.add_parser("import", help="add a bundle's runs (and study) to this install")
+    into.add_argument("bundle")
+    into.add_argument("--checkpoints", help="default: $EFFNET_CHECKPOINTS or ./checkpoints")
+    args = p.parse_args(argv)
+    try:
+        if args.verb == "export":
+            print(export(args.path, args.bundle, args.checkpoints))
+            return 0
+        done = import_bundle(args.bundle, args.checkpoints)
+    except (BundleError, OSError) as exc:
+        print(f"refused: {args.bundle}: {exc}", file=sys.stderr)
+        return 1
+    for run_dir in done.runs:
+        print(run_dir)
+    if done.study is not None:
+        print(f"study: {done.study}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

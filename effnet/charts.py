@@ -25,6 +25,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from effnet.card import ModelCard, model_card, official_cards, sweep
+from effnet.humanize import si
 from effnet.scaling import ScalingSpec
 
 # Okabe & Ito (2008): blue, orange, bluish green, vermillion, reddish purple, sky blue, yellow, black.
@@ -88,15 +89,7 @@ def _log_axis(values: Sequence[float] = ()) -> dict[str, Any]:
     low, high = math.log10(min(positive)) - 0.5, math.log10(max(positive)) + 0.5
     ticks = [m * 10**e for e in range(math.floor(low), math.ceil(high) + 1) for m in (1, 2, 5)
              if low <= math.log10(m * 10**e) <= high]
-    return {**axis, "range": [low, high], "tickvals": ticks, "ticktext": [_si(t) for t in ticks]}
-
-
-def _si(value: float) -> str:
-    """1500000 -> '1.5M': a full-size label for every tick (plotly's minor log digits are tiny and unlabeled)."""
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if value >= size:
-            return f"{value / size:g}{unit}"
-    return f"{value:g}"
+    return {**axis, "range": [low, high], "tickvals": ticks, "ticktext": [si(t, decimals=None) for t in ticks]}
 
 
 @_memo
@@ -196,7 +189,7 @@ def accuracy_vs_size(points: Sequence[tuple[str, float, float]], size: str) -> g
                     mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[0]},
                     textfont={"size": 14}, name="runs")
     fig.update_xaxes(title=f"{axis} (log scale)", **_log_axis([p[1] for p in points]))
-    fig.update_yaxes(title="test top-1, best epoch (%)")
+    fig.update_yaxes(title="test top-1, selected epoch (%)")
     _pad_y(fig, [p[2] for p in points])
     return _layout(fig, f"Accuracy vs {axis}", showlegend=False)
 
@@ -222,8 +215,8 @@ def val_vs_test(points: Sequence[tuple[str, float, float]], r: float | None) -> 
                     mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[1]},
                     textfont={"size": 14}, name="runs")
     _pad_y(fig, values)
-    fig.update_xaxes(title="validation top-1, best epoch (%)")
-    fig.update_yaxes(title="test top-1, best epoch (%)")
+    fig.update_xaxes(title="validation top-1, selected epoch (%)")
+    fig.update_yaxes(title="test top-1, selected epoch (%)")
     title = "Validation vs test" + (f" (r = {r:.3f})" if r is not None else " (r needs two runs that differ)")
     return _layout(fig, title)
 
@@ -256,7 +249,7 @@ def methods_comparison(points: Sequence[tuple[str, float, float]], metric: str) 
                             name=METHOD_NAMES[method], marker={"size": 14 if method == "compound" else 11},
                             line={"color": PALETTE[i], "dash": DASHES[i], "width": 4 if method == "compound" else 2})
     fig.update_xaxes(title="multiply-adds per image (log scale)", **_log_axis([p[1] for p in points]))
-    fig.update_yaxes(title=f"{metric} top-1, best epoch (%)")
+    fig.update_yaxes(title=f"{metric} top-1, selected epoch (%)")
     _pad_y(fig, [p[2] for p in points])
     return _layout(fig, "Scaling methods at equal cost", legend={"orientation": "h", "y": -0.25})
 

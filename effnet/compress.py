@@ -45,7 +45,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from effnet import locks, runs
+from effnet import checkpoint, files, locks, runs
+from effnet.checkpoint import load_checkpoint
 from effnet.config import TrainConfig
 from effnet.preprocess import to_model_input
 
@@ -71,6 +72,7 @@ class Job:
 
 def load_job(run_dir: Path, out: Path, data_dir: str | None = None) -> Job:
     """The run's best checkpoint and its data (the same splits and subsets the run used), on the CPU."""
+    from effnet.evaluate import precise_bn
     from effnet.train import load_data
 
     info = runs.read_run(run_dir)
@@ -82,6 +84,10 @@ def load_job(run_dir: Path, out: Path, data_dir: str | None = None) -> Job:
     config = info.config.replace(spec=spec, device="cpu", channels_last=False, precision="fp32",
                                  **({"data_dir": data_dir} if data_dir else {}))
     data = load_data(config, torch.device("cpu"))
+    if not load_checkpoint(runs.shown_checkpoint(run_dir)).get("bn_images"):
+        # A checkpoint from before BatchNorm statistics were measured: they may lag its weights, which costs fp32
+        # accuracy and ruins int8 (whose ranges are calibrated through them). Measure them now.
+        model = precise_bn(model, data.train.images, config, config.seed)
     return Job(model.eval(), config, data, out, to_model_input(data.test.images, spec), data.test.labels)
 
 
@@ -243,7 +249,7 @@ def prune(model: nn.Module, ratio: float, example: Tensor) -> nn.Module:
 
 def finetune(model: nn.Module, job: Job, epochs: int, lr_scale: float = 0.2) -> None:
     """A short fine-tune on the run's training images with its own recipe, at ``lr_scale`` of its rate, cosine."""
-    from effnet.train import make_optimizer, step_seed, train_step
+    from effnet.step import lr_at, make_optimizer, step_seed, train_step
 
     if epochs < 1:
         return
@@ -256,7 +262,7 @@ def finetune(model: nn.Module, job: Job, epochs: int, lr_scale: float = 0.2) -> 
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(step_seed(config.seed, epoch)))
         for step in range(steps):
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * lr_scale * 0.5 * (1 + math.cos(math.pi * done / total))
+                group["lr"] = lr_at(done, total, 0, config.lr * lr_scale, "cosine")
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
             train_step(model, optimizer, train.images[idx], train.labels[idx], config, generator, amp=False)
@@ -267,7 +273,7 @@ def finetune(model: nn.Module, job: Job, epochs: int, lr_scale: float = 0.2) -> 
 # ----------------------------------------------------------------------------- the whole job
 def write_status(out: Path, **fields: Any) -> None:
     """Progress for the Compress page: which step, how many of how many."""
-    runs.write_json(out / runs.STATUS, {"heartbeat": time.time(), "pid": os.getpid(), **fields})
+    files.write_json(out / runs.STATUS, {"heartbeat": time.time(), "pid": os.getpid(), **fields})
 
 
 def compress(job: Job, int8: bool, qat_epochs: int, ratios: list[float], finetune_epochs: int,
@@ -335,7 +341,7 @@ def run(run_dir: Path, out: Path, int8: bool = True, qat_epochs: int = 0, ratios
     except BaseException as exc:
         write_status(out, state="failed", error=f"{exc.__class__.__name__}: {exc}")
         raise
-    runs.write_json(out / COMPRESS, result)
+    files.write_json(out / COMPRESS, result)
     write_status(out, state="finished", step=1, steps=1)
     return result
 
@@ -360,7 +366,7 @@ def outputs(run_dir: Path) -> list[Path]:
 
 def working(out: Path) -> bool:
     """Whether the compression writing ``out`` is still at work (waiting for the CPU counts)."""
-    status = runs.read_json(out / runs.STATUS) or {}
+    status = files.read_json(out / runs.STATUS) or {}
     if status.get("state") in ("finished", "failed"):
         return False
     if runs.pid_alive(status.get("pid")):
@@ -397,8 +403,8 @@ def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[f
 
 
 def load_result(out: Path) -> dict[str, Any] | None:
-    """compress.json, validated (a damaged file raises ``runs.Damaged``), or None when there is none yet."""
-    data = runs.load_json(out / COMPRESS)
+    """compress.json, validated (a damaged file raises ``files.Damaged``), or None when there is none yet."""
+    data = files.load_json(out / COMPRESS)
     if data is None:
         return None
     rows = data.get("variants")
@@ -407,7 +413,7 @@ def load_result(out: Path) -> dict[str, Any] | None:
     if not isinstance(rows, list) or not all(
             isinstance(r, dict) and all(isinstance(r.get(k), t | int) and not isinstance(r.get(k), bool)
                                         for k, t in need.items()) for r in rows):
-        raise runs.Damaged(f"{COMPRESS}: variants are malformed")
+        raise files.Damaged(f"{COMPRESS}: variants are malformed")
     return data
 
 
@@ -429,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [float(r) for r in args.prune.split(",") if r.strip()]
         result = run(Path(args.run), Path(args.out), args.int8, args.qat_epochs, ratios, args.finetune_epochs,
                      args.data_dir, args.time_budget)
-    except (ValueError, runs.CheckpointError, RuntimeError) as exc:
+    except (ValueError, checkpoint.CheckpointError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result["variants"], indent=1))

@@ -9,6 +9,7 @@ resumed or repeated from its folder alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import typing
@@ -18,6 +19,7 @@ from typing import Any
 
 from effnet.card import model_card
 from effnet.scaling import ScalingSpec
+from effnet.schemas import check_value
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 AUGMENTATIONS = ("none", "standard", "cutout")
@@ -28,6 +30,10 @@ DATASETS = ("cifar100", "folder")
 CIFAR100_CLASSES = 100
 # The quick CPU demo's training settings (Train and Study pages): a few minutes on a laptop.
 QUICK_DEMO = {"epochs": 3, "batch_size": 64, "lr": 0.05, "subset": 2000, "eval_subset": 500, "val_size": 1000}
+# Validation held out of the training images when val_size is not given: CIFAR-100's 5,000 (its usual 45k/5k
+# split), and a tenth of your own images (a folder of 100 images must still train).
+CIFAR_VAL_SIZE, VAL_FRACTION = 5000, 0.1
+MAX_EPOCHS = 1000  # the study trains 200; a bound keeps every run's metrics file small
 
 
 def normalization_for(pretrained: bool) -> str:
@@ -53,7 +59,7 @@ class TrainConfig:
     augment: str = "standard"
     subset: int | None = None
     eval_subset: int | None = None
-    val_size: int = 5000
+    val_size: int | None = None  # None: CIFAR_VAL_SIZE, or VAL_FRACTION of a folder (val_count)
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -108,14 +114,14 @@ class TrainConfig:
         """``ValueError`` naming the setting; everything is checked before any data loads."""
         _check_types(self.to_dict() | {"spec": self.spec})
         checks = [
-            (self.epochs >= 1, "epochs", "must be at least 1"),
+            (1 <= self.epochs <= MAX_EPOCHS, "epochs", f"must be 1 to {MAX_EPOCHS:,}"),
             (self.batch_size >= 1, "batch_size", "must be at least 1"),
             (self.eval_batch_size >= 1, "eval_batch_size", "must be at least 1"),
             (math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number"),
             (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
-            (self.weight_decay >= 0, "weight_decay", "must be 0 or more"),
+            (0 <= self.weight_decay < 1, "weight_decay", "must be in [0, 1) (5e-4 is usual)"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
-            (self.warmup_epochs >= 0, "warmup_epochs", "must be 0 or more"),
+            (0 <= self.warmup_epochs <= MAX_EPOCHS, "warmup_epochs", "must be 0 or more (and finite)"),
             (self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.ema < 1, "ema", "must be in [0, 1) (0 turns it off)"),
             (self.augment in AUGMENTATIONS, "augment", f"must be one of {', '.join(AUGMENTATIONS)}"),
@@ -123,8 +129,8 @@ class TrainConfig:
             (self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}"),
             (self.subset is None or self.subset >= 1, "subset", "must be at least 1"),
             (self.eval_subset is None or self.eval_subset >= 1, "eval_subset", "must be at least 1"),
-            (self.val_size >= 0, "val_size", "must be 0 or more"),
-            (self.checkpoint_minutes >= 0, "checkpoint_minutes", "must be 0 or more"),
+            (self.val_size is None or self.val_size >= 0, "val_size", "must be 0 or more (or left out)"),
+            (0 <= self.checkpoint_minutes <= 24 * 60, "checkpoint_minutes", "must be 0 to 1,440"),
             (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "device",
              "must be auto, cpu or cuda[:N]"),
         ]
@@ -172,16 +178,33 @@ def _run_spec(run_dir: Path) -> ScalingSpec:
         raise ValueError(f"init_from: {run_dir} is not a finished run's folder ({exc})") from exc
 
 
+def _held(config: TrainConfig, n_train: int) -> int:
+    if config.val_size is not None:
+        return config.val_size
+    return round(VAL_FRACTION * n_train) if config.dataset == "folder" else CIFAR_VAL_SIZE
+
+
+def val_count(config: TrainConfig, n_train: int) -> int:
+    """Training images held out for validation: ``val_size`` when given, else CIFAR-100's 5,000 or a tenth of a
+    folder's training images. ``ValueError`` with the fix when nothing would be left to train on."""
+    held = _held(config, n_train)
+    if n_train - held < 1:
+        raise ValueError(f"val_size: holding out {held:,} of the {n_train:,} training images leaves none to train "
+                         f"on; give --val-size {n_train // 10:,} (or 0 for no validation split)")
+    return held
+
+
 def fit_to_dataset(config: TrainConfig, n_train: int, n_test: int) -> tuple[TrainConfig, str | None]:
     """``config`` with its image counts cut to what the dataset has, and a note saying what changed (or None).
 
     A preset written for the 50,000 CIFAR-100 training images must not ask a 1,437-image copy for 2,000 and
     quietly train on what is left: the counts are clamped and the user is told.
     """
-    val = min(config.val_size, n_train // 5)
+    held = _held(config, n_train)
+    val = min(held, n_train // 5)
     subset = None if config.subset is None else min(config.subset, n_train - val)
     evals = None if config.eval_subset is None else min(config.eval_subset, max(1, min(val, n_test) or n_test))
-    fitted = config.replace(val_size=val, subset=subset, eval_subset=evals)
+    fitted = config.replace(val_size=config.val_size if val == held else val, subset=subset, eval_subset=evals)
     if fitted == config:
         return config, None
     return fitted, (f"The dataset has {n_train:,} training and {n_test:,} test images, so this run holds out {val:,} "
@@ -189,28 +212,18 @@ def fit_to_dataset(config: TrainConfig, n_train: int, n_test: int) -> tuple[Trai
                     f"{evals or 'all the'} images.")
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
 def _check_types(values: dict[str, Any]) -> None:
-    """Each field has its declared JSON type (a damaged or hand-edited file is refused by name, never half-used)."""
-    hints = typing.get_type_hints(TrainConfig)
+    """Each field has its declared JSON type, by the file schemas' strict rules (a damaged or hand-edited file is
+    refused by name, never half-used: no ``true`` for a count, no NaN for a rate)."""
+    hints = _hints()
     for name, value in values.items():
-        hint = hints[name]
-        allowed = typing.get_args(hint) or (hint,)
-        if value is None and type(None) in allowed:
+        if name == "spec":
+            if not isinstance(value, ScalingSpec):
+                raise ValueError(f"spec: expected a model spec, got {value!r}")
             continue
-        if bool in allowed:
-            ok = isinstance(value, bool)
-        elif float in allowed:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif int in allowed:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, tuple(a for a in allowed if a is not type(None)))
-        if not ok:
-            raise ValueError(f"{name}: expected {_type_name(hint)}, got {value!r}")
-
-
-def _type_name(hint: object) -> str:
-    names = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
-             ScalingSpec: "a model spec"}
-    parts = [names.get(a, str(a)) for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
-    return " or ".join(parts) + (" or null" if type(None) in typing.get_args(hint) else "")
+        check_value(name, hints[name], value)

@@ -16,6 +16,7 @@ the CPU.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -44,7 +45,8 @@ class DataError(RuntimeError):
 
 @dataclass(frozen=True)
 class Split:
-    """Images ``(N, 3, 32, 32)`` uint8 and fine/coarse labels ``(N,)`` int64."""
+    """Images ``(N, 3, S, S)`` uint8 (S = 32 for CIFAR-100, the spec's resolution for a folder) and fine/coarse
+    labels ``(N,)`` int64."""
 
     images: Tensor
     labels: Tensor
@@ -204,6 +206,30 @@ def dataset_present(root: str | os.PathLike | None = None) -> bool:
     """Whether ``root`` holds the unpacked folder or the archive (the download is not attempted)."""
     root = data_dir(root)
     return (root / FOLDER).is_dir() or (root / ARCHIVE).is_file()
+
+
+# CIFAR-100 as published: 50,000 training and 10,000 test images (a copy here may hold fewer).
+OFFICIAL_COUNTS = (50_000, 10_000)
+
+
+def cifar_counts(root: str | os.PathLike | None = None) -> tuple[int, int]:
+    """(training, test) images of the CIFAR-100 copy in ``root``: counted from its files (once per version of
+    them; an archive is unpacked first), the published counts when it is not here yet (a run downloads it),
+    ``DataError`` when damaged."""
+    root = data_dir(root)
+    folder = root / FOLDER
+    if not folder.is_dir():
+        if not (root / ARCHIVE).is_file():
+            return OFFICIAL_COUNTS
+        _extract(root / ARCHIVE, root)  # what the first run would do anyway
+    stamps = tuple((folder / n).stat().st_mtime_ns if (folder / n).is_file() else 0 for n in ("train", "test"))
+    return _counted(folder, stamps)
+
+
+@functools.lru_cache(maxsize=8)
+def _counted(folder: Path, stamps: tuple[int, ...]) -> tuple[int, int]:
+    data = read_folder(folder)
+    return len(data.train), len(data.test)
 
 
 def load_cifar100(root: str | os.PathLike | None = None, download: bool = True) -> Cifar100:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effnet import runs
+from effnet import files
 from effnet.data import Cifar100, DataError, Split
 from effnet.images import decode_image
 from effnet.safezip import UnsafeZip, check_zip, extract_member
@@ -101,8 +101,8 @@ def _decode_all(items: list[tuple[Path, int]], size: int) -> tuple[torch.Tensor,
     images, labels, skipped = [], [], 0
     for path, label in items:
         try:
-            picture = decode_image(runs.read_file(path, max_bytes=64 * 1024**2), path.name, max_side=4 * size)
-        except (ValueError, OSError, runs.Damaged):
+            picture = decode_image(files.read_file(path, max_bytes=64 * 1024**2), path.name, max_side=4 * size)
+        except (ValueError, OSError, files.Damaged):
             skipped += 1
             continue
         square = picture.resize((size, size), resample=3, reducing_gap=2.0)  # bicubic
@@ -177,7 +177,7 @@ def load_folder(folder: str | os.PathLike, size: int, seed: int = 0) -> tuple[Ci
         cache.parent.mkdir(exist_ok=True)
         buf = io.BytesIO()
         torch.save(state, buf)
-        runs.atomic_write_bytes(cache, buf.getvalue())
+        files.atomic_write_bytes(cache, buf.getvalue())
     except OSError:
         pass  # a read-only folder: it works, only slower next time
     return data, skipped

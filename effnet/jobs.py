@@ -32,13 +32,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from effnet import locks, runs
+from effnet import access, checkpoint, files, locks, runs
 from effnet.access import MAX_QUEUED_ENV, Caller, max_queued, readonly
 from effnet.card import model_card
 from effnet.config import TrainConfig
+from effnet.devices import check_memory, gpus
+from effnet.humanize import slug
 from effnet.locks import DEVICE_LOCK_ENV
-from effnet.measure import MAX_CPU_EPOCH_S, cpu_seconds, ram_bytes
+from effnet.measure import MAX_CPU_EPOCH_S, cpu_seconds
 from effnet.runs import ACTIVE, RunInfo, checkpoints_dir, list_runs, run_path
+from effnet.schemas import clean_label
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 QUEUE_LOCK, RUNNER_LOCK = ".queue.lock", ".runner.lock"
@@ -46,43 +49,29 @@ DEVICES_ENV = "EFFNET_DEVICES"  # e.g. "cuda:0,cuda:1"; "cpu#0,cpu#1" simulates 
 POLL_S = 0.5
 
 
-def _check_caller(info: RunInfo, caller: Caller | None, action: str) -> None:
-    """Refuse a browser's request it may not make; ``caller=None`` is the operator (command line)."""
-    if caller is not None and readonly():
-        raise PermissionError(f"this server is a read-only demo: nothing can be changed here ({action} refused)")
-    if caller is not None and not caller.may_manage(info):
-        raise PermissionError(f"run {info.run_id} belongs to another user; only its owner or the teacher may {action} it")
-
-
 # ----------------------------------------------------------------------------- checks before queueing
-def available_memory_bytes(device: str) -> int:
-    """Memory the run will have: the GPU's total, or this machine's RAM."""
-    if device.startswith("cuda") or device == "auto":
-        import torch
-
-        if torch.cuda.is_available():
-            index = int(device.split(":")[1]) if ":" in device else 0
-            return int(torch.cuda.get_device_properties(index).total_memory)
-    return ram_bytes()
-
-
-# A run may plan to use this share of the device's memory; the rest is the framework's and the system's.
-MEMORY_SHARE = 0.9
-
-
 def check_fits(config: TrainConfig) -> None:
-    """Refuse a run that cannot work on its device: training memory over what it has (analytic, from the card),
+    """Refuse a run that cannot work on its device: training memory over what it has (``devices.check_memory``),
     or, on a CPU, an epoch that would take more than a day (φ=10 on two cores: months)."""
-    card = model_card(config.spec)
-    need = card.train_memory_bytes(config.batch_size)
-    have = available_memory_bytes(config.device)
-    if need > MEMORY_SHARE * have:
-        raise ValueError(
-            f"batch_size: {card.spec.name} at batch {config.batch_size} needs about {need / 1024**3:.1f} GiB to "
-            f"train; this device has {have / 1024**3:.1f} GiB, of which a run may use "
-            f"{MEMORY_SHARE * have / 1024**3:.1f} GiB. Lower the batch size or phi"
-        )
+    device = config.device if config.device != "auto" else slot_device(device_slots()[0])
+    check_memory(model_card(config.spec), config.batch_size, device)
     _check_cpu_time(config)
+
+
+def training_images(config: TrainConfig) -> int:
+    """How many images a run trains on per epoch: its subset, else the dataset's training images less the
+    validation split (``ValueError`` when that split leaves nothing: refused before anything is queued)."""
+    from effnet.config import val_count
+    from effnet.data import DataError, cifar_counts, data_dir
+    from effnet.folder import split_sizes
+
+    try:
+        n_train = (split_sizes(data_dir(config.data_dir))[0] if config.dataset == "folder"
+                   else cifar_counts(config.data_dir)[0])
+    except DataError as exc:
+        raise ValueError(f"data_dir: {exc}") from exc
+    available = n_train - val_count(config, n_train)
+    return min(config.subset, available) if config.subset else available
 
 
 def _check_quota(root: Path, caller: Caller | None, adding: int) -> None:
@@ -104,16 +93,12 @@ def _check_quota(root: Path, caller: Caller | None, adding: int) -> None:
 def _check_cpu_time(config: TrainConfig) -> None:
     if slot_device(device_slots()[0]) != "cpu" and config.device != "cpu":
         return
-    images = config.subset or 45_000  # CIFAR-100's training split after the default hold-out
+    images = training_images(config)
     seconds = cpu_seconds(config.spec, images)
     if seconds > MAX_CPU_EPOCH_S:
         raise ValueError(f"phi: {config.spec.name} would take about {seconds / 3600:,.0f} hours per epoch of "
                          f"{images:,} images on this CPU (estimated from its {model_card(config.spec).macs / 1e9:.1f} G "
                          "multiply-adds per image); choose a smaller model or fewer images, or train on a GPU server")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "run"
 
 
 def submit(config: TrainConfig, root: str | os.PathLike | None = None, label: str | None = None,
@@ -136,7 +121,7 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
     for config in configs:
         config.validate()
         check_fits(config)
-        runs.check_disk(config, root)
+        checkpoint.check_disk(config, root)
         # The runner starts in the project folder: pin the data folder this process means (a relative one too).
         from effnet.data import data_dir
 
@@ -146,14 +131,14 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
     with locks.exclusive(root / QUEUE_LOCK):
         _check_quota(root, caller, len(pinned))
         for config, label in zip(pinned, labels, strict=True):
-            label = label or runs.describe(config.spec, config)
-            run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(label)}-{secrets.token_hex(2)}"
+            label = clean_label(label) if label else runs.describe(config.spec, config)
+            run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(label)}-{secrets.token_hex(2)}"
             run_dir = root / run_id
             run_dir.mkdir(parents=True)
-            runs.write_json(run_dir / runs.JOB, {"config": config.to_dict(), "label": label, "queued_at": time.time_ns(),
+            files.write_json(run_dir / runs.JOB, {"config": config.to_dict(), "label": label, "queued_at": time.time_ns(),
                                                  "generation": 1, "owner": caller.owner if caller else None,
                                                  "resume": False, "distributed": distributed})
-            runs.write_json(run_dir / runs.STATUS, {"state": "queued", "generation": 1})
+            files.write_json(run_dir / runs.STATUS, {"state": "queued", "generation": 1})
             ids.append(run_id)
     if start_runner:
         ensure_runner(root)
@@ -166,17 +151,17 @@ def resume(run_id: str, root: str | os.PathLike | None = None, caller: Caller | 
     run_dir = run_path(root, run_id)
     with locks.exclusive(root / QUEUE_LOCK):
         info = runs.read_run(run_dir)
-        _check_caller(info, caller, "resume")
+        access.check(caller, info, "resume")
         if not resumable(info):
             raise ValueError(f"run {run_id} cannot be resumed: it is {info.state}"
                              + ("" if info.from_queue else " and was not started from the queue (use python -m "
                                 "effnet.train --resume)"))
         _check_quota(root, caller, 1)
-        job = runs.load_json(run_dir / runs.JOB) or {}
+        job = files.load_json(run_dir / runs.JOB) or {}
         generation = int(job.get("generation", 0)) + 1
-        runs.write_json(run_dir / runs.JOB, {**job, "resume": True, "queued_at": time.time_ns(),
+        files.write_json(run_dir / runs.JOB, {**job, "resume": True, "queued_at": time.time_ns(),
                                              "generation": generation})
-        runs.write_json(run_dir / runs.STATUS, {**info.status, "state": "queued", "error": None,
+        files.write_json(run_dir / runs.STATUS, {**info.status, "state": "queued", "error": None,
                                                 "generation": generation})
     ensure_runner(root)
 
@@ -204,9 +189,9 @@ def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | No
     run_dir = run_path(root, run_id)
     with locks.exclusive(root / QUEUE_LOCK):
         info = runs.read_run(run_dir)
-        _check_caller(info, caller, "stop")
+        access.check(caller, info, "stop")
         if info.state == "queued":
-            runs.write_json(run_dir / runs.STATUS, {**info.status, "state": "stopped"})
+            files.write_json(run_dir / runs.STATUS, {**info.status, "state": "stopped"})
             return "stopped"
     pid = info.status.get("pid")
     if info.active and isinstance(pid, int) and _is_trainer(pid, run_dir):
@@ -228,7 +213,7 @@ def delete(run_id: str, root: str | os.PathLike | None = None, wait_s: float = 3
         return
     run_dir = run_path(root, run_id)
     info = runs.read_run(run_dir)
-    _check_caller(info, caller, "delete")
+    access.check(caller, info, "delete")
     stop(run_id, root)
     deadline = time.monotonic() + wait_s
     while runs.read_run(run_dir).active:
@@ -240,17 +225,15 @@ def delete(run_id: str, root: str | os.PathLike | None = None, wait_s: float = 3
 
 def rename(run_id: str, label: str, root: str | os.PathLike | None = None, caller: Caller | None = None) -> None:
     """Give a run the label every page shows (kept in its job.json, or a new one for a CLI-started run)."""
-    label = " ".join(str(label).split())
-    if not 1 <= len(label) <= 80:
-        raise ValueError("label: give a name of 1 to 80 characters")
+    label = clean_label(label)
     root = checkpoints_dir(root).resolve()
     run_dir = run_path(root, run_id)
     with locks.exclusive(root / QUEUE_LOCK):
         info = runs.read_run(run_dir)
-        _check_caller(info, caller, "rename")
+        access.check(caller, info, "rename")
         if info.damaged:
             raise ValueError(f"run {run_id} is damaged ({info.error}); delete it instead")
-        runs.write_json(run_dir / runs.LABEL, {"label": label})
+        files.write_json(run_dir / runs.LABEL, {"label": label})
 
 
 # ----------------------------------------------------------------------------- devices and the runner
@@ -263,9 +246,7 @@ def device_slots() -> list[str]:
     listed = [d.strip() for d in os.environ.get(DEVICES_ENV, "").split(",") if d.strip()]
     if listed:
         return listed
-    import torch
-
-    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+    return [f"cuda:{g.index}" for g in gpus()] or ["cpu"]
 
 
 def slot_device(slot: str) -> str:
@@ -356,7 +337,7 @@ def _placeable(info: RunInfo, slots: list[str]) -> bool:
     """
     if any(_fits_slot(info.config, s) for s in slots):
         return True
-    runs.write_json(info.path / runs.STATUS, {**info.status, "state": "failed", "error": (
+    files.write_json(info.path / runs.STATUS, {**info.status, "state": "failed", "error": (
         f"device: this server has no {info.config.device!r}; its devices are {', '.join(slots)} "
         f"({DEVICES_ENV} or the visible GPUs)")})
     return False
@@ -373,13 +354,13 @@ def _start_next(root: Path, running: list[_Started]) -> _Started | None:
         if picked is None:
             return None
         info, slots = picked
-        job = runs.load_json(info.path / runs.JOB) or {}
+        job = files.load_json(info.path / runs.JOB) or {}
         generation = int(info.status.get("generation", job.get("generation", 0)))
         env = {**os.environ, DEVICE_LOCK_ENV: os.pathsep.join(str(device_lock(root, s)) for s in slots)}
         with open(info.path / runs.LOG, "ab") as log:
             proc = subprocess.Popen(_command(info, job, slots), cwd=PROJECT_DIR, env=env,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        runs.write_json(info.path / runs.STATUS, {"state": "starting", "pid": proc.pid, "heartbeat": time.time(),
+        files.write_json(info.path / runs.STATUS, {"state": "starting", "pid": proc.pid, "heartbeat": time.time(),
                                                   "generation": generation, "slot": ", ".join(slots)})
         return _Started(info.path, proc, generation, slots)
 
@@ -388,16 +369,16 @@ def _finish(started: _Started, code: int) -> None:
     """After the process exits: make its status final if it could not, unless the run was queued again meanwhile."""
     run_dir = started.run_dir
     with locks.exclusive(run_dir.parent / QUEUE_LOCK):
-        status = runs.read_json(run_dir / runs.STATUS) or {}
+        status = files.read_json(run_dir / runs.STATUS) or {}
         if int(status.get("generation", started.generation)) != started.generation:
             return  # resumed (or otherwise requeued) after this process started: not ours to touch
         if status.get("state") not in ACTIVE and (code == 0 or status.get("state") == "failed"):
             return
         if code == -signal.SIGTERM:  # stopped before it could install its own handler
-            runs.write_json(run_dir / runs.STATUS, {**status, "state": "stopped"})
+            files.write_json(run_dir / runs.STATUS, {**status, "state": "stopped"})
             return
         tail = runs.log_tail(run_dir)
-        runs.write_json(run_dir / runs.STATUS, {**status, "state": "failed", "exit_code": code,
+        files.write_json(run_dir / runs.STATUS, {**status, "state": "failed", "exit_code": code,
                                                 "error": f"training exited with code {code}\n{tail}".strip()})
 
 

@@ -7,13 +7,13 @@ share the cores in turn instead of slowing each other down, and each is bounded 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
 from effnet.card import model_card
+from effnet.devices import check_memory
 from effnet.scaling import ScalingSpec
 
 _LOCK = threading.Lock()
@@ -63,11 +63,6 @@ def measure_estimate_s(spec: ScalingSpec, batch_size: int, budget_s: float = 4.0
             + _timed_estimate_s(step, budget_s / 2, STEP_REPS))
 
 
-def ram_bytes() -> int:
-    """This machine's memory (what a CPU run can have at most)."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def _timed(fn, budget_s: float, max_reps: int) -> float:
     """Best seconds per call after one warm-up call, repeating within ``budget_s``."""
     fn()
@@ -82,10 +77,7 @@ def _timed(fn, budget_s: float, max_reps: int) -> float:
 
 def measure_speed(spec: ScalingSpec, batch_size: int = 32, device: str = "cpu", budget_s: float = 4.0) -> Speed:
     """Inference latency (batch 1) and training throughput (``batch_size``) of a fresh model."""
-    need = model_card(spec).train_memory_bytes(batch_size)
-    if need > 8 * 1024**3:
-        raise ValueError(f"batch_size: a training step of {spec.name} at batch {batch_size} needs about "
-                         f"{need / 1024**3:.1f} GiB; measure a smaller batch")
+    check_memory(model_card(spec), batch_size, device)
     import torch
     import torch.nn.functional as F
 

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effnet import runs
+from effnet import files, runs
 from effnet.access import Caller
 from effnet.card import at_equal_macs, model_card
 from effnet.config import TrainConfig
+from effnet.humanize import slug
 from effnet.scaling import CONSTRAINT_TARGET, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS, ScalingSpec
 
 STUDY = "study.json"
@@ -146,7 +147,7 @@ def queue(kind: str, configs: list[TrainConfig], fields: list[dict[str, Any]], o
     out.mkdir(parents=True, exist_ok=True)
     rows = [_row(c.spec, root / rid, out, **f) for c, rid, f in zip(configs, ids, fields, strict=True)]
     study = {"kind": kind, "runs": rows, "created_at": time.time(), "settings": settings}
-    runs.write_json(out / STUDY, study)
+    files.write_json(out / STUDY, study)
     return study
 
 
@@ -189,15 +190,15 @@ class StudyRun:
 
     @property
     def best_val(self) -> float | None:
-        values = [m["val_top1"] for m in self.metrics if m.get("val_top1") is not None]
-        return max(values) if values else None
+        """Validation top-1 at the selected epoch (the best one); None without a validation split."""
+        row = runs.selected_row(self.metrics)
+        return None if row is None else row.get("val_top1")
 
     @property
     def test_at_best_val(self) -> float | None:
-        rows = [m for m in self.metrics if m.get("val_top1") is not None]
-        if not rows:
-            return self.metrics[-1].get("test_top1") if self.metrics else None
-        return max(rows, key=lambda m: m["val_top1"]).get("test_top1")
+        """Test top-1 at the selected epoch (``runs.selected_row``): chosen on validation, never on test."""
+        row = runs.selected_row(self.metrics)
+        return None if row is None else row.get("test_top1")
 
     @property
     def state(self) -> str:
@@ -248,8 +249,8 @@ def load(study_dir: str | os.PathLike, root: str | os.PathLike | None = None) ->
     study_dir = Path(study_dir)
     root = runs.checkpoints_dir(root)
     try:
-        data = runs.load_json(study_dir / STUDY)
-    except runs.Damaged as exc:
+        data = files.load_json(study_dir / STUDY)
+    except files.Damaged as exc:
         raise StudyError(str(exc)) from exc
     if data is None:
         raise StudyError(f"{study_dir} has no {STUDY}")
@@ -278,8 +279,8 @@ def list_studies(root: str | os.PathLike | None = None) -> list[Path]:
 
 def new_study_dir(root: str | os.PathLike | None, name: str) -> Path:
     """A fresh folder name under ``<checkpoints>/studies/`` for a study called ``name``."""
-    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:40] or "study"
-    return runs.checkpoints_dir(root) / STUDIES / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{secrets.token_hex(2)}"
+    return (runs.checkpoints_dir(root) / STUDIES
+            / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(name, 'study')}-{secrets.token_hex(2)}")
 
 
 def record_best(study: Study) -> dict[str, Any] | None:
@@ -288,7 +289,7 @@ def record_best(study: Study) -> dict[str, Any] | None:
     if best is None:
         return None
     data = study.data | {"best": best.row | {"val_top1": best.best_val}}
-    runs.write_json(study.path / STUDY, data)
+    files.write_json(study.path / STUDY, data)
     return data["best"]
 
 

@@ -1,4 +1,4 @@
-"""Train an EfficientNet on CIFAR-100: ``python -m effnet.train --variant b0 --epochs 3 ...``.
+"""Train a model on CIFAR-100 or your own images: ``python -m effnet.train --variant b0 --epochs 3 ...``.
 
 Read top to bottom: the command line, the learning-rate schedule and seeds, one step, evaluation,
 the run's bookkeeping, then ``Run`` (a run in progress, step by step) and ``train``.
@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import errno
-import hashlib
 import math
 import os
 import signal
@@ -40,17 +38,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from effnet import locks, runs
-from effnet.config import AUGMENTATIONS, DATASETS, PRECISIONS, SCHEDULES, TrainConfig, normalization_for
-from effnet.data import Cifar100, DataError, Split, augment, data_dir, load_cifar100, split_train_val
+from effnet import files, locks, runs
+from effnet.checkpoint import CheckpointError, check_disk, load_checkpoint, save_checkpoint
+from effnet.config import AUGMENTATIONS, DATASETS, PRECISIONS, SCHEDULES, TrainConfig, normalization_for, val_count
+from effnet.data import Cifar100, DataError, Split, data_dir, load_cifar100, split_train_val
+from effnet.evaluate import PRECISE_BN_IMAGES, evaluate, precise_bn
 from effnet.model import EfficientNet, build_model, load_pretrained
-from effnet.preprocess import to_model_input
 from effnet.scaling import ScalingSpec
 from effnet.spec_flags import add_spec_arguments, spec_from_args
+from effnet.step import EMA, lr_at, make_optimizer, step_seed, train_step
 
 # With --config, the file is the whole config; only where to write and where to run may be given beside it.
 CONFIG_COMPANIONS = ("--config", "--out", "--resume", "--device", "--data-dir")
@@ -74,7 +72,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment)
     g.add_argument("--subset", type=int, help="train on the first N training images")
     g.add_argument("--eval-subset", type=int, help="evaluate on the first N validation and test images")
-    g.add_argument("--val-size", type=int, default=d.val_size, help="images held out from training for validation")
+    g.add_argument("--val-size", type=int, default=d.val_size,
+                   help="training images held out for validation (default: 5,000 of CIFAR-100, a tenth of a folder's; "
+                        "0: none, and the last epoch is reported)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=None, help="auto (CUDA if present; the default), cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
@@ -128,7 +128,7 @@ def _normalization(args: argparse.Namespace) -> str:
     if args.init_from and not args.pretrained:
         try:
             return runs.load_config(Path(args.init_from))[0].normalization
-        except (runs.Damaged, AttributeError, TypeError) as exc:
+        except (files.Damaged, AttributeError, TypeError) as exc:
             raise ValueError(f"init_from: {args.init_from} is not a readable run folder ({exc})") from exc
     return normalization_for(args.pretrained)
 
@@ -150,105 +150,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
             config = config_from_args(args, spec_from_args(args, num_classes=num_classes_from_args(args),
                                                            normalization=_normalization(args)))
         config.validate()
+        out = _out_folder(args.out)
     except ValueError as exc:
         p.error(str(exc))
-    return config, Path(args.out), args.resume
+    return config, out, args.resume
 
 
-# ----------------------------------------------------------------------------- schedule, seeds, one step
-def lr_at(step: int, total: int, warmup: int, base_lr: float, schedule: str) -> float:
-    """Learning rate at global step ``step`` (0-based): linear warmup, then the schedule's decay."""
-    if schedule == "onecycle":
-        warmup = max(1, int(0.3 * total))
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    if schedule == "constant":
-        return base_lr
-    t = (step - warmup) / max(1, total - warmup)
-    floor = base_lr * (1e-4 if schedule == "onecycle" else 0.0)
-    return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def step_seed(*parts: int) -> int:
-    """A 63-bit seed from (seed, epoch, step, rank): every step's randomness is reproducible."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with (Nesterov) momentum; weight decay on conv and linear weights, not on BatchNorm and biases."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    other = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov and config.momentum > 0)
-
-
-class EMA:
-    """Exponential moving average of the weights (buffers are copied), evaluated instead of the raw model."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self._update = get_ema_multi_avg_fn(decay)  # torch's public EMA rule (a fused lerp over all tensors)
-        # Pair the tensors once: updates then touch them in place every step, no dict building.
-        self.params = (list(self.model.parameters()), list(model.parameters()))
-        self.buffers = list(zip(self.model.buffers(), model.buffers(), strict=True))
-
-    @torch.no_grad()
-    def update(self) -> None:
-        self._update(self.params[0], self.params[1], None)
-        for mine, live in self.buffers:
-            mine.copy_(live)  # BatchNorm statistics follow the live model
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-               config: TrainConfig, generator: torch.Generator, amp: bool) -> tuple[Tensor, Tensor]:
-    """One SGD step on uint8 images: augment and preprocess on their device, forward, backward, update.
-
-    Returns (loss, logits), detached, still on the device (no host sync here).
-    """
-    x = to_model_input(augment(images, generator, config.augment), config.spec)
-    if config.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), logits.detach()
-
-
-# ----------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, config: TrainConfig, amp: bool,
-             stop: threading.Event | None = None) -> dict[str, Any] | None:
-    """top-1/top-5 (percent), loss and the confusion matrix; None if ``stop`` was set midway."""
-    spec, batch_size = config.spec, config.eval_batch_size
-    was_training = model.training
-    model.eval()
-    k, n_classes = min(5, spec.num_classes), spec.num_classes
-    confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=split.labels.device)
-    top1 = top5 = 0
-    loss = 0.0
-    for i in range(0, len(split), batch_size):
-        if stop is not None and stop.is_set():
-            model.train(was_training)
-            return None
-        x = to_model_input(split.images[i : i + batch_size], spec)
-        if config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = split.labels[i : i + batch_size]
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x).float()
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        best = logits.topk(k, dim=1).indices
-        top1 += (best[:, 0] == y).sum().item()
-        top5 += (best == y[:, None]).any(dim=1).sum().item()
-        confusion += torch.bincount(y * n_classes + best[:, 0], minlength=n_classes * n_classes)
-    model.train(was_training)
-    n = max(1, len(split))
-    return {"top1": 100 * top1 / n, "top5": 100 * top5 / n, "loss": loss / n,
-            "confusion": confusion.view(n_classes, n_classes).tolist()}
+def _out_folder(text: str) -> Path:
+    """The run folder ``--out`` names: not empty (that would train into the current folder), not a file."""
+    if not text.strip():
+        raise ValueError("out: give the run's folder, e.g. --out checkpoints/my-run")
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} is a file, not a run folder")
+    return out
 
 
 # ----------------------------------------------------------------------------- run bookkeeping
@@ -262,7 +177,7 @@ class Status:
         self.enabled = enabled
         self.lock = threading.Lock()
         # The queue's generation stays: it tells the runner this status belongs to the run it started.
-        kept = {k: v for k, v in (runs.read_json(self.path) or {}).items() if k in ("generation", "slot")}
+        kept = {k: v for k, v in (files.read_json(self.path) or {}).items() if k in ("generation", "slot")}
         self.fields: dict[str, Any] = {**kept, "state": "starting", "pid": os.getpid(), "started": time.time()}
         self.last_write = 0.0
         self._stop = threading.Event()
@@ -279,7 +194,7 @@ class Status:
 
     def _write(self) -> None:
         self.fields["heartbeat"] = self.last_write = time.time()
-        runs.write_status(self.path, self.fields)
+        files.write_status(self.path, self.fields)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.HEARTBEAT_SECONDS):
@@ -348,10 +263,11 @@ def load_dataset(config: TrainConfig) -> Cifar100:
     return data
 
 
-def load_data(config: TrainConfig, device: torch.device) -> Data:
-    """Held-out validation split, optional subsets, everything on the device as uint8."""
-    data = load_dataset(config)
-    train_idx, val_idx = split_train_val(len(data.train), config.val_size)
+def load_data(config: TrainConfig, device: torch.device, data: Cifar100 | None = None) -> Data:
+    """Held-out validation split, optional subsets, everything on the device as uint8 (``data``: the dataset
+    when it is already loaded)."""
+    data = data if data is not None else load_dataset(config)
+    train_idx, val_idx = split_train_val(len(data.train), val_count(config, len(data.train)))
     if config.subset is not None:
         train_idx = train_idx[: config.subset]
     n_eval = config.eval_subset
@@ -393,6 +309,58 @@ def initial_model(config: TrainConfig, fresh: bool) -> EfficientNet:
     return build_model(config.spec)
 
 
+class Diverged(ValueError):
+    """The loss became NaN or infinite: the run fails saying so (never "finished" with NaN weights)."""
+
+
+class Live:
+    """Points within an epoch, so a class sees learning in the first minute, not when epoch 1 ends (``live.jsonl``).
+
+    Every ~1/``POINTS`` of an epoch: the running training loss and top-1 over the steps since the last point.
+    Runs of ``EARLY_EPOCHS`` epochs or fewer (class demos) also evaluate a validation slice of ``EARLY_IMAGES``
+    every quarter epoch, on a measured copy of the model (``Run.measured_model``): the training state is not
+    touched, so a resumed run replays bit for bit. The points are kept in the checkpoint, so after a resume the
+    file holds each of them once.
+    """
+
+    POINTS, EARLY_EPOCHS, EARLY_IMAGES = 20, 5, 256
+
+    def __init__(self, run: Run, rows: list[dict[str, Any]] | None = None) -> None:
+        self.rows = list(rows or [])
+        self.window = run._zero_acc()
+        self.every = max(1, run.steps // self.POINTS)
+        early = run.config.epochs <= self.EARLY_EPOCHS and len(run.data.val) > 0 and run.steps >= 8
+        self.quarters = {round(k * run.steps / 4) for k in (1, 2, 3)} if early else set()
+        self.last_write = 0.0
+
+    def after_step(self, run: Run) -> None:
+        if run.step % self.every and run.step not in self.quarters:
+            return
+        seen = int(self.window["seen"].item())  # one host sync per point, not per step
+        if seen:
+            loss = self.window["loss"].item() / seen
+            if not math.isfinite(loss):
+                raise Diverged(f"training diverged: the loss became {loss} in epoch {run.epoch + 1}, step {run.step} "
+                               f"(lower the learning rate, {run.config.lr:g}, or the weight decay)")
+            self.rows.append({"epoch": run.epoch + 1, "step": run.step, "steps": run.steps, "train_loss": loss,
+                              "train_top1": 100 * self.window["correct"].item() / seen})
+            self.window = run._zero_acc()
+        if run.step in self.quarters and run.main:
+            run.status.update(phase="evaluating a validation slice")
+            measured = run.measured_model(self.EARLY_IMAGES)
+            val = evaluate(measured, run.data.val.take(torch.arange(min(self.EARLY_IMAGES, len(run.data.val)))),
+                           run.config, run.amp)
+            run.status.update(phase="train")
+            self.rows.append({"epoch": run.epoch + 1, "step": run.step, "steps": run.steps, "val_top1": val["top1"],
+                              "val_loss": val["loss"]})
+        if run.main and time.monotonic() - self.last_write > 2.0:
+            self.write(run)
+
+    def write(self, run: Run) -> None:
+        runs.write_metrics(run.out, self.rows, runs.LIVE)
+        self.last_write = time.monotonic()
+
+
 # ----------------------------------------------------------------------------- a run in progress
 class Run:
     """One run: model, optimizer, EMA, where it stands, and the steps that move it on.
@@ -427,9 +395,10 @@ class Run:
         self.steps = max(1, len(data.train) // (config.batch_size * world))
         self.total_steps = self.steps * config.epochs
         self.warmup = min(int(config.warmup_epochs * self.steps), self.total_steps // 2)
-        self.epoch, self.step, self.best_val = 0, 0, -1.0
+        self.epoch, self.step = 0, 0
         self.rows: list[dict[str, Any]] = []
         self.acc = self._zero_acc()
+        self.live = Live(self)
         self.clock = Stopwatch()
         self.last_save = time.monotonic()
 
@@ -448,9 +417,12 @@ class Run:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.ema is not None and "ema" in checkpoint:
             self.ema.model.load_state_dict(checkpoint["ema"])
-        self.epoch, self.step, self.best_val = checkpoint["epoch"], checkpoint["step"], checkpoint["best_val"]
+        self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
         self.rows = list(checkpoint["rows"])
         self.acc = {k: v.to(self.device) for k, v in checkpoint["acc"].items()}
+        self.live = Live(self, checkpoint.get("live"))
+        if "live_window" in checkpoint:
+            self.live.window = {k: v.to(self.device) for k, v in checkpoint["live_window"].items()}
         self.clock = Stopwatch(checkpoint["seconds"])
 
     def save(self) -> None:
@@ -458,12 +430,13 @@ class Run:
         if not self.main:
             return
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-                 "step": self.step, "best_val": self.best_val, "rows": self.rows,
+                 "step": self.step, "rows": self.rows, "live": self.live.rows,
+                 "live_window": {k: v.cpu() for k, v in self.live.window.items()},
                  "acc": {k: v.cpu() for k, v in self.acc.items()}, "seconds": self.clock.read(),
                  "spec": self.config.spec.to_dict(), "config": self.config.to_dict()}
         if self.ema is not None:
             state["ema"] = self.ema.model.state_dict()
-        runs.save_checkpoint(self.out / runs.LAST, state)
+        save_checkpoint(self.out / runs.LAST, state)
         self.last_save = time.monotonic()
 
     def stop_requested(self) -> bool:
@@ -476,6 +449,8 @@ class Run:
 
     def _stopped(self) -> bool:
         self.save()
+        if self.main:
+            self.live.write(self)
         self.status.update(state="stopped", epoch=self.epoch + 1, step=self.step)
         return False
 
@@ -501,36 +476,46 @@ class Run:
                                       self.amp)
             if self.ema is not None:
                 self.ema.update()
-            self.acc["loss"] += loss.double() * len(y)
-            self.acc["correct"] += (logits.argmax(1) == y).sum()
-            self.acc["seen"] += len(y)
+            for sums in (self.acc, self.live.window):
+                sums["loss"] += loss.double() * len(y)
+                sums["correct"] += (logits.argmax(1) == y).sum()
+                sums["seen"] += len(y)
             self.step += 1
             images_done[0] += len(idx) * self.world
             self.status.update(force=False, epoch=epoch + 1, step=self.step, phase="train",
                                images_per_second=images_done[0] / max(1e-9, time.time() - running_since))
+            self.live.after_step(self)
             if time.monotonic() - self.last_save >= 60 * config.checkpoint_minutes:
                 self.save()
         self.clock.stop("train")
         return True
 
+    def measured_model(self, count: int = PRECISE_BN_IMAGES) -> nn.Module:
+        """The model evaluations see: the eval model (EMA or live) with BatchNorm statistics recomputed over training
+        images (``effnet.evaluate.precise_bn``; the stored running averages lag the weights on short runs)."""
+        return precise_bn(self.eval_model, self.data.train.images, self.config,
+                          step_seed(self.config.seed, self.epoch, self.step), count, self.amp)
+
     def end_epoch(self) -> bool:
         """Evaluate, record the epoch's row, write best.pt/last.pt/metrics; False when a stop came first."""
         self.status.update(phase="evaluating", step=self.steps)
         val_set, amp = self.data.val, self.amp
-        val = evaluate(self.eval_model, val_set, self.config, amp, self.stop) if len(val_set) else None
-        test = evaluate(self.eval_model, self.data.test, self.config, amp, self.stop)
+        measured = self.measured_model()
+        val = evaluate(measured, val_set, self.config, amp, self.stop) if len(val_set) else None
+        test = evaluate(measured, self.data.test, self.config, amp, self.stop)
         if self.stop_requested() or test is None or (len(val_set) and val is None):
             return self._stopped()
         self.clock.stop("epoch")
         row = self._row(val, test)
+        if not math.isfinite(row["train_loss"]):
+            raise Diverged(f"training diverged: the loss became {row['train_loss']} in epoch {row['epoch']} (lower "
+                           f"the learning rate, {self.config.lr:g}, or the weight decay)")
         self.rows.append(row)
-        score = row["val_top1"] if row["val_top1"] is not None else row["test_top1"]
-        improved = score > self.best_val
-        self.best_val = max(self.best_val, score)
+        improved = runs.selected_row(self.rows) is row  # best validation so far (the last epoch without one)
         self.epoch, self.step = self.epoch + 1, 0
         self.acc, self.clock = self._zero_acc(), Stopwatch()
         if self.main:
-            self._record(row, test["confusion"], improved)
+            self._record(row, test["confusion"], measured if improved else None)
         self.status.update(epoch=min(self.epoch + 1, self.config.epochs), step=0, phase="train")
         return True
 
@@ -552,20 +537,23 @@ class Run:
             "images_per_second": seen / max(1e-9, seconds["train"]),
         }
 
-    def _record(self, row: dict[str, Any], confusion_matrix: list[list[int]], improved: bool) -> None:
-        """Rank 0: confusion matrices, best.pt when validation improved, last.pt, metrics, one printed line."""
+    def _record(self, row: dict[str, Any], confusion_matrix: list[list[int]], selected: nn.Module | None) -> None:
+        """Rank 0: confusion matrices, best.pt when this epoch is the selected one (``selected``: its measured
+        model), last.pt, metrics, one printed line."""
         out = self.out
-        confusion = runs.read_json(out / runs.CONFUSION) or {}
+        confusion = files.read_json(out / runs.CONFUSION) or {}
         confusion["final"] = {"epoch": row["epoch"], "matrix": confusion_matrix}
         confusion["classes"] = self.data.classes
-        if improved:
+        if selected is not None:
             confusion["best"] = confusion["final"]
-            runs.save_checkpoint(out / runs.BEST, {"model": self.eval_model.state_dict(), "epoch": row["epoch"],
-                                                   "val_top1": row["val_top1"], "spec": self.config.spec.to_dict()})
+            save_checkpoint(out / runs.BEST, {"model": selected.state_dict(), "epoch": row["epoch"],
+                                              "val_top1": row["val_top1"], "spec": self.config.spec.to_dict(),
+                                              "bn_images": PRECISE_BN_IMAGES})
         self.save()
-        runs.write_json(out / runs.CONFUSION, confusion)
+        files.write_json(out / runs.CONFUSION, confusion)
         runs.write_metrics(out, self.rows)
         val = row["val_top1"] if row["val_top1"] is not None else float("nan")
+        self.live.write(self)
         print(f"epoch {row['epoch']}/{self.config.epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%"
               f"  val {val:.2f}%  test {row['test_top1']:.2f}%  {row['images_per_second']:.0f} img/s  "
               f"{row['epoch_seconds']:.0f} s", flush=True)
@@ -578,8 +566,8 @@ def _open(config: TrainConfig, out: Path, resume: bool) -> tuple[TrainConfig, di
         return config, None
     if not resume:
         raise ValueError(f"out: {out} already holds a run; pass --resume to continue it or choose another --out")
-    checkpoint = runs.load_checkpoint(out / runs.LAST)
-    saved = runs.read_json(out / runs.CONFIG)
+    checkpoint = load_checkpoint(out / runs.LAST)
+    saved = files.read_json(out / runs.CONFIG)
     if saved is not None and isinstance(saved.get("train"), dict):
         # The run continues with its own settings; only where it runs may change.
         config = TrainConfig.from_dict(saved["train"]).replace(device=config.device, data_dir=config.data_dir)
@@ -603,7 +591,17 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> list[dict[str
     """
     config.validate()
     config, checkpoint = _open(config, out, resume)
-    runs.check_disk(config, out)
+    check_disk(config, out)
+    queued = (out / runs.JOB).is_file()  # the queue made the folder: a refusal is recorded there
+    try:
+        # Missing data or a split too small: refused before the run folder exists (a refused command writes nothing).
+        dataset = load_dataset(config)
+        val_count(config, len(dataset.train))
+    except (DataError, ValueError) as exc:
+        if queued:
+            files.write_status(out / runs.STATUS, {**(files.read_json(out / runs.STATUS) or {}), "state": "failed",
+                                                   **_failure(exc)})
+        raise
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(config.device, local_rank)
@@ -616,15 +614,15 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> list[dict[str
         with contextlib.ExitStack() as held:
             if rank == 0:
                 out.mkdir(parents=True, exist_ok=True)
-                runs.write_json(out / runs.CONFIG, {"spec": config.spec.to_dict(), "train": config.to_dict(),
+                files.write_json(out / runs.CONFIG, {"spec": config.spec.to_dict(), "train": config.to_dict(),
                                                     "world_size": world, "device": str(device)})
                 for path in filter(None, os.environ.get(locks.DEVICE_LOCK_ENV, "").split(os.pathsep)):
                     # Runs started by the queue hold their device's lock while they train (see effnet.jobs).
                     held.enter_context(locks.exclusive(Path(path), on_busy=lambda: status.update(
                         state="waiting", phase="another run holds the device")))
             status.update(state="loading data", device=str(device), world_size=world)
-            return _loop(Run(config, out, load_data(config, device), device, world, rank, status, checkpoint is None),
-                         checkpoint)
+            run = Run(config, out, load_data(config, device, dataset), device, world, rank, status, checkpoint is None)
+            return _loop(run, checkpoint)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             status.update(state="failed", **_failure(exc))
@@ -639,6 +637,7 @@ def _loop(run: Run, checkpoint: dict[str, Any] | None) -> list[dict[str, Any]]:
         run.restore(checkpoint)
     if run.main:
         runs.write_metrics(run.out, run.rows)
+        run.live.write(run)
     running_since, images_done = time.time(), [0]
     config = run.config
     run.status.update(state="running", epoch=run.epoch + 1, epochs=config.epochs, step=run.step, steps=run.steps,
@@ -657,16 +656,16 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:
         train(config, out, resume)
-    except (DataError, ValueError, runs.CheckpointError) as exc:
+    except (DataError, ValueError, CheckpointError) as exc:
         # Expected failures get one clear line; anything else keeps its traceback.
         if rank == 0:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
+    except OSError as exc:  # the disk or the folder: a line saying which, not a traceback
         if rank == 0:
-            print(f"error: {_failure(exc)['error']}", file=sys.stderr, flush=True)
+            why = _failure(exc)["error"] if exc.errno == errno.ENOSPC else f"cannot write {exc.filename or out}: " \
+                f"{exc.strerror or exc}"
+            print(f"error: {why}", file=sys.stderr, flush=True)
         return 1
     finally:
         if dist.is_initialized():

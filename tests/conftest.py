@@ -1,7 +1,19 @@
-"""Shared fixtures: small CIFAR-100 data in the official format, and a tiny training command."""
+"""Shared fixtures and the suite's rules: no network, timeouts scaled to the machine, a fast tier, shared trained data.
+
+- **No network.** Every test process, and every process a test starts (``PYTHONPATH`` carries
+  ``tests/offline``), can reach only loopback and Unix sockets; anything else fails at once naming the host.
+- **Timeouts** (subprocesses, waits, browser waits and the per-test limit) are ``scaled(seconds)``: generous
+  on this 2-core machine and multiplied on a slower or busier one (``EFFNET_TEST_SLOWDOWN``, else measured
+  when the session starts).
+- **Tiers.** ``python -m pytest -m "not slow"`` is the edit loop (under 3 minutes); tests that train, start
+  servers, browsers or a cluster are ``slow`` (marked, or by the shared fixtures they use).
+- **Shared fixtures that fail say it once**: the first test that needs one errors with the reason, the others
+  are skipped pointing at it, instead of thirty copies of the same traceback.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -12,14 +24,91 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cifar_files import write_cifar_archive
+TESTS = Path(__file__).resolve().parent
+PROJECT = TESTS.parent
+OFFLINE = TESTS / "offline"
+sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(OFFLINE))
 
-from effnet import ScalingSpec
-from effnet.config import TrainConfig
+import offline_guard  # noqa: E402
+from cifar_files import write_cifar_archive  # noqa: E402
 
-PROJECT = Path(__file__).resolve().parents[1]
+offline_guard.install()
+# Every process the tests start finds the project and the network guard, and never probes for GPUs.
+TEST_PATH = os.pathsep.join([str(OFFLINE), str(PROJECT)])
+os.environ["PYTHONPATH"] = TEST_PATH
+os.environ.setdefault("EFFNET_DEVICES", "cpu")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+from effnet import ScalingSpec  # noqa: E402
+from effnet.config import TrainConfig  # noqa: E402
+
+# ----------------------------------------------------------------------------- timeouts that follow the machine
+REFERENCE_PROBE_S = 0.045  # the probe below on the project's 2-core machine, quiet
+
+
+def _measure_slowdown() -> float:
+    given = os.environ.get("EFFNET_TEST_SLOWDOWN")
+    if given:
+        return max(1.0, float(given))
+    start = time.perf_counter()
+    sum(i * i for i in range(400_000))
+    took = time.perf_counter() - start
+    busy = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return min(10.0, max(1.0, took / REFERENCE_PROBE_S, 1.0 + busy))
+
+
+SLOWDOWN = _measure_slowdown()
+
+
+def scaled(seconds: float) -> float:
+    """A timeout of ``seconds`` on the reference machine, stretched by how slow or busy this one is."""
+    return seconds * SLOWDOWN
+
+
+def ms(seconds: float) -> float:
+    """``scaled`` in milliseconds, for Playwright."""
+    return 1000 * scaled(seconds)
+
+
+# Tests that use these fixtures train models or start servers: they belong to the slow tier.
+SLOW_FIXTURES = {"finished_runs", "methods_study", "digits_run", "server", "study_server", "own_server", "browser",
+                 "slurm_cluster", "notebook_runs"}
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"effnet-lab: timeouts x{SLOWDOWN:.2f} (EFFNET_TEST_SLOWDOWN), network off (tests/offline)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    default = float(config.getini("timeout") or 300)
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        marker = item.get_closest_marker("timeout")
+        base = float(marker.args[0]) if marker and marker.args else default
+        item.add_marker(pytest.mark.timeout(scaled(base)))
+
+
+def shared(fixture: Callable) -> Callable:
+    """A session fixture that, once it failed, skips the other tests that need it (pointing at the first error)."""
+    failed: list[str] = []
+
+    @functools.wraps(fixture)
+    def wrapper(*args, **kwargs):
+        if failed:
+            pytest.skip(f"the shared fixture {fixture.__name__} failed in an earlier test: {failed[0]}")
+        try:
+            return fixture(*args, **kwargs)
+        except BaseException as exc:
+            if not isinstance(exc, pytest.skip.Exception):
+                failed.append(f"{exc.__class__.__name__}: {str(exc)[:300]}")
+            raise
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- data and small runs
 # The smallest useful spec: phi=-4 in the cifar geometry is 18 px, 1.3 M parameters.
 TINY = ["--phi", "-4", "--geometry", "cifar", "--batch-size", "32", "--lr", "0.05", "--val-size", "64",
         "--eval-subset", "64", "--device", "cpu", "--seed", "0"]
@@ -35,17 +124,20 @@ def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def serve_app_from(monkeypatch: pytest.MonkeyPatch, checkpoints: Path, data: Path, **env: str) -> None:
     """The environment ``streamlit run app.py`` has on a server: checkpoints and data folders, the project."""
-    for name, value in {"EFFNET_CHECKPOINTS": checkpoints, "EFFNET_DATA": data, "PYTHONPATH": PROJECT, **env}.items():
+    for name, value in {"EFFNET_CHECKPOINTS": checkpoints, "EFFNET_DATA": data, "PYTHONPATH": TEST_PATH, **env}.items():
         monkeypatch.setenv(name, str(value))
     monkeypatch.chdir(PROJECT)
 
 
-def open_app(page: str | None = None, timeout: int = 120, **query: str):
-    """The real app under Streamlit's AppTest (query parameters first), switched to ``page`` when given."""
+def open_app(page: str | None = None, timeout: float = 120, owner: str | None = None, **query: str):
+    """The lab's pages under Streamlit's AppTest (``lab.py``, what ``app.py`` serves), switched to ``page`` when
+    given. ``owner``: the browser's owner token (on a real server it comes from its signed cookie)."""
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=timeout)
+    at = AppTest.from_file(str(PROJECT / "lab.py"), default_timeout=scaled(timeout))
     at.query_params.update(query)
+    if owner is not None:
+        at.session_state["owner"] = owner
     at.run()
     if page is not None:
         at.switch_page(page).run()
@@ -59,9 +151,8 @@ def tiny_config(cifar_dir: Path, **changes: object) -> TrainConfig:
     return TrainConfig(**{**base, **changes})
 
 
-def python_env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    return env
+def python_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": TEST_PATH, "PYTHONUNBUFFERED": "1", **extra}
 
 
 def train_cmd(out: Path, data: Path, *extra: str) -> list[str]:
@@ -69,18 +160,18 @@ def train_cmd(out: Path, data: Path, *extra: str) -> list[str]:
 
 
 def run_train(out: Path, data: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(train_cmd(out, data, *extra), capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(train_cmd(out, data, *extra), capture_output=True, text=True, timeout=scaled(timeout),
                           cwd=PROJECT, env=python_env())
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 120, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {scaled(timeout):.0f} s waiting for {what}")
 
 
 def read_status(run_dir: Path) -> dict:
@@ -91,6 +182,7 @@ def read_status(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
+@shared
 def finished_runs(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Path:
     """A checkpoints folder with two finished tiny runs, for the results and CAM pages."""
     root = tmp_path_factory.mktemp("finished")
@@ -104,13 +196,14 @@ STUDY_TRAIN = ["--epochs", "1", "--batch-size", "32", "--subset", "96", "--val-s
                "--device", "cpu", "--lr", "0.05"]
 
 
-def cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(module: str, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     """``python -m module args`` from the project folder, output captured."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=PROJECT, env=python_env())
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=scaled(timeout), cwd=PROJECT, env=python_env(**env))
 
 
 @pytest.fixture(scope="session")
+@shared
 def methods_study(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> tuple[Path, Path]:
     """(checkpoints folder, study folder): a real methods study at phi=-2, its four runs one epoch each."""
     root = tmp_path_factory.mktemp("study") / "checkpoints"

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from effnet import ScalingSpec, jobs, model_card, runs
 from effnet.config import TrainConfig
-from views.widgets import human
+from effnet.humanize import si
 
 PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.py", "views/lesson.py", "views/study.py",
          "views/compress.py"]
@@ -25,7 +25,7 @@ def app_env(tmp_path, monkeypatch, cifar_dir):
 
 
 def open_page(page: str) -> AppTest:
-    return open_app(None if page == PAGES[0] else page)
+    return open_app(page)
 
 
 def metrics(at: AppTest) -> dict[str, str]:
@@ -43,7 +43,7 @@ def test_explorer_numbers_follow_the_core_as_phi_changes(app_env):
     at = open_page(PAGES[0])
     default = metrics(at)
     b0 = model_card(ScalingSpec.official("b0"))
-    assert default["Parameters"] == human(b0.params) and default["Resolution"] == "32 px"
+    assert default["Parameters"] == si(b0.params) and default["Resolution"] == "32 px"
 
     at.radio(key="mode").set_value("Custom φ, α, β, γ").run()
     at.slider(key="phi_slider").set_value(2.5).run()
@@ -51,8 +51,8 @@ def test_explorer_numbers_follow_the_core_as_phi_changes(app_env):
     spec = ScalingSpec(phi=2.5, geometry="cifar", num_classes=100, base_resolution=32)
     card = model_card(spec)
     shown = metrics(at)
-    assert shown["Parameters"] == human(card.params)
-    assert shown["MACs (FLOPs)"] == human(card.macs)
+    assert shown["Parameters"] == si(card.params)
+    assert shown["MACs (FLOPs)"] == si(card.macs)
     assert shown["Resolution"] == f"{spec.resolution} px"
     assert shown["Depth multiplier"] == f"×{spec.depth_mult:.3f}"
     assert at.number_input(key="phi_input").value == 2.5  # slider and number input stay in step
@@ -142,7 +142,7 @@ def test_results_page_shows_the_study_table_from_the_runs(with_runs):
     table = at.dataframe[0].value
     found = results.collect(with_runs)
     assert list(table.columns) == [r.label for r in found]
-    assert table.loc["test top-1, best epoch (%)"].tolist() == [round(r.best("test_top1"), 2) for r in found]
+    assert table.loc["test top-1 at the selected epoch (%)"].tolist() == [round(r.at_selected("test_top1"), 2) for r in found]
     assert table.loc["params (M)"].tolist() == [round(r.params / 1e6, 2) for r in found]
     assert len(at.get("plotly_chart")) >= 5  # accuracy vs params/MACs, val vs test, curves, confusion
     at.selectbox(key="drill").set_value(4).run()
@@ -228,7 +228,7 @@ def test_lesson_walks_through_the_study_without_runs(app_env):
     assert any("No runs of your own yet" in i.value for i in at.info)
     at.slider(key="lesson_phi").set_value(3.0).run()
     card = model_card(ScalingSpec(phi=3.0))
-    assert metrics(at)["MACs (FLOPs)"] == human(card.macs)
+    assert metrics(at)["MACs (FLOPs)"] == si(card.macs)
 
 
 def test_lesson_uses_the_runs_when_there_are_some(with_runs):

@@ -2,9 +2,11 @@
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import PROJECT
+from conftest import PROJECT, python_env
 
 LIBRARY = PROJECT / "effnet"
 MAX_FUNCTION_LINES = 80
@@ -27,9 +29,21 @@ def project_imports(path: Path) -> set[str]:
 
 
 def module_name(path: Path) -> str:
-    """effnet/runs/__init__.py -> effnet.runs; effnet/runs/__main__.py -> effnet.runs.__main__."""
+    """effnet/jobs.py -> effnet.jobs; effnet/__init__.py -> effnet; effnet/__main__.py -> effnet.__main__."""
     parts = path.relative_to(PROJECT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def library_modules() -> list[str]:
+    return sorted(module_name(p) for p in LIBRARY.rglob("*.py") if p.stem != "__main__")
+
+
+def imported_after(code: str, env: dict[str, str] | None = None) -> set[str]:
+    """The top-level packages loaded by a fresh interpreter after running ``code``."""
+    probe = code + "\nimport sys; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=PROJECT,
+                         env=env or python_env())
+    return set(out.stdout.split())
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -91,3 +105,23 @@ def test_readme_module_table_names_every_library_module():
     modules = {p.stem for p in LIBRARY.glob("*.py") if not p.stem.startswith("_")}
     modules |= {p.parent.name for p in LIBRARY.glob("*/__init__.py")}  # a module grown into a package
     assert named == modules, f"README lists {sorted(named - modules)} that do not exist, misses {sorted(modules - named)}"
+
+
+def test_the_library_never_imports_streamlit():
+    """Every module of effnet/, found on disk (a list kept by hand missed six), imported in one interpreter."""
+    loaded = imported_after("".join(f"import {m}\n" for m in library_modules()))
+    assert "streamlit" not in loaded
+
+
+def test_arithmetic_run_reading_and_the_queue_do_not_import_torch():
+    """The explorer, the results page and the queue read specs and run folders without paying for torch."""
+    code = "import effnet.scaling, effnet.card, effnet.config, effnet.runs, effnet.jobs, effnet.results, effnet.devices"
+    assert "torch" not in imported_after(code)
+
+
+def test_a_runner_start_and_jobs_list_find_the_devices_without_torch(tmp_path):
+    """Counting GPUs with torch cost every runner start 6.3 s; nvidia-smi (or its absence) says it without."""
+    env = {k: v for k, v in python_env().items() if k != "EFFNET_DEVICES"}  # let the queue look for GPUs itself
+    code = (f"from effnet import jobs; jobs.device_slots(); jobs.main(['list', '--root', {str(tmp_path)!r}]); "
+            f"jobs.run_queue(__import__('pathlib').Path({str(tmp_path)!r}))")
+    assert "torch" not in imported_after(code, env)

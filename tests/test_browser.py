@@ -122,7 +122,7 @@ def metric_values(page) -> list[str]:
 
 def test_explorer_slider_changes_the_numbers(browser, server):
     ARTIFACTS.mkdir(exist_ok=True)
-    page = open_page(browser, server, "/", "Compound scaling explorer")
+    page = open_page(browser, server, "/explorer", "Compound scaling explorer")
     settle(page)
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "explorer-b0.png"), full_page=True)
@@ -157,7 +157,7 @@ def test_explorer_slider_changes_the_numbers(browser, server):
     page.screenshot(path=str(ARTIFACTS / "explorer-custom.png"), full_page=True)
 
 
-@pytest.mark.parametrize("path, text, shot", [("/train", "Train on CIFAR-100", "train"),
+@pytest.mark.parametrize("path, text, shot", [("/train", "New runs", "train"),
                                               ("/results", "Table 1, from your runs", "results")])
 def test_pages_render_with_runs_present(browser, server, path, text, shot):
     ARTIFACTS.mkdir(exist_ok=True)
@@ -200,7 +200,7 @@ def projector_page(browser, url: str, path: str, text: str):
 
 
 def test_a_deep_link_gets_the_app_not_a_list_of_files(browser, server):
-    page = projector_page(browser, server, "/train", "Train on CIFAR-100")
+    page = projector_page(browser, server, "/train", "New runs")
     nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
     assert "widgets" not in nav and "Scaling explorer" in nav and "Class activation maps" in nav, nav
     assert_no_exception(page)
@@ -214,7 +214,7 @@ def clipped(page, selector: str) -> list[str]:
 
 
 def test_explorer_tiles_are_not_cut_off_at_1280(browser, server):
-    page = projector_page(browser, server, "/", "Compound scaling explorer")
+    page = projector_page(browser, server, "/explorer", "Compound scaling explorer")
     playwright_api.expect(page.locator('[data-testid="stMetricValue"]')).to_have_count(9, timeout=60_000)
     settle(page, 1)
     for selector in ('[data-testid="stMetricValue"] div', '[data-testid="stMetricLabel"] p'):
@@ -227,7 +227,7 @@ def test_the_measure_spinner_promises_the_models_own_estimate(browser, server):
     from effnet import ScalingSpec
     from effnet.measure import measure_estimate_s
 
-    page = projector_page(browser, server, "/", "Compound scaling explorer")
+    page = projector_page(browser, server, "/explorer", "Compound scaling explorer")
     page.get_by_role("tab", name="Speed on this machine").click()
     batch = page.get_by_label("Training batch to time")
     batch.fill("32")
@@ -247,12 +247,12 @@ def test_the_measure_spinner_promises_the_models_own_estimate(browser, server):
 
 
 def test_a_bad_value_is_explained_under_start_and_reset_clears_it(browser, server):
-    page = projector_page(browser, server, "/train", "Train on CIFAR-100")
+    page = projector_page(browser, server, "/train", "New runs")
     epochs = page.get_by_label("Epochs", exact=True)
     epochs.fill("0")
     epochs.press("Tab")
     page.get_by_test_id("stBaseButton-primaryFormSubmit").click()
-    message = page.get_by_text("Not started: epochs: must be at least 1").first
+    message = page.get_by_text("Not started: epochs: must be 1 to 1,000").first
     message.wait_for(timeout=30_000)
     start_box = page.get_by_test_id("stBaseButton-primaryFormSubmit").bounding_box()
     assert message.bounding_box()["y"] > start_box["y"], "the reason appears right under the Start button"
@@ -274,7 +274,7 @@ def test_chart_text_is_readable_from_the_back_of_the_room(browser, server):
 
 
 def test_reloading_the_train_page_keeps_the_form(browser, server):
-    page = projector_page(browser, server, "/train", "Train on CIFAR-100")
+    page = projector_page(browser, server, "/train", "New runs")
     page.get_by_role("button", name="Quick CPU demo").click()
     epochs = page.get_by_label("Epochs", exact=True)
     playwright_api.expect(page.get_by_label("Training images (0 = all)")).to_have_value("2000", timeout=30_000)
@@ -282,7 +282,7 @@ def test_reloading_the_train_page_keeps_the_form(browser, server):
     epochs.press("Tab")
     page.wait_for_function("() => location.search.includes('t_epochs=7')", timeout=30_000)
     page.reload()
-    page.get_by_text("Train on CIFAR-100").first.wait_for(timeout=60_000)
+    page.get_by_text("New runs").first.wait_for(timeout=60_000)
     playwright_api.expect(page.get_by_label("Epochs", exact=True)).to_have_value("7", timeout=30_000)
     playwright_api.expect(page.get_by_label("Training images (0 = all)")).to_have_value("2000", timeout=30_000)
 
@@ -316,7 +316,7 @@ def test_a_zip_of_class_folders_is_added_from_the_train_page(browser, server, tm
             buf = io.BytesIO()
             Image.fromarray((img * 16).astype(np.uint8)).save(buf, format="PNG")
             zf.writestr(f"mine/digit-{y}/{i}.png", buf.getvalue())
-    page = projector_page(browser, server, "/train", "Train on CIFAR-100")
+    page = projector_page(browser, server, "/train", "New runs")
     page.get_by_text("Your own images").first.click()
     page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(archive))
     page.get_by_text("letters.zip").first.wait_for(timeout=30_000)
@@ -340,7 +340,7 @@ def own_server(finished_runs: Path, cifar_dir: Path, tmp_path_factory: pytest.Te
 
 def test_manage_a_run_follows_the_run_without_a_reload(browser, own_server):
     """Item 8 of the classroom issue: 'Manage a run' said 'queued' and 'No best.pt yet' after the run finished."""
-    page = projector_page(browser, own_server, "/train", "Train on CIFAR-100")
+    page = projector_page(browser, own_server, "/train", "New runs")
     page.get_by_role("button", name="Quick CPU demo").click()
     settle(page, 1)
     for label, value in (("φ", "-4"), ("Epochs", "1"), ("Training images (0 = all)", "96"),

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import PROJECT, open_app, python_env, read_status, serve_app_from, tiny_config, train_cmd, wait_for
 
-from effnet import ScalingSpec, jobs, locks, results, runs
+from effnet import ScalingSpec, checkpoint, files, jobs, locks, results, runs
 from effnet.access import Caller
 
 
@@ -58,8 +58,8 @@ def test_stop_never_signals_a_process_named_by_a_hostile_status_file(sandbox):
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         run_dir = sandbox / "copied-in"
-        runs.write_json(run_dir / runs.STATUS, {"state": "running", "pid": bystander.pid, "heartbeat": time.time()})
-        runs.write_json(run_dir / runs.JOB, {"config": tiny_config(sandbox).to_dict(), "queued_at": 1})
+        files.write_json(run_dir / runs.STATUS, {"state": "running", "pid": bystander.pid, "heartbeat": time.time()})
+        files.write_json(run_dir / runs.JOB, {"config": tiny_config(sandbox).to_dict(), "queued_at": 1})
         assert jobs.stop("copied-in", sandbox) == "running"
         time.sleep(0.3)
         assert bystander.poll() is None, "an unrelated process was signalled"
@@ -88,8 +88,8 @@ def test_symlinked_files_in_a_run_are_refused_not_followed(sandbox, finished_run
         (run_dir / name).unlink()
         (run_dir / name).symlink_to(secret)
     assert runs.shown_checkpoint(run_dir) is None  # nothing offered for download or CAMs
-    with pytest.raises(runs.CheckpointError, match="symbolic link"):
-        runs.load_checkpoint(run_dir / runs.LAST)
+    with pytest.raises(checkpoint.CheckpointError, match="symbolic link"):
+        checkpoint.load_checkpoint(run_dir / runs.LAST)
     (run_dir / runs.STATUS).unlink()
     (run_dir / runs.STATUS).symlink_to(secret)
     info = runs.read_run(run_dir)
@@ -164,11 +164,11 @@ def test_damaged_metrics_and_confusion_are_reported_with_their_reason(sandbox, f
     row["test_top1"] = "ninety"
     (run_dir / runs.METRICS).write_text(rows[0] + "\n" + json.dumps(row) + "\n")
     assert dict(results.gather(sandbox).left_out)["bad-metrics"] == (
-        "damaged: metrics.jsonl: line 2: test_top1 = 'ninety' is not a number")
+        "damaged: metrics.jsonl: line 2: test_top1 = 'ninety': input should be a valid number")
     confusion = json.loads((run_dir / runs.CONFUSION).read_text())
     confusion["best"]["matrix"] = [[1, 2], [3]]
     (run_dir / runs.CONFUSION).write_text(json.dumps(confusion))
-    with pytest.raises(runs.Damaged, match="confusion.json: the best matrix"):
+    with pytest.raises(files.Damaged, match="confusion.json: the best matrix"):
         results.load_confusion(run_dir, "best")
 
 
@@ -256,7 +256,7 @@ def test_a_full_disk_fails_the_run_saying_so_and_keeps_the_last_checkpoint(small
     assert proc.returncode == 1 and "disk full" in stderr and "Traceback" not in stderr
     status = read_status(out)
     assert status["state"] == "failed" and status["error"].startswith("disk full")
-    kept = runs.load_checkpoint(out / runs.LAST)  # the previous checkpoint survived, whole
+    kept = checkpoint.load_checkpoint(out / runs.LAST)  # the previous checkpoint survived, whole
     assert kept["step"] >= 1
     filler.unlink()
     done = subprocess.run(train_cmd(out, cifar_dir, "--epochs", "3", "--checkpoint-minutes", "0", "--resume"),
@@ -316,7 +316,7 @@ def test_only_the_owner_or_the_teacher_manage_a_run_and_each_owner_has_a_quota(s
         jobs.delete(first, sandbox, caller=teacher)
 
 
-def test_train_page_offers_buttons_only_to_the_owner_and_the_teacher_signs_in(sandbox, cifar_dir, monkeypatch):
+def test_train_page_offers_buttons_only_to_the_owner(sandbox, cifar_dir, monkeypatch):
     serve_app_from(monkeypatch, sandbox, cifar_dir, EFFNET_TEACHER_PASSWORD="s3cret")
     run_id = jobs.submit(tiny_config(cifar_dir), sandbox, caller=Caller("a" * 32), start_runner=False)
 
@@ -328,12 +328,6 @@ def test_train_page_offers_buttons_only_to_the_owner_and_the_teacher_signs_in(sa
     assert any("Only its owner or the teacher" in c.value for c in stranger.caption)
     owner = open_train("a" * 32)
     assert [b for b in owner.button if b.key == f"stop_{run_id}"]
-    stranger.text_input(key="teacher_password_input").set_value("wrong")
-    next(b for b in stranger.button if b.label == "Sign in as the teacher").click().run()
-    assert any("Wrong password" in e.value for e in stranger.error)
-    stranger.text_input(key="teacher_password_input").set_value("s3cret")
-    next(b for b in stranger.button if b.label == "Sign in as the teacher").click().run()
-    assert [b for b in stranger.button if b.key == f"stop_{run_id}"], "the teacher may stop every run"
 
 
 # ----------------------------------------------------------------------------- every device
@@ -361,8 +355,8 @@ def test_a_run_for_a_device_the_server_lacks_fails_saying_so_instead_of_waiting(
     monkeypatch.setenv("EFFNET_DEVICES", "cpu#0")
     run_dir = sandbox / "wants-gpu-7"
     config = tiny_config(cifar_dir).replace(device="cuda:7")  # queued on another server, copied in
-    runs.write_json(run_dir / runs.JOB, {"config": config.to_dict(), "queued_at": 1, "generation": 1})
-    runs.write_json(run_dir / runs.STATUS, {"state": "queued", "generation": 1})
+    files.write_json(run_dir / runs.JOB, {"config": config.to_dict(), "queued_at": 1, "generation": 1})
+    files.write_json(run_dir / runs.STATUS, {"state": "queued", "generation": 1})
     done = subprocess.run([sys.executable, "-m", "effnet.jobs", "runner", "--root", str(sandbox)], cwd=PROJECT,
                           env={**python_env(), "EFFNET_DEVICES": "cpu#0"}, timeout=60)
     assert done.returncode == 0  # the runner ends instead of spinning on a run it can never start
@@ -376,9 +370,9 @@ def test_classroom_refusals_say_what_is_wrong(sandbox, cifar_dir, monkeypatch):
     monkeypatch.setenv("EFFNET_DEVICES", "cpu#0")
     with pytest.raises(ValueError, match="custom spec"):
         tiny_config(cifar_dir, spec=ScalingSpec(phi=-3, normalization="imagenet"), pretrained=True).validate()
-    with pytest.raises(ValueError, match="hours per epoch"):
-        jobs.submit(tiny_config(cifar_dir, spec=ScalingSpec(phi=10), batch_size=1, subset=None), sandbox)
-    refused = jobs.submit(tiny_config(cifar_dir, val_size=100_000), sandbox)  # more held out than there are images
-    wait_for(lambda: runs.read_run(sandbox / refused).state == "failed", timeout=120, what="the refusal")
-    info = runs.read_run(sandbox / refused)
-    assert "val_size" in info.error and not jobs.resumable(info)
+    nowhere = sandbox.parent / "no-data-yet"  # CIFAR-100 not downloaded yet: the estimate counts its 50,000 images
+    with pytest.raises(ValueError, match="hours per epoch of 49,936 images"):
+        jobs.submit(tiny_config(nowhere, spec=ScalingSpec(phi=10), batch_size=1, subset=None), sandbox)
+    with pytest.raises(ValueError, match="val_size: holding out 100,000 of the 320 training images"):
+        jobs.submit(tiny_config(cifar_dir, val_size=100_000), sandbox)  # more held out than there are images
+    assert runs.list_runs(sandbox) == []  # refused before anything was queued

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT, tiny_config, wait_for
 
-from effnet import ScalingSpec, jobs, locks, runs
+from effnet import ScalingSpec, files, jobs, locks, runs
 
 
 @pytest.fixture
@@ -92,14 +92,14 @@ def test_a_dead_run_is_reported_failed_with_its_log(root):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     run_dir = root / "crashed"
-    runs.write_json(run_dir / runs.STATUS, {"state": "running", "pid": dead.pid, "heartbeat": time.time()})
+    files.write_json(run_dir / runs.STATUS, {"state": "running", "pid": dead.pid, "heartbeat": time.time()})
     (run_dir / runs.LOG).write_text("epoch 1/3 ...\nKilled\n")
-    runs.write_json(run_dir / runs.CONFIG, {"spec": ScalingSpec.official("b1").to_dict()})
+    files.write_json(run_dir / runs.CONFIG, {"spec": ScalingSpec.official("b1").to_dict()})
     info = runs.read_run(run_dir)
     assert info.state == "failed" and "process is gone" in info.error and "Killed" in info.error
     assert info.label == "B1"
     # alive pid (ours) but silent for minutes: hung or a pid reused after a reboot
-    runs.write_json(run_dir / runs.STATUS, {"state": "running", "pid": os.getpid(), "heartbeat": time.time() - 600})
+    files.write_json(run_dir / runs.STATUS, {"state": "running", "pid": os.getpid(), "heartbeat": time.time() - 600})
     assert runs.read_run(run_dir).state == "failed"
 
 

@@ -14,7 +14,7 @@ import torch
 from conftest import cli, open_app, serve_app_from, wait_for
 from PIL import Image
 
-from effnet import runs
+from effnet import files, runs
 from effnet.data import DataError
 from effnet.folder import CACHE, NO_SUPERCLASS, load_folder, unpack_zip
 from effnet.scaling import ScalingSpec
@@ -160,9 +160,10 @@ def test_init_from_on_the_command_line_fine_tunes_a_finished_run(tmp_path, digit
                "--init-from", str(digits_run), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "tensors copied" in done.stdout
-    # One more epoch from a 3-epoch start beats the first epoch from scratch by far.
-    first_scratch = runs.load_metrics(digits_run)[0]["test_top1"]
-    assert runs.load_metrics(out)[0]["test_top1"] > first_scratch + 20
+    # One more epoch from a 3-epoch start keeps what those epochs learned, and beats a first epoch from scratch.
+    scratch = runs.load_metrics(digits_run)
+    tuned = runs.load_metrics(out)[0]["test_top1"]
+    assert tuned >= scratch[-1]["test_top1"] - 5 and tuned > scratch[0]["test_top1"] + 5
     assert json.loads((out / "config.json").read_text())["train"]["init_from"] == str(digits_run)
     bad = cli("effnet.train", "--dataset", "folder", "--data-dir", str(digits), *DIGITS_TRAIN, "--phi", "-2",
               "--init-from", str(digits_run), "--out", str(tmp_path / "bad"))
@@ -257,7 +258,7 @@ def test_compression_waits_for_training_on_the_cpu_and_runs_one_at_a_time(tmp_pa
         for lock in jobs.cpu_locks(root):  # a training run holds the CPU
             held.enter_context(locks.exclusive(lock))
         out = compress.start(run, root, int8=True, qat_epochs=0, ratios=[], finetune_epochs=0, budget_s=0.05)
-        wait_for(lambda: (runs.read_json(out / runs.STATUS) or {}).get("state") == "waiting", timeout=60,
+        wait_for(lambda: (files.read_json(out / runs.STATUS) or {}).get("state") == "waiting", timeout=60,
                  what="compression to wait for the CPU")
         assert compress.working(out) and not (out / compress.COMPRESS).exists()
         with pytest.raises(ValueError, match="being compressed already"):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from effnet import ScalingSpec, model_card, results, runs
+from effnet import ScalingSpec, files, model_card, results, runs
 from effnet.charts import network_picture, scaling_sweep, training_curves, val_vs_test
 
 
@@ -19,8 +19,8 @@ def test_study_table_and_csv_round_trip(finished_runs):
     parsed = list(csv.DictReader(io.StringIO(results.to_csv(columns, rows))))
     by_name = {row[""]: row for row in parsed}
     assert float(by_name["params (M)"][columns[0]]) == round(model_card(ScalingSpec(phi=-4)).params / 1e6, 2)
-    best = max(r["test_top1"] for r in found[0].rows)
-    assert float(by_name["test top-1, best epoch (%)"][columns[0]]) == round(best, 2)
+    selected = runs.selected_row(found[0].rows)
+    assert float(by_name["test top-1 at the selected epoch (%)"][columns[0]]) == round(selected["test_top1"], 2)
     assert by_name["epochs"][columns[1]] == "2"
 
 
@@ -75,7 +75,7 @@ def test_curves_and_val_test_charts():
 def test_progress_and_eta_from_status(tmp_path):
     run = tmp_path / "r"
     now = time.time()
-    runs.write_json(run / runs.STATUS, {"state": "running", "pid": __import__("os").getpid(), "heartbeat": now,
+    files.write_json(run / runs.STATUS, {"state": "running", "pid": __import__("os").getpid(), "heartbeat": now,
                                         "epoch": 2, "epochs": 4, "step": 5, "steps": 10,
                                         "running_since": now - 100, "start_fraction": 0.0})
     progress = runs.progress(runs.read_run(run))

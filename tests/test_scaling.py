@@ -148,26 +148,6 @@ def test_documented_phi_range_builds_analytically(geometry, phi):
     assert model_card(spec).params > 0
 
 
-def test_arithmetic_and_run_reading_modules_do_not_import_torch():
-    """The explorer, the results page and the queue read specs and run folders without paying for torch."""
-    import subprocess
-    import sys
-
-    code = "import sys, effnet.scaling, effnet.card, effnet.config, effnet.runs, effnet.jobs, effnet.results; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
-def test_library_never_imports_streamlit():
-    import subprocess
-    import sys
-
-    modules = ["scaling", "card", "config", "locks", "spec_flags", "model", "preprocess", "data", "train", "runs", "jobs", "results", "charts", "measure", "images", "cam"]
-    code = "import sys\n" + "".join(f"import effnet.{m}\n" for m in modules) + "print('streamlit' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
 @pytest.mark.parametrize("spec", [ScalingSpec(phi=1), ScalingSpec(phi=2), ScalingSpec(phi=3), ScalingSpec.official("b3"),
                                   ScalingSpec(phi=2, geometry="imagenet")], ids=lambda s: f"{s.name}-{s.geometry}")
 def test_single_dimension_methods_are_solved_to_the_compound_models_actual_macs(spec):

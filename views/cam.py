@@ -42,7 +42,8 @@ with controls:
         st.warning(f"Score-CAM runs one forward pass per channel of the target layer ({b0_head:,} for B0): seconds "
                    "per model on a CPU, longer for wide models.")
 
-models = load_run_models([by_id[rid] for rid in chosen_runs], controls)
+models = [(info.label, model, spec, names)
+          for info, model, spec, names in load_run_models([by_id[rid] for rid in chosen_runs], controls)]
 for variant in chosen_imagenet:
     try:
         model, spec, names = cached_imagenet_model(variant.lower())

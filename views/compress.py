@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from effnet import runs
+from effnet import files, runs
 from effnet.access import readonly
 from effnet.charts import compression
 from effnet.compress import COMPRESS, FOLDER, load_result, outputs, start, working
@@ -54,10 +54,10 @@ with st.form("compress"):
 
 def show(out: Path) -> None:
     """One compression: its progress while it works, then the table, the plots and the downloads."""
-    status = runs.read_json(out / runs.STATUS) or {}
+    status = files.read_json(out / runs.STATUS) or {}
     try:
         result = load_result(out)
-    except runs.Damaged as exc:
+    except files.Damaged as exc:
         st.error(f"{out.name}: damaged ({exc})")
         return
     if result is None:
@@ -87,13 +87,23 @@ def show(out: Path) -> None:
     chart(compression([(r["name"], value(r), r["test_top1"]) for r in rows], cost), f"chart_{out.name}",
           note="Test top-1 of every variant against its cost (diamonds: the fp32 model). Look for variants far to the "
                "left at (almost) the height of fp32: smaller or faster for little accuracy.")
-    cols = st.columns(min(6, len(rows)))
-    for col, r in zip(cols, rows, strict=False):
-        path = out / r["file"]
-        if path.is_file() and not path.is_symlink():
-            col.download_button(f"{r['name']} (.onnx)", key=f"dl_{out.name}_{r['name']}", on_click="ignore",
-                                data=lambda p=path: runs.read_file(p, max_bytes=1 << 34),
-                                file_name=f"{chosen}-{r['name']}.onnx", mime="application/octet-stream")
+    per_row = 4  # every variant gets its button, four to a row (a fixed count would drop the rest)
+    for first in range(0, len(rows), per_row):
+        for col, r in zip(st.columns(per_row), rows[first:first + per_row], strict=False):
+            download(col, r, out)
+
+
+def download(col, row: dict, out: Path) -> None:
+    """A variant's file: the PyTorch weights for fp32 (the run's best.pt), the ONNX file for the others."""
+    name = row["name"]
+    if name == "fp32":
+        path, file_name, what = runs.shown_checkpoint(info.path), f"{chosen}-fp32.pt", "PyTorch .pt"
+    else:
+        path, file_name, what = out / row["file"], f"{chosen}-{name}.onnx", ".onnx"
+    if path is not None and path.is_file() and not path.is_symlink():
+        col.download_button(f"{name} ({what})", key=f"dl_{out.name}_{name}", on_click="ignore",
+                            data=lambda p=path: files.read_file(p, max_bytes=1 << 34), file_name=file_name,
+                            mime="application/octet-stream")
 
 
 def when(name: str) -> str:

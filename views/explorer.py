@@ -6,7 +6,8 @@ import streamlit as st
 from effnet import OFFICIAL, ScalingSpec, model_card
 from effnet.card import official_vs_formula, scaling_methods
 from effnet.charts import network_picture, scaling_sweep
-from effnet.measure import ram_bytes
+from effnet.devices import check_memory
+from effnet.humanize import si
 from effnet.scaling import (
     COEFFICIENT_RANGE,
     CONSTRAINT_TARGET,
@@ -18,7 +19,7 @@ from effnet.scaling import (
     PAPER_GAMMA,
     PHI_RANGE,
 )
-from views.widgets import chart, human, linked_number
+from views.widgets import chart, linked_number
 
 st.title("Compound scaling explorer")
 st.caption("Every number here is computed analytically from the spec: no model is built, so each move is instant.")
@@ -62,8 +63,8 @@ with main:
     row1[2].metric("Resolution", f"{spec.resolution} px", help=f"r = γ^φ = ×{spec.resolution_mult:.3f} of "
                    f"{spec.base} px, rounded to the nearest pixel")
     row2 = st.columns(3)
-    row2[0].metric("Parameters", human(card.params))
-    row2[1].metric("MACs (FLOPs)", human(card.macs),
+    row2[0].metric("Parameters", si(card.params))
+    row2[1].metric("MACs (FLOPs)", si(card.macs),
                    help='Multiply-adds for one image: what the paper calls "FLOPs".')
     row2[2].metric("Final feature map", f"{card.final_map}×{card.final_map}")
     row3 = st.columns(3)
@@ -75,10 +76,10 @@ with main:
     row3[2].metric("Training memory", f"{need / 1024**3:.2f} GiB",
                    help=f"Estimate at batch {batch}: fp32 activations kept for backward plus weights, gradients and "
                         "momentum.")
-    if need > ram_bytes():
-        st.warning(f"Training this model at batch {batch} needs about {need / 1024**3:.1f} GiB, more than this "
-                   f"machine's {ram_bytes() / 1024**3:.1f} GiB of memory: the Train page will refuse it here "
-                   "(a smaller batch, a smaller φ or a GPU server would do).")
+    try:
+        check_memory(card, int(batch), "auto")
+    except ValueError as exc:
+        st.warning(f"The Train page will refuse this model here: {str(exc).split(': ', 1)[1]}")
     st.markdown(f"**Constraint** α·β²·γ² = **{spec.constraint:.3f}**"
                 + ("" if spec.variant is None else " (of the formula; the released variant sets its own multipliers)"))
     if spec.constraint_off:
@@ -135,7 +136,7 @@ with curves_tab:
 
 with methods_tab:
     if methods_tab.open:
-        st.markdown(f"The same *actual* multiply-adds as this spec ({human(card.macs)}, ×{card.flops_ratio:.2f} of "
+        st.markdown(f"The same *actual* multiply-adds as this spec ({si(card.macs)}, ×{card.flops_ratio:.2f} of "
                     "φ=0) reached by scaling one dimension alone, each solved against the model card (the nominal "
                     "2^φ is not what rounding produces). The paper's Figure 3 and the seed study compare these.")
         st.dataframe(pd.DataFrame(scaling_methods(spec)), hide_index=True, width="stretch")
@@ -158,5 +159,5 @@ with speed_tab:
                 cols = st.columns(3)
                 cols[0].metric("Inference, 1 image", f"{speed.latency_ms:.1f} ms")
                 cols[1].metric(f"Training, batch {speed.batch_size}", f"{speed.train_images_per_s:.1f} img/s")
-                cols[2].metric("MACs per image", human(card.macs))
+                cols[2].metric("MACs per image", si(card.macs))
                 st.caption(f"Measured on {speed.device}.")

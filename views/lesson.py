@@ -5,8 +5,8 @@ import streamlit as st
 
 from effnet import ScalingSpec, model_card, results, runs
 from effnet.card import scaling_methods
+from effnet.humanize import si
 from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
-from views.widgets import human
 
 st.title("Lesson")
 st.caption("Compound scaling in six steps, about 45 minutes. Each step says what to look for and links to the page "
@@ -37,7 +37,7 @@ tiles = st.columns(4)
 tiles[0].metric("Depth", f"×{spec.depth_mult:.2f}")
 tiles[1].metric("Width", f"×{spec.width_mult:.2f}")
 tiles[2].metric("Resolution", f"{spec.resolution} px")
-tiles[3].metric("MACs (FLOPs)", human(card.macs), f"×{card.macs / base.macs:.2f} of φ=0", delta_color="off")
+tiles[3].metric("MACs (FLOPs)", si(card.macs), f"×{card.macs / base.macs:.2f} of φ=0", delta_color="off")
 st.markdown(f"**Look for:** the formula promises ×{spec.predicted_flops_ratio:.2f} the FLOPs of φ=0; the real model "
             f"has ×{card.flops_ratio:.2f}, because channels are rounded to multiples of 8, repeats are rounded up "
             "and resolution to whole pixels.")
@@ -66,8 +66,10 @@ right.markdown(
 found = results.collect(runs.checkpoints_dir())
 if found:
     columns, table = results.study_table(found)
-    right.markdown(f"**Your runs** ({len(found)}): test top-1 at the best epoch")
-    right.dataframe(pd.DataFrame([table[1]]).set_index(""), width="stretch")
+    right.markdown(f"**Your runs** ({len(found)}): validation and test top-1 at each run's selected epoch (its best "
+                   "validation epoch)")
+    right.dataframe(pd.DataFrame(table[1:3]).set_index(""), width="stretch")
+    right.caption(results.OPTIMISTIC_NOTE)
     st.page_link("views/results.py", label="Go deeper: Results (Table 1, accuracy vs size, validation vs test)",
                  icon=":material/leaderboard:")
 else:

@@ -3,9 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from effnet import results, runs
+from effnet import files, results, runs
 from effnet.charts import accuracy_vs_size, confusion_heatmap, training_curves, val_vs_test
-from views.widgets import chart
+from views.widgets import chart, plain
 
 st.title("Results")
 st.caption("Finished and running runs under the checkpoints folder. Test and validation top-1 are on CIFAR-100 "
@@ -37,18 +37,24 @@ low, high = min(results.SEED_STUDY.items(), key=lambda kv: kv[1][1]), max(result
 st.caption(f"The seed study (200 epochs, SGD+momentum) reached {low[1][1]:.2f} ({low[0]}) to {high[1][1]:.2f} "
            f"({high[0]}) test top-1; the paper's ImageNet-pretrained transfer reached 88.1 (B0) and 91.7 (B7).")
 
-scored = [(r.label, r.best("test_top1"), r.best("val_top1"), r) for r in found]
+st.caption(results.OPTIMISTIC_NOTE)
+no_val = [r.label for r in found if not r.has_validation]
+if no_val:
+    st.info(f"{len(no_val)} run(s) have no validation split, so their selected epoch is their last one: "
+            + ", ".join(plain(label) for label in no_val[:6]) + ("…" if len(no_val) > 6 else ""))
+
+scored = [(r.label, r.at_selected("test_top1"), r.at_selected("val_top1"), r) for r in found]
 left, right = st.columns(2)
 chart(accuracy_vs_size([(lab, r.params, t) for lab, t, _, r in scored], "params"), "acc_params", left,
-      note="One point per run: test top-1 at its best epoch against parameters (log scale). Look for accuracy "
-           "rising with size, and which run gives the most accuracy per parameter.")
+      note="One point per run: test top-1 at its selected epoch (best validation) against parameters (log scale). "
+           "Look for accuracy rising with size, and which run gives the most accuracy per parameter.")
 chart(accuracy_vs_size([(lab, r.macs, t) for lab, t, _, r in scored], "macs"), "acc_macs", right,
       note="The same against multiply-adds per image (the paper's FLOPs). Look for the runs that buy their "
            "accuracy with the fewest FLOPs.")
 pairs = [(lab, v, t) for lab, t, v, _ in scored if v is not None]
 left, right = st.columns(2)
 chart(val_vs_test(pairs, results.pearson([p[1] for p in pairs], [p[2] for p in pairs])), "val_test", left,
-      note="Each run's best validation against test top-1; on the dashed line they agree. Look for points far "
+      note="Each run's validation against test top-1, both at its selected epoch; on the dashed line they agree. Look for points far "
            "from it: there the validation split does not predict the test set.")
 chosen = right.multiselect("Curves to overlay", [r.label for r in found], default=[r.label for r in found][:8],
                            key="curve_runs")
@@ -60,10 +66,11 @@ by_id = {r.run_id: r for r in found}
 run = by_id[st.selectbox("Run", list(by_id), format_func=lambda i: f"{by_id[i].label} · {i} · {by_id[i].state}",
                          key="class_run")]
 which = st.radio("Epoch", ["best", "final"], horizontal=True, key="class_epoch",
-                 help="best: the epoch with the best validation top-1")
+                 format_func={"best": "selected", "final": "final"}.get,
+                 help="selected: the epoch with the best validation top-1 (the last one without a validation split)")
 try:
     confusion = results.load_confusion(run.path, which)
-except runs.Damaged as exc:
+except files.Damaged as exc:
     st.error(f"This run's class views cannot be shown: damaged: {exc}")
     st.stop()
 if confusion is None:

@@ -214,8 +214,9 @@ def method_cams(s: study.Study) -> None:
     phis = sorted({r.row["phi"] for r in s.runs})
     phi = st.selectbox("Budget (φ)", phis, key="s_cam_phi") if len(phis) > 1 else phis[0]
     shown = [r for r in s.runs if r.row["phi"] == phi and r.info is not None and not r.info.damaged]
-    models = [(f"{METHOD_NAMES[r.row['method']]} ({r.row['macs'] / 1e6:,.0f} M MACs)", *loaded[1:])
-              for r, loaded in zip(shown, load_run_models([r.info for r in shown]), strict=False)]
+    row_of = {r.info.run_id: r.row for r in shown}  # each model captioned by its own run's row, whichever loaded
+    models = [(f"{METHOD_NAMES[row_of[info.run_id]['method']]} ({row_of[info.run_id]['macs'] / 1e6:,.0f} M MACs)",
+               model, spec, names) for info, model, spec, names in load_run_models([r.info for r in shown])]
     images: list[tuple[str, object]] = []
     left, right = st.columns(2)
     for upload in left.file_uploader("Images", type=["png", "jpg", "jpeg", "webp", "bmp"], accept_multiple_files=True,

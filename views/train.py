@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from effnet import OFFICIAL, ScalingSpec, jobs, runs
+from effnet import OFFICIAL, ScalingSpec, files, jobs, runs
 from effnet.access import readonly
 from effnet.charts import training_curves
 from effnet.config import AUGMENTATIONS, QUICK_DEMO, SCHEDULES, TrainConfig, normalization_for
@@ -43,7 +43,7 @@ who = caller()
 slots = jobs.device_slots()
 has_gpu = slots[0].startswith("cuda")
 
-st.title("Train on CIFAR-100")
+st.title("Train")
 
 warn_if_no_cifar()
 if has_gpu:
@@ -245,7 +245,7 @@ def manage(infos: list[runs.RunInfo]) -> None:
         path: Path = info.path / name
         if path.is_file() and not path.is_symlink():
             col.download_button(f"Download {name} ({path.stat().st_size / 1e6:.0f} MB)", key=f"dl_{name}",
-                                data=lambda p=path: runs.read_file(p, max_bytes=1 << 40), on_click="ignore",
+                                data=lambda p=path: files.read_file(p, max_bytes=1 << 40), on_click="ignore",
                                 file_name=f"{info.run_id}-{name}", mime="application/octet-stream")
         else:
             col.caption(f"No {name} yet" if not path.is_symlink() else f"{name} is a symbolic link: refused")

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import streamlit as st
 
 from effnet import runs
-from effnet.access import Caller, is_teacher_password, new_owner_token, readonly, teacher_password, valid_owner_token
+from effnet.access import (
+    OWNER_COOKIE,
+    TEACHER_COOKIE,
+    Caller,
+    limits,
+    new_owner_token,
+    owner_from_cookie,
+    readonly,
+    server_secret,
+    teacher_from_cookie,
+    teacher_password,
+    valid_owner_token,
+)
+from effnet.checkpoint import CheckpointError
 
 
 def linked_number(label: str, key: str, low: float, high: float, step: float, default: float,
@@ -35,12 +49,15 @@ def linked_number(label: str, key: str, low: float, high: float, step: float, de
     return float(st.session_state[key])
 
 
-def human(n: float) -> str:
-    """1234567 -> '1.23 M' (for metric tiles)."""
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f}"
+# Every ASCII punctuation character can be backslash-escaped in Markdown (CommonMark); escaping them all turns
+# links, images, emphasis, KaTeX ($), Streamlit's :colour[...] and :emoji: directives and HTML into plain text.
+_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def plain(text: object) -> str:
+    """Text a user controls (a run label, a class or file name, a string from an imported file) made safe to put
+    inside Markdown: shown exactly as typed, never rendered (no image fetched, no link, no formula)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def secret(name: str) -> str | None:
@@ -53,44 +70,44 @@ def secret(name: str) -> str | None:
 
 
 def caller() -> Caller:
-    """This browser: its owner token (kept in the page URL, so a reload keeps it) and whether it is the teacher.
+    """This browser: the owner token of its signed cookie (``views/routes.py`` gives every browser one; nothing is in
+    the page address) and whether it holds a valid teacher cookie.
 
-    Called by app.py on every run: navigating between pages clears the URL's parameters, and this
-    puts the token back.
+    Without the cookie (a browser that refuses cookies, or AppTest) the tab gets a token of its own for this
+    session only: safe, but a reload starts afresh.
     """
-    state = st.session_state
-    token = state.get("owner")
-    if not valid_owner_token(token):
-        token = st.query_params.get("owner")
-        token = token if valid_owner_token(token) else new_owner_token()
-        state["owner"] = token
-    if st.query_params.get("owner") != token:
-        st.query_params["owner"] = token
-    teacher = state.get("teacher", False) or teacher_password(secret("teacher_password")) is None
-    return Caller(token, teacher)
+    key = server_secret(runs.checkpoints_dir())
+    cookies = st.context.cookies
+    token = owner_from_cookie(cookies.get(OWNER_COOKIE), key)
+    if token is None:
+        if not valid_owner_token(st.session_state.get("owner")):
+            st.session_state["owner"] = new_owner_token()
+        token = st.session_state["owner"]
+    password = teacher_password(secret("teacher_password"))
+    return Caller(token, password is None or teacher_from_cookie(cookies.get(TEACHER_COOKIE), key, password))
+
+
+def _link(where, text: str, href: str) -> None:
+    """A link that opens in this tab (the lab's own pages; never user text)."""
+    where.markdown(f'<a href="{href}" target="_self">{text}</a>', unsafe_allow_html=True)
 
 
 def teacher_sign_in(who: Caller) -> None:
-    """Sidebar: sign in as the teacher (only when the operator set a password), or see that one is signed in."""
-    expected = teacher_password(secret("teacher_password"))
+    """Sidebar: who this browser is (a student and their limits, or the teacher) and the way to sign in or out."""
     if readonly():
         st.sidebar.info("Read-only demo: explore, read results and make CAMs; nothing can be started or deleted.")
         return
-    if expected is None:
+    if teacher_password(secret("teacher_password")) is None:
         return  # a single user: everybody is the teacher
     if who.teacher:
         st.sidebar.caption("Signed in as the teacher: you can manage every run.")
-        if st.sidebar.button("Sign out", key="teacher_sign_out"):
-            st.session_state["teacher"] = False
-            st.rerun()
+        _link(st.sidebar, "Sign out", "/effnet/signout")
         return
-    with st.sidebar.form("teacher_form", border=False):
-        given = st.text_input("Teacher password", type="password", key="teacher_password_input")
-        if st.form_submit_button("Sign in as the teacher"):
-            if is_teacher_password(given, expected):
-                st.session_state["teacher"] = True
-                st.rerun()
-            st.error("Wrong password.")
+    quota = limits()
+    st.sidebar.caption(f"You can have {quota.queued} runs queued or training at once, {quota.datasets} datasets of "
+                       f"your own ({quota.dataset_bytes / 1024**2:,.0f} MB) and {quota.imported_runs} imported runs; "
+                       "the teacher has no limit.")
+    _link(st.sidebar, "Sign in as the teacher", "/effnet/teacher")
 
 
 def chart(figure, key: str, where=st, *, note: str) -> None:
@@ -209,19 +226,20 @@ def dataset_test_images(text: str, config=None) -> list[tuple[str, object]]:
     return images
 
 
-def load_run_models(infos: Sequence[runs.RunInfo], where=st) -> list[tuple[str, object, object, list[str]]]:
-    """(label, model, spec, class names) for each run with a checkpoint; a run that cannot load says why."""
+def load_run_models(infos: Sequence[runs.RunInfo], where=st) -> list[tuple[runs.RunInfo, object, object, list[str]]]:
+    """(run, model, spec, class names) for each run that has a checkpoint, each model with its own run (a run
+    without one yet is said and left out, so nothing after it shifts); a run that cannot load says why."""
     models = []
     for info in infos:
-        checkpoint = runs.shown_checkpoint(info.path)
-        if checkpoint is None:
-            where.caption(f"{info.label}: no checkpoint yet")
+        shown = runs.shown_checkpoint(info.path)
+        if shown is None:
+            where.caption(f"{plain(info.label)}: no checkpoint yet")
             continue
         try:
-            model, spec, names = cached_run_model(str(info.path), os.path.getmtime(checkpoint))
-            models.append((info.label, model, spec, names))
-        except (runs.CheckpointError, ValueError, OSError) as exc:
-            where.error(f"{info.label}: {exc}")
+            model, spec, names = cached_run_model(str(info.path), os.path.getmtime(shown))
+            models.append((info, model, spec, names))
+        except (CheckpointError, ValueError, OSError) as exc:
+            where.error(f"{plain(info.label)}: {exc}")
     return models
 
 

@@ -1,0 +1,213 @@
+"""The lab's own HTTP routes beside Streamlit's (served by ``app.py``): identity, the teacher's sign-in, downloads.
+
+Streamlit pages cannot set cookies or stream a file from disk, and both matter on a class server:
+
+- ``OwnerCookie`` gives every browser a signed, HttpOnly owner cookie on its first page load. The pages read
+  it (``st.context.cookies``); nothing identifying ever appears in the address bar, a link or a screenshot.
+- ``/effnet/teacher`` is the sign-in page (a plain form; wrong passwords slow down per browser and per
+  address, ``access.GuessLimiter``); it sets the signed teacher cookie. ``/effnet/signout`` clears it.
+- ``/effnet/download/...`` streams a run's checkpoint, a compressed model or a bundle from disk in chunks
+  (Streamlit's download button would hold the whole file in the server's memory for every browser that
+  shows it). The path is checked like every run id: a direct child of the checkpoints folder, no links.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from pathlib import Path
+
+from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from effnet import access, bundle, runs, study
+from effnet.compress import FOLDER as COMPRESSED
+from effnet.files import Damaged
+
+PREFIX = "/effnet"
+LIMITER = access.GuessLimiter()
+_STREAMLIT_PATHS = ("/_stcore/", "/static/", "/media/", "/component/", PREFIX + "/")
+
+
+def _root() -> Path:
+    return runs.checkpoints_dir().resolve()
+
+
+def _key() -> bytes:
+    return access.server_secret(_root())
+
+
+def _password() -> str | None:
+    from views.widgets import secret
+
+    return access.teacher_password(secret("teacher_password"))
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+
+
+class OwnerCookie:
+    """ASGI middleware: a page load without a valid owner cookie gets a new one (signed, HttpOnly, a year)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(_STREAMLIT_PATHS):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        if access.owner_from_cookie(request.cookies.get(access.OWNER_COOKIE), _key()) is not None:
+            await self.app(scope, receive, send)
+            return
+        value = access.sign_owner(access.new_owner_token(), _key())
+        cookie = (f"{access.OWNER_COOKIE}={value}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
+                  + ("; Secure" if _secure(request) else ""))
+
+        async def with_cookie(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie.encode())]
+            await send(message)
+
+        await self.app(scope, receive, with_cookie)
+
+
+# ----------------------------------------------------------------------------- the teacher's sign-in
+PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>effnet-lab: teacher sign-in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;font-size:22px;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}}
+input,button{{font-size:22px;padding:.4rem .8rem}} .err{{color:#b00020;font-weight:600}} a{{color:#0072B2}}</style>
+</head><body><h1>Teacher sign-in</h1>{body}<p><a href="/">Back to the lab</a></p></body></html>"""
+FORM = """<form method="post" action="{prefix}/teacher"><p><label>Teacher password<br>
+<input type="password" name="password" autofocus autocomplete="current-password"></label></p>
+<p><button type="submit">Sign in as the teacher</button></p></form>"""
+
+
+def _page(body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(PAGE.format(body=body), status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _same_origin(request: Request) -> bool:
+    """A form post from this server's own page (not another site making a browser post to us)."""
+    origin = request.headers.get("origin") or request.headers.get("referer") or ""
+    host = request.headers.get("host", "")
+    return not origin or origin.split("://", 1)[-1].split("/", 1)[0] == host
+
+
+async def teacher(request: Request) -> Response:
+    password = _password()
+    if password is None:
+        return _page("<p>This server has no teacher password: everybody manages every run already.</p>")
+    if access.teacher_from_cookie(request.cookies.get(access.TEACHER_COOKIE), _key(), password):
+        return _page('<p>You are signed in as the teacher.</p><p><a href="/effnet/signout">Sign out</a></p>')
+    if request.method == "GET":
+        return _page(FORM.format(prefix=PREFIX))
+    if not _same_origin(request):
+        return _page('<p class="err">Refused: the form must be sent from this server\'s page.</p>', 403)
+    owner = access.owner_from_cookie(request.cookies.get(access.OWNER_COOKIE), _key()) or "none"
+    keys = (f"address:{request.client.host if request.client else '?'}", f"browser:{owner}")
+    wait = LIMITER.wait_s(*keys)
+    if wait > 0:
+        why = ("Too many wrong passwords from here: sign-in is locked for "
+               if LIMITER.locked(*keys) else "Wrong password. Wait ")
+        return _page(f'<p class="err">{why}{wait:.0f} s, then try again.</p>' + FORM.format(prefix=PREFIX), 429)
+    form = await request.form()
+    given = form.get("password")
+    if not isinstance(given, str) or not access.is_teacher_password(given, password):
+        LIMITER.failed(*keys)
+        wait = LIMITER.wait_s(*keys)
+        note = f" Wait {wait:.0f} s before the next try." if wait > 0 else ""
+        return _page(f'<p class="err">Wrong password.{note}</p>' + FORM.format(prefix=PREFIX), 401)
+    LIMITER.succeeded(*keys)
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(access.TEACHER_COOKIE, access.sign_teacher(_key(), password),
+                        max_age=int(3600 * access.teacher_hours()), httponly=True, samesite="strict",
+                        secure=_secure(request))
+    return response
+
+
+async def signout(request: Request) -> Response:
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(access.TEACHER_COOKIE)
+    return response
+
+
+# ----------------------------------------------------------------------------- downloads, streamed from disk
+def _regular(path: Path) -> Path:
+    """``path`` when it is a regular file reached without links; ``ValueError`` otherwise."""
+    if path.is_symlink() or not path.is_file() or any(p.is_symlink() for p in path.parents if p != Path("/")):
+        raise ValueError("not a file here")
+    return path
+
+
+def _file(request: Request) -> Path:
+    """The file a download names: a run's checkpoint, or a compressed model in the run's compressed/ folder."""
+    run_dir = runs.run_path(_root(), request.path_params["run"])
+    parts = request.path_params["file"].split("/")
+    if parts in ([runs.BEST], [runs.LAST]):
+        return _regular(run_dir / parts[0])
+    if len(parts) == 3 and parts[0] == COMPRESSED and runs.RUN_ID.fullmatch(parts[1]) and parts[2].endswith(".onnx") \
+            and runs.RUN_ID.fullmatch(parts[2]):
+        return _regular(run_dir / parts[0] / parts[1] / parts[2])
+    raise ValueError("not a file the lab offers")
+
+
+def _refused(exc: Exception) -> HTMLResponse:
+    return _page(f'<p class="err">Not available: {html.escape(str(exc))}</p>', 404)
+
+
+async def download(request: Request) -> Response:
+    try:
+        path = _file(request)
+    except ValueError as exc:
+        return _refused(exc)
+    name = f"{request.path_params['run']}-{path.name}"
+    return FileResponse(path, filename=name, media_type="application/octet-stream")
+
+
+async def download_bundle(request: Request) -> Response:
+    """A run or a study as one zip, written to a temporary file, streamed, then deleted."""
+    kind, name = request.path_params["kind"], request.path_params["name"]
+    try:
+        root = _root()
+        if kind == "run":
+            source = runs.run_path(root, name)
+        elif kind == "study" and runs.RUN_ID.fullmatch(name):
+            source = root / study.STUDIES / name
+            if source.is_symlink() or not (source / study.STUDY).is_file():
+                raise ValueError("no such study")
+        else:
+            raise ValueError("not a bundle the lab offers")
+        fd, tmp = tempfile.mkstemp(prefix="effnet-bundle-", suffix=".zip")
+        os.close(fd)
+        bundle.export(source, Path(tmp), root)
+    except (ValueError, bundle.BundleError, Damaged, OSError) as exc:
+        return _refused(exc)
+    return FileResponse(tmp, filename=f"{name}.zip", media_type="application/zip",
+                        background=BackgroundTask(os.unlink, tmp))
+
+
+def download_url(run_id: str, file: str) -> str:
+    """Where a page links to download ``file`` of run ``run_id`` (best.pt, last.pt, compressed/<stamp>/<x>.onnx)."""
+    return f"{PREFIX}/download/run/{run_id}/{file}"
+
+
+def bundle_url(kind: str, name: str) -> str:
+    """Where a page links to download a run (``kind="run"``) or a study as a bundle."""
+    return f"{PREFIX}/download/bundle/{kind}/{name}"
+
+
+def routes() -> list[Route]:
+    return [Route(f"{PREFIX}/teacher", teacher, methods=["GET", "POST"]),
+            Route(f"{PREFIX}/signout", signout, methods=["GET"]),
+            Route(f"{PREFIX}/download/run/{{run}}/{{file:path}}", download, methods=["GET"]),
+            Route(f"{PREFIX}/download/bundle/{{kind}}/{{name}}", download_bundle, methods=["GET"])]
+
+
+def middleware() -> list[Middleware]:
+    return [Middleware(OwnerCookie)]
