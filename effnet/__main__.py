@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     card_p.add_argument("--batch-size", type=int, default=128, help="for the memory estimate")
     card_p.add_argument("--json", action="store_true", help="print the card as JSON")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"batch-size: must be at least 1, got {args.batch_size}")
     if args.name is not None:
         if args.variant is not None:
             parser.error("give the variant once: either 'card b3' or 'card --variant b3'")

@@ -73,6 +73,13 @@ def check_writable(caller: Caller | None, action: str) -> None:
         raise PermissionError(f"this server is a read-only demo: nothing can be changed here ({action} refused)")
 
 
+def nickname(owner: str | None) -> str:
+    """How the teacher's pages name an owner without showing its token (a secret): ``student 3f2a9c``."""
+    if owner is None:
+        return "the command line"
+    return f"student {hashlib.sha256(owner.encode()).hexdigest()[:6]}"
+
+
 def new_owner_token() -> str:
     return secrets.token_hex(16)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effnet import files, runs, study
+from effnet import access, files, locks, runs, schemas, study
 from effnet.access import Caller
 from effnet.checkpoint import CheckpointError
 from effnet.results import load_confusion
@@ -55,13 +55,16 @@ class BundleError(ValueError):
 
 
 # ----------------------------------------------------------------------------- export
-def _run_files(run_dir: Path) -> list[Path]:
+def _run_files(run_dir: Path, resumable: bool) -> list[Path]:
+    """The files of an ended run that travel: its JSON, best.pt, and last.pt (the optimizer state) only when the
+    importer should be able to train it further (``resumable``; it triples a bundle's size)."""
     info = runs.read_run(run_dir)
     if info.damaged:
         raise BundleError(f"{run_dir.name} is {info.error}; it cannot be exported")
     if info.state not in runs.ENDED:
         raise BundleError(f"{run_dir.name} is {info.state}; export it once it has finished or been stopped")
-    return [run_dir / f for f in FILES if (run_dir / f).is_file() and not (run_dir / f).is_symlink()]
+    names = [f for f in FILES if resumable or f != runs.LAST or not (run_dir / runs.BEST).is_file()]
+    return [run_dir / f for f in names if (run_dir / f).is_file() and not (run_dir / f).is_symlink()]
 
 
 def _copy_into(zf: zipfile.ZipFile, path: Path, name: str) -> None:
@@ -76,9 +79,15 @@ def _copy_into(zf: zipfile.ZipFile, path: Path, name: str) -> None:
         shutil.copyfileobj(src, dst, CHUNK)
 
 
-def export(path: str | os.PathLike, out: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
-    """Write the run folder or study folder ``path`` as the bundle ``out`` (atomically); returns ``out``."""
-    path, out = Path(path), Path(out)
+def _without_owner(path: Path) -> bytes:
+    """job.json as it travels: no owner token (a secret of this server) and no data folder of this machine."""
+    job = files.load_json(path) or {}
+    config = job.get("config") if isinstance(job.get("config"), dict) else {}
+    return files.dumps({**job, "owner": None, "config": {**config, "data_dir": None}}).encode()
+
+
+def _contents(path: Path, root: str | os.PathLike | None, resumable: bool) -> tuple[dict[str, Any], list[tuple]]:
+    """(manifest, [(file, run name)]) of the bundle of the run or study folder ``path``."""
     if (path / study.STUDY).is_file():
         try:
             loaded = study.load(path, root)
@@ -96,14 +105,32 @@ def export(path: str | os.PathLike, out: str | os.PathLike, root: str | os.PathL
         manifest = {"format": FORMAT, "kind": "run", "runs": [path.name]}
     else:
         raise BundleError(f"{path}: neither a run folder nor a study folder")
-    files = [(f, folder.name) for folder in folders for f in _run_files(folder)]
+    return manifest, [(f, folder.name) for folder in folders for f in _run_files(folder, resumable)]
+
+
+def export_size(path: str | os.PathLike, root: str | os.PathLike | None = None, resumable: bool = False) -> int:
+    """About how many bytes the bundle of ``path`` will have (its files' sizes: weights are stored as they are)."""
+    return sum(f.stat().st_size for f, _ in _contents(Path(path), root, resumable)[1])
+
+
+def export(path: str | os.PathLike, out: str | os.PathLike, root: str | os.PathLike | None = None,
+           resumable: bool = False) -> Path:
+    """Write the run folder or study folder ``path`` as the bundle ``out`` (atomically); returns ``out``.
+
+    Owners stay behind (importing makes the importer the owner); ``resumable`` also carries last.pt.
+    """
+    path, out = Path(path), Path(out)
+    manifest, contents = _contents(path, root, resumable)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(MANIFEST, json.dumps(manifest, indent=1))
-            for f, name in files:
-                _copy_into(zf, f, f"runs/{name}/{f.name}")
+            for f, name in contents:
+                if f.name == runs.JOB:
+                    zf.writestr(f"runs/{name}/{f.name}", _without_owner(f))
+                else:
+                    _copy_into(zf, f, f"runs/{name}/{f.name}")
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -139,29 +166,30 @@ def _check_members(zf: zipfile.ZipFile) -> dict[str, list[str]]:
 
 def _manifest(zf: zipfile.ZipFile, found: dict[str, list[str]]) -> dict[str, Any]:
     try:
-        manifest = json.loads(_read_member(zf, zf.getinfo(MANIFEST)))
+        data = files.loads(_read_member(zf, zf.getinfo(MANIFEST)))
     except ValueError as exc:
         raise BundleError(f"{MANIFEST} is not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("kind") not in ("run", "study"):
-        raise BundleError(f"{MANIFEST}: expected format {FORMAT} and kind run or study")
-    names = manifest.get("runs")
-    if not isinstance(names, list) or not names or sorted(names) != sorted(found) or len(set(names)) != len(names):
+    try:
+        manifest = schemas.parse(schemas.Manifest, data, MANIFEST)
+    except files.Damaged as exc:
+        raise BundleError(str(exc)) from exc
+    names = manifest.runs
+    if sorted(names) != sorted(found) or len(set(names)) != len(names):
         raise BundleError(f"{MANIFEST}: its run list does not match the runs in the bundle")
     for name in names:
         if runs.CONFIG not in found[name] and runs.JOB not in found[name]:
             raise BundleError(f"run {name} has neither {runs.CONFIG} nor {runs.JOB}")
-    if manifest["kind"] == "study":
-        data = manifest.get("study")
-        if not isinstance(data, dict) or data.get("kind") not in study.KINDS or not isinstance(data.get("runs"), list):
+    if manifest.kind == "study":
+        if manifest.study is None:
             raise BundleError(f"{MANIFEST}: a study bundle needs its study (kind and runs)")
-        for row in data["runs"]:
+        for row in data["study"]["runs"]:
             try:
-                row = study.check_row(row, data["kind"])
+                row = study.check_row(row, manifest.study.kind)
             except study.StudyError as exc:
                 raise BundleError(str(exc)) from exc
             if row["run"] not in names:
                 raise BundleError(f"{MANIFEST}: the study names a run the bundle lacks: {row['run']!r}")
-    return manifest
+    return data
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
@@ -210,71 +238,143 @@ class Imported:
     study: Path | None
 
 
-def _own(run_dir: Path, caller: Caller | None) -> None:
-    """The imported run belongs to whoever imported it; the other machine's data folder means nothing here."""
-    job = files.load_json(run_dir / runs.JOB)  # checked by read_run already; raw, to write it back
-    if job is None:
+IMPORTED = " · imported"
+STAGING, PLAN = ".import-", "plan.json"
+
+
+def _own(run_dir: Path, caller: Caller | None, batch: str) -> None:
+    """The imported run belongs to whoever imported it (never to the owner it had elsewhere), says it was imported,
+    and forgets the other machine's data folder. A run started there from the command line gets a job.json here,
+    so it has an owner (and, with last.pt, can be resumed through the queue)."""
+    job = files.load_json(run_dir / runs.JOB) or {}
+    info = runs.read_run(run_dir)
+    config = (job.get("config") or info.config.to_dict()) | {"data_dir": None}
+    base = info.label[: 80 - len(IMPORTED)].rstrip()
+    label = base if base.endswith(IMPORTED.strip(" ·")) else schemas.clean_label(base + IMPORTED)
+    files.write_json(run_dir / runs.JOB, {**job, "config": config, "label": label, "queued_at": job.get("queued_at", 0),
+                                          "generation": job.get("generation", 1), "imported": batch,
+                                          "owner": caller.owner if caller else None})
+    (run_dir / runs.LABEL).unlink(missing_ok=True)  # the one label is job.json's now
+
+
+def _names(staging: Path, root: Path, names: list[str]) -> dict[str, str]:
+    """A name under ``root`` for each staged run: its own, or a new one when that is taken (never overwrite)."""
+    taken, plan = {d.name for d in root.iterdir()}, {}
+    for name in names:
+        new = name
+        while new in taken:
+            new = f"{name[:110]}-{secrets.token_hex(3)}"
+        taken.add(new)
+        plan[name] = new
+    return plan
+
+
+def _finish(staging: Path, root: Path) -> Imported:
+    """Move the checked runs of ``staging`` into ``root`` as ``plan.json`` says, then the study; safe to call again
+    after a crash (what was moved is not moved twice), which is how an interrupted import completes."""
+    plan = files.load_json(staging / PLAN)
+    placed = {}
+    for name, new in plan["runs"].items():
+        if (staging / name).is_dir():
+            os.rename(staging / name, root / new)  # one rename per run: each appears complete or not at all
+        placed[name] = root / new
+    where = None
+    if plan.get("study") is not None:
+        data = plan["study"]
+        where = root / study.STUDIES / plan["study_dir"]
+        where.mkdir(parents=True, exist_ok=True)
+        rows = [row | {"run": os.path.relpath(placed[row["run"]], where)} for row in data["runs"]]
+        files.write_json(where / study.STUDY, data | {"runs": rows})
+    shutil.rmtree(staging, ignore_errors=True)
+    return Imported(list(placed.values()), where)
+
+
+def _check_quota(caller: Caller | None, root: Path, adding: int, size: int) -> None:
+    access.check_writable(caller, "import")
+    if caller is None or caller.teacher:
         return
-    config = job["config"] | {"data_dir": None}
-    files.write_json(run_dir / runs.JOB, job | {"config": config, "owner": caller.owner if caller else None})
-
-
-def _place(staged: Path, root: Path) -> Path:
-    """Move a checked run into ``root`` under its own name, or a new one when that is taken."""
-    name = staged.name
-    while (root / name).exists() or (root / name).is_symlink():
-        name = f"{staged.name[:110]}-{secrets.token_hex(3)}"
-    landing = root / f".import-{secrets.token_hex(6)}"
-    shutil.copytree(staged, landing)
+    limit = access.limits().imported_runs
+    mine = sum(1 for r in runs.list_runs(root) if r.owner == caller.owner and (r.job or {}).get("imported"))
+    if mine + adding > limit:
+        raise BundleError(f"quota: you have {mine} imported run(s) and this bundle holds {adding}; each user may "
+                          f"import {limit}. Delete some, or ask the teacher to import it")
     try:
-        os.rename(landing, root / name)
-    except OSError:
-        shutil.rmtree(landing, ignore_errors=True)
-        raise
-    return root / name
+        access.check_disk_budget(caller, size, root)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from exc
 
 
 def import_bundle(bundle: str | os.PathLike | Any, root: str | os.PathLike | None = None,
                   caller: Caller | None = None) -> Imported:
     """Check the bundle (a path or a binary file object) completely, then add its runs (and study) to ``root``.
 
-    ``BundleError`` saying why when it is refused; nothing is written then.
+    ``BundleError`` saying why when it is refused; nothing is written then. The bundle is unpacked into a hidden
+    staging folder of ``root`` (held by a lock while it works); a crash leaves that folder, which the next
+    ``recover`` finishes (when every check had passed) or removes.
     """
     root = runs.checkpoints_dir(root)
     try:
         zf = zipfile.ZipFile(bundle)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise BundleError(f"not a zip file ({exc})") from exc
-    with zf, tempfile.TemporaryDirectory(prefix="effnet-import-") as tmp:
+    with zf:
         found = _check_members(zf)
         manifest = _manifest(zf, found)
-        if shutil.disk_usage(Path(tmp)).free < sum(i.file_size for i in zf.infolist()):
-            raise BundleError("there is not enough free disk space here to check it")
-        try:
-            _extract(zf, Path(tmp))
-        except UnsafeZip as exc:
-            raise BundleError(str(exc)) from exc
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            raise BundleError(f"it is damaged ({exc})") from exc
-        for name in manifest["runs"]:
-            _check_run(Path(tmp) / name)
+        size = sum(i.file_size for i in zf.infolist())
+        _check_quota(caller, root, len(manifest["runs"]), size)
         root.mkdir(parents=True, exist_ok=True)
-        placed = {}
-        for name in manifest["runs"]:
-            _own(Path(tmp) / name, caller)
-            placed[name] = _place(Path(tmp) / name, root)
-    return Imported(list(placed.values()), _place_study(manifest, placed, root))
+        if shutil.disk_usage(root).free < 2 * size:
+            raise BundleError("there is not enough free disk space here to check it")
+        batch = secrets.token_hex(6)
+        staging = root / f"{STAGING}{batch}"
+        with locks.exclusive(root / f"{STAGING}{batch}.lock"):
+            try:
+                staging.mkdir()
+                _stage(zf, manifest, staging, caller, batch)
+                return _finish(staging, root)
+            except BaseException:
+                if not (staging / PLAN).is_file():
+                    shutil.rmtree(staging, ignore_errors=True)
+                raise
+            finally:
+                (root / f"{STAGING}{batch}.lock").unlink(missing_ok=True)
 
 
-def _place_study(manifest: dict[str, Any], placed: dict[str, Path], root: Path) -> Path | None:
-    if manifest["kind"] != "study":
-        return None
-    data = manifest["study"]
-    where = study.new_study_dir(root, f"imported-{data['kind']}")
-    where.mkdir(parents=True)
-    rows = [row | {"run": os.path.relpath(placed[row["run"]], where)} for row in data["runs"]]
-    files.write_json(where / study.STUDY, data | {"runs": rows})
-    return where
+def _stage(zf: zipfile.ZipFile, manifest: dict[str, Any], staging: Path, caller: Caller | None, batch: str) -> None:
+    """Unpack and check every run in ``staging``, make each the importer's, then write the plan (the commit point)."""
+    try:
+        _extract(zf, staging)
+    except UnsafeZip as exc:
+        raise BundleError(str(exc)) from exc
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise BundleError(f"it is damaged ({exc})") from exc
+    for name in manifest["runs"]:
+        _check_run(staging / name)
+    for name in manifest["runs"]:
+        _own(staging / name, caller, batch)
+    root = staging.parent
+    plan = {"runs": _names(staging, root, manifest["runs"]), "study": manifest.get("study")}
+    if plan["study"] is not None:
+        plan["study_dir"] = study.new_study_dir(root, f"imported-{plan['study']['kind']}").name
+    files.write_json(staging / PLAN, plan)
+
+
+def recover(root: str | os.PathLike | None = None) -> list[str]:
+    """Imports a crash interrupted: finished when their checks had all passed (``plan.json``), else removed; returns
+    what was done. An import still at work holds its lock and is left alone."""
+    root = runs.checkpoints_dir(root)
+    done = []
+    for staging in sorted(root.glob(f"{STAGING}*")) if root.is_dir() else []:
+        if not staging.is_dir() or staging.is_symlink() or locks.is_held(root / f"{staging.name}.lock"):
+            continue
+        if (staging / PLAN).is_file():
+            _finish(staging, root)
+            done.append(f"finished the interrupted import {staging.name}")
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+            done.append(f"removed the interrupted import {staging.name}")
+        (root / f"{staging.name}.lock").unlink(missing_ok=True)
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:

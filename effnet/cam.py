@@ -67,6 +67,7 @@ METHODS: dict[str, type] = {
     "scorecam": ChunkedScoreCAM,
     "eigencam": EigenCAM,
 }
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "eigencam": "EigenCAM"}
 METHOD_NOTES = {
     "gradcam": "Grad-CAM: channel weights from the gradients of the class score. Fast.",
     "gradcam++": "Grad-CAM++: higher-order gradient weights; better with several objects. Fast.",
@@ -98,6 +99,23 @@ def target_layer_index(spec: ScalingSpec) -> int:
     sizes = [row.output_size for row in model_card(spec).stages]
     large = [i for i, size in enumerate(sizes) if size >= MIN_CAM_SIZE]
     return large[-1] if large else 0
+
+
+def image_size(data: bytes | Image.Image) -> tuple[int, int]:
+    """(width, height) of an upload as its file says (its header only), or of an image already decoded."""
+    if isinstance(data, Image.Image):
+        return data.size
+    import io
+
+    from effnet.images import FORMATS
+
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+
+            orientation = img.getexif().get(0x0112, 1)
+            return (img.height, img.width) if orientation in (5, 6, 7, 8) else img.size  # EXIF-rotated as shown
+    except Exception as exc:  # any unreadable upload: load_image says why, in its words
+        raise ValueError("not an image this lab can read") from exc
 
 
 def load_image(data: bytes | Image.Image, name: str = "image") -> Image.Image:

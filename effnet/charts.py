@@ -14,6 +14,7 @@ not modify a figure they get.
 from __future__ import annotations
 
 import functools
+import html
 import json
 import math
 import threading
@@ -41,6 +42,12 @@ pio.templates[TEMPLATE] = go.layout.Template(layout={
     "font": FONT, "colorway": PALETTE, "paper_bgcolor": "white", "plot_bgcolor": "white", "xaxis": _AXIS,
     "yaxis": _AXIS, "margin": {"l": 70, "r": 30, "t": 60, "b": 60}, "legend": {"font": {"size": 15}},
     "hoverlabel": {"font": {"size": 15}}, "title": {"font": {"size": 18}}})
+
+
+def _text(value: object) -> str:
+    """A label from a user (a run's name, a class folder's) as plotly text: plotly reads a few HTML tags in text,
+    links among them, so ``<`` and ``&`` are escaped and the label shows as typed."""
+    return html.escape(str(value), quote=False)
 
 
 def _layout(fig: go.Figure, title: str, **kwargs: Any) -> go.Figure:
@@ -162,8 +169,8 @@ def training_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: st
             if not points:
                 continue
             fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
-                            name=f"{label} {split}", line={"color": colour, "dash": DASHES[j]},
-                            marker={"size": 6}, legendgroup=label)
+                            name=f"{_text(label)} {split}", line={"color": colour, "dash": DASHES[j]},
+                            marker={"size": 6}, legendgroup=_text(label))
     fig.update_xaxes(title="epoch")
     fig.update_yaxes(title="top-1 (%)" if metric == "top1" else "cross-entropy loss")
     # The legend goes under the plot: beside it, long run labels would squeeze the plot to a sliver.
@@ -185,7 +192,7 @@ def accuracy_vs_size(points: Sequence[tuple[str, float, float]], size: str) -> g
     """One labelled point per run: (label, size, top-1). ``size`` names the x axis ("params" or "macs")."""
     axis = {"params": "parameters", "macs": "multiply-adds (paper's FLOPs)"}[size]
     fig = go.Figure()
-    fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[p[0] for p in points],
+    fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[_text(p[0]) for p in points],
                     mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[0]},
                     textfont={"size": 14}, name="runs")
     fig.update_xaxes(title=f"{axis} (log scale)", **_log_axis([p[1] for p in points]))
@@ -211,7 +218,7 @@ def val_vs_test(points: Sequence[tuple[str, float, float]], r: float | None) -> 
     low, high = (min(values) - 1, max(values) + 1) if values else (0, 100)
     fig.add_scatter(x=[low, high], y=[low, high], mode="lines", name="y = x",
                     line={"color": "#777777", "dash": "dash"})
-    fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[p[0] for p in points],
+    fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[_text(p[0]) for p in points],
                     mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[1]},
                     textfont={"size": 14}, name="runs")
     _pad_y(fig, values)
@@ -225,7 +232,7 @@ def val_vs_test(points: Sequence[tuple[str, float, float]], r: float | None) -> 
 def confusion_heatmap(matrix: Sequence[Sequence[int]], rows: Sequence[str], columns: Sequence[str],
                       title: str) -> go.Figure:
     """Counts as a heatmap (cividis: readable with colour-vision deficiencies); rows true, columns predicted."""
-    fig = go.Figure(go.Heatmap(z=matrix, x=list(columns), y=list(rows), colorscale="Cividis",
+    fig = go.Figure(go.Heatmap(z=matrix, x=[_text(c) for c in columns], y=[_text(r) for r in rows], colorscale="Cividis",
                                hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"))
     fig.update_xaxes(title="predicted", tickangle=45)
     fig.update_yaxes(title="true", autorange="reversed")
@@ -286,10 +293,10 @@ def compression(points: Sequence[tuple[str, float, float]], x_title: str) -> go.
     """Test top-1 against a cost (size or latency), one labelled point per compressed variant."""
     fig = go.Figure()
     for i, (name, x, y) in enumerate(points):
-        fig.add_scatter(x=[x], y=[y], text=[name], mode="markers+text", textposition=_alternating(points)[i],
+        fig.add_scatter(x=[x], y=[y], text=[_text(name)], mode="markers+text", textposition=_alternating(points)[i],
                         marker={"size": 15, "color": PALETTE[i % len(PALETTE)],
                                 "symbol": "diamond" if name.startswith("fp32") else "circle"},
-                        textfont={"size": 14}, name=name, showlegend=False)
+                        textfont={"size": 14}, name=_text(name), showlegend=False)
     fig.update_xaxes(title=x_title, rangemode="tozero")
     fig.update_yaxes(title="test top-1 (%)")
     _pad_y(fig, [p[2] for p in points])

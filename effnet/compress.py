@@ -47,12 +47,10 @@ from torch.nn.utils import parametrize
 
 from effnet import checkpoint, files, locks, runs
 from effnet.checkpoint import load_checkpoint
+from effnet.compressions import COMPRESS, FOLDER, check_run, check_settings
 from effnet.config import TrainConfig
 from effnet.preprocess import to_model_input
 
-COMPRESS = "compress.json"
-FOLDER = "compressed"  # the app's compressions: <run>/compressed/<time>/ (compress.json, status.json, log, .onnx)
-STARTUP_S = 60  # a started compression that has not reported its pid yet (importing torch) within this is gone
 CALIBRATION_IMAGES = 512
 WEIGHT_BITS = 7  # reduce_range: what ORT's int8 kernels use on CPUs without VNNI
 Predict = Callable[[Tensor], Tensor | np.ndarray]
@@ -75,11 +73,8 @@ def load_job(run_dir: Path, out: Path, data_dir: str | None = None) -> Job:
     from effnet.evaluate import precise_bn
     from effnet.train import load_data
 
+    check_run(run_dir)
     info = runs.read_run(run_dir)
-    if info.damaged or info.config is None:
-        raise ValueError(f"run: {run_dir} is not a readable run folder ({info.error or 'no config.json'})")
-    if info.state != "finished":
-        raise ValueError(f"run: {run_dir.name} is {info.state}; compress a finished run")
     model, spec = runs.load_model(run_dir)
     config = info.config.replace(spec=spec, device="cpu", channels_last=False, precision="fp32",
                                  **({"data_dir": data_dir} if data_dir else {}))
@@ -314,22 +309,14 @@ def compress(job: Job, int8: bool, qat_epochs: int, ratios: list[float], finetun
     return measure(made, job, budget_s)
 
 
-def check_settings(qat_epochs: int, ratios: list[float], finetune_epochs: int) -> None:
-    """ValueError naming the setting when a compression could not do what it is asked."""
-    bad = [r for r in ratios if not 0 < r < 1]
-    if bad:
-        raise ValueError(f"prune: ratios must be between 0 and 1, got {bad}")
-    if qat_epochs < 0 or finetune_epochs < 0:
-        raise ValueError("qat_epochs, finetune_epochs: must be 0 or more")
-
-
 def run(run_dir: Path, out: Path, int8: bool = True, qat_epochs: int = 0, ratios: list[float] | None = None,
         finetune_epochs: int = 1, data_dir: str | None = None, budget_s: float = 2.0) -> dict[str, Any]:
     """Compress ``run_dir`` into ``out`` (compress.json, one ONNX file per variant, status.json). With neither
     int8 nor pruning asked for, only the fp32 rows (eager and ONNX Runtime) are measured."""
     ratios = ratios or []
     check_settings(qat_epochs, ratios, finetune_epochs)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run(run_dir)  # refused before anything is written
+    out.mkdir(parents=out.parent.name != FOLDER, exist_ok=True)  # the app's: inside a run that must still exist
     write_status(out, state="starting", step=0, steps=1)
     try:
         with contextlib.ExitStack() as held:
@@ -356,67 +343,6 @@ def _run(run_dir: Path, out: Path, int8: bool, qat_epochs: int, ratios: list[flo
 
 
 # ----------------------------------------------------------------------------- in the background (the app)
-def outputs(run_dir: Path) -> list[Path]:
-    """The app's compressions of a run, newest first (symlinked folders are never followed)."""
-    folder = run_dir / FOLDER
-    if not folder.is_dir() or folder.is_symlink():
-        return []
-    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.is_symlink()), reverse=True)
-
-
-def working(out: Path) -> bool:
-    """Whether the compression writing ``out`` is still at work (waiting for the CPU counts)."""
-    status = files.read_json(out / runs.STATUS) or {}
-    if status.get("state") in ("finished", "failed"):
-        return False
-    if runs.pid_alive(status.get("pid")):
-        return True
-    heartbeat = status.get("heartbeat")
-    return isinstance(heartbeat, (int, float)) and time.time() - heartbeat < STARTUP_S
-
-
-def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[float], finetune_epochs: int,
-          budget_s: float = 2.0) -> Path:
-    """``python -m effnet.compress`` in the background (its own session: it outlives the page that started it),
-    holding the queue's CPU device locks: it waits for training on the CPU, and training waits for it.
-
-    One compression of a run at a time: a second click, or a second student, is refused saying why."""
-    from effnet.jobs import cpu_locks, spawn_detached
-
-    check_settings(qat_epochs, ratios, finetune_epochs)
-    if not int8 and not ratios:
-        raise ValueError("nothing to compress: choose int8, a pruning ratio, or both")
-    if (run_dir / FOLDER).is_symlink() or run_dir.is_symlink():
-        raise ValueError(f"{run_dir.name}/{FOLDER} is a symbolic link: refused (compressions stay in the run's folder)")
-    with locks.exclusive(run_dir / FOLDER / ".start.lock"):  # two clicks at once: one starts, one is refused
-        busy = [d.name for d in outputs(run_dir) if working(d)]
-        if busy:
-            raise ValueError(f"this run is being compressed already (started {busy[0]}); wait for it to finish")
-        out = run_dir / FOLDER / time.strftime("%Y%m%d-%H%M%S")
-        out.mkdir()
-        write_status(out, state="starting", step=0, steps=1, pid=None)
-        spawn_detached(["effnet.compress", str(run_dir), "--out", str(out), "--qat-epochs", str(qat_epochs),
-                        "--finetune-epochs", str(finetune_epochs), "--prune", ",".join(f"{r:g}" for r in ratios),
-                        "--time-budget", str(budget_s), *(["--int8"] if int8 else [])], out / runs.LOG,
-                       {locks.DEVICE_LOCK_ENV: os.pathsep.join(str(p) for p in cpu_locks(root))})
-    return out
-
-
-def load_result(out: Path) -> dict[str, Any] | None:
-    """compress.json, validated (a damaged file raises ``files.Damaged``), or None when there is none yet."""
-    data = files.load_json(out / COMPRESS)
-    if data is None:
-        return None
-    rows = data.get("variants")
-    need = {"name": str, "size_bytes": int, "params": int, "latency_ms_b1": float, "latency_ms_b32": float,
-            "test_top1": float}
-    if not isinstance(rows, list) or not all(
-            isinstance(r, dict) and all(isinstance(r.get(k), t | int) and not isinstance(r.get(k), bool)
-                                        for k, t in need.items()) for r in rows):
-        raise files.Damaged(f"{COMPRESS}: variants are malformed")
-    return data
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m effnet.compress", description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a finished run's folder")
@@ -429,13 +355,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-budget", type=float, default=2.0, help="seconds of timing per variant, batch and round")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"threads: must be 1 or more, got {args.threads}")
+    if not args.out.strip():
+        p.error("out: give the folder to write the compressed models to")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         ratios = [float(r) for r in args.prune.split(",") if r.strip()]
         result = run(Path(args.run), Path(args.out), args.int8, args.qat_epochs, ratios, args.finetune_epochs,
                      args.data_dir, args.time_budget)
-    except (ValueError, checkpoint.CheckpointError, RuntimeError) as exc:
+    except (ValueError, checkpoint.CheckpointError, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result["variants"], indent=1))

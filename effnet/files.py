@@ -95,8 +95,11 @@ def read_json(path: Path) -> Any:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``.
+
+    The folder must exist: a writer whose folder was deleted meanwhile (a run deleted while its compression
+    starts) fails instead of bringing the folder back where nobody can see it.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

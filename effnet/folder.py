@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import secrets
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effnet import files
+from effnet import access, files, locks
+from effnet.access import Caller
 from effnet.data import Cifar100, DataError, Split
 from effnet.images import decode_image
 from effnet.safezip import UnsafeZip, check_zip, extract_member
@@ -198,60 +201,202 @@ def _from_cache(state: dict, classes: list[str]) -> tuple[Cifar100, int]:
 
 
 # ----------------------------------------------------------------------------- a zip of class folders
-def unpack_zip(data: bytes | io.BufferedIOBase, into: str | os.PathLike) -> Path:
-    """Unpack an uploaded zip of class folders into the new folder ``into`` after checking every member.
+OWN = "own"  # <data folder>/own/<name>/: the datasets uploaded in the app
+INFO = ".dataset.json"  # beside the class folders: owner, bytes, readable images per class (counted at upload)
+STAGING = ".staging-"
 
-    ``DataError`` saying why when refused; nothing is left behind then. Returns the folder holding the
-    class folders (a zip of one top folder is unwrapped).
+
+@dataclass(frozen=True)
+class OwnDataset:
+    """A dataset uploaded in the app, as its ``.dataset.json`` describes it (counted once, when it was added)."""
+
+    name: str
+    folder: Path
+    owner: str | None
+    bytes: int
+    counts: dict[str, int]  # readable images per class
+    skipped: int  # files that were not readable images (deleted at upload)
+    split: tuple[int, int]  # (training, test) images the run's split gives
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(self.counts)
+
+
+def _readable(path: Path) -> bool:
+    """Whether ``path`` opens as an image the upload decoder accepts (its header only: quick for 50,000 files)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from effnet.images import FORMATS
+
+    try:
+        with Image.open(path, formats=FORMATS) as img:
+            return img.size[0] * img.size[1] > 0
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _count_and_prune(root: Path) -> tuple[dict[str, int], int]:
+    """Readable images per class under ``root``; files that are not images are deleted (and counted), so a zip of
+    junk leaves no junk on the server's disk."""
+    listing = list_folder(root)
+    counts, skipped = dict.fromkeys(listing.classes, 0), 0
+    for items in listing.files.values():
+        for path, label in items:
+            if _readable(path):
+                counts[listing.classes[label]] += 1
+            else:
+                path.unlink()
+                skipped += 1
+    return counts, skipped
+
+
+def _unwrap(staging: Path) -> None:
+    """A zip of one top folder holding the class folders: move them up, so the dataset's folder is its name."""
+    inner = _class_folders(staging)
+    if len(inner) == 1 and not any(p.is_file() and not p.name.startswith(".") for p in staging.iterdir()):
+        top = inner[0].rename(staging / f".unwrap-{secrets.token_hex(4)}")
+        for child in top.iterdir():
+            child.rename(staging / child.name)
+        top.rmdir()
+
+
+def _check_quota(base: Path, caller: Caller | None, declared: int) -> int:
+    """The bytes this upload may unpack to (the caller's dataset allowance, the server's budget); ``DataError``
+    when the caller already holds as many datasets as a student may."""
+    access.check_writable(caller, "adding a dataset")
+    if caller is None or caller.teacher:
+        return MAX_ZIP_BYTES
+    limit, mine = access.limits(), [d for d in own_datasets(base.parent) if d.owner == caller.owner]
+    if len(mine) >= limit.datasets:
+        raise DataError(f"quota: you have {len(mine)} dataset(s); each user may have {limit.datasets}. Delete one "
+                        "first, or ask the teacher")
+    left = limit.dataset_bytes - sum(d.bytes for d in mine)
+    try:
+        access.check_disk_budget(caller, declared, base.parent)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    return max(0, min(left, MAX_ZIP_BYTES))
+
+
+def unpack_zip(data: bytes | io.BufferedIOBase, data_root: str | os.PathLike, name: str,
+               caller: Caller | None = None) -> OwnDataset:
+    """Add an uploaded zip of class folders as the dataset ``<data_root>/own/<name>``, owned by ``caller``.
+
+    Every member is checked before one is written, and the zip may unpack to no more than the caller's quota
+    allows (declared sizes, each member stopped at its declared size). It unpacks into a hidden staging folder
+    (held by a lock; ``tidy`` removes one a crash left) and appears under its name only when complete, with
+    every class holding at least ``MIN_PER_CLASS`` readable images. ``DataError`` saying why when refused;
+    nothing is left behind then.
     """
     import shutil
 
-    into = Path(into)
-    if into.exists():
-        raise DataError(f"{into} already exists; choose another name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}", str(name)):
+        raise DataError("name: letters, digits, '.', '-' and '_' only (at most 40), e.g. leaves")
+    base = Path(data_root) / OWN
+    base.mkdir(parents=True, exist_ok=True)
+    if (base / name).exists() or (base / name).is_symlink():
+        raise DataError(f"a dataset called {name} exists already; choose another name")
     try:
         zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise DataError(f"not a zip file ({exc})") from exc
-    with zf:
+    token = secrets.token_hex(6)
+    staging, lock = base / f"{STAGING}{token}", base / f"{STAGING}{token}.lock"
+    with zf, locks.exclusive(lock):
         try:
-            members = check_zip(zf, MAX_ZIP_MEMBERS, lambda name: 64 * 1024**2, MAX_ZIP_BYTES)
+            declared = sum(i.file_size for i in zf.infolist())
+            members = check_zip(zf, MAX_ZIP_MEMBERS, lambda _: 64 * 1024**2, _check_quota(base, caller, declared))
             for info in members:
-                extract_member(zf, info, into.joinpath(*info.filename.split("/")))
-            root = into
-            inner = _class_folders(into)
-            if len(inner) == 1 and not any(p.is_file() for p in into.iterdir()):
-                root = inner[0]  # the zip held one folder: the class folders are inside it
-            list_folder(root)
+                extract_member(zf, info, staging.joinpath(*info.filename.split("/")))
+            staging.mkdir(exist_ok=True)
+            _unwrap(staging)
+            counts, skipped = _count_and_prune(staging)
+            thin = [f"{c} ({n})" for c, n in counts.items() if n < MIN_PER_CLASS]
+            if thin:
+                raise DataError(f"every class needs at least {MIN_PER_CLASS} readable images; too few in "
+                                + ", ".join(thin) + (f" ({skipped} file(s) were not images)" if skipped else ""))
+            size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+            files.write_json(staging / INFO, {"owner": caller.owner if caller else None, "bytes": size,
+                                              "counts": counts, "skipped": skipped, "split": _listed_sizes(staging)})
+            with locks.exclusive(base / ".names.lock"):  # two uploads of one name: the first wins
+                if (base / name).exists():
+                    raise DataError(f"a dataset called {name} exists already; choose another name")
+                os.rename(staging, base / name)
         except (UnsafeZip, DataError, OSError, zipfile.BadZipFile) as exc:
-            shutil.rmtree(into, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
             raise DataError(f"refused: {exc}") from exc
-    return root
+        finally:
+            lock.unlink(missing_ok=True)
+    return _describe(base / name)
 
 
 # ----------------------------------------------------------------------------- datasets the app knows
-OWN = "own"  # <data folder>/own/<name>/: the datasets uploaded in the app
+def _describe(folder: Path) -> OwnDataset | None:
+    try:
+        info = files.load_json(folder / INFO)
+    except files.Damaged:
+        return None
+    counts = info.get("counts") if isinstance(info, dict) else None
+    if not isinstance(counts, dict) or len(counts) < 2 or not all(isinstance(v, int) for v in counts.values()):
+        return None
+    split = info.get("split")
+    if not (isinstance(split, list) and len(split) == 2 and all(isinstance(v, int) for v in split)):
+        return None
+    owner = info.get("owner") if access.valid_owner_token(info.get("owner")) else None
+    return OwnDataset(folder.name, folder, owner, int(info.get("bytes") or 0), counts, int(info.get("skipped") or 0),
+                      (split[0], split[1]))
 
 
-def own_datasets(data_root: str | os.PathLike) -> dict[str, Path]:
-    """``{name: folder of class folders}`` for every dataset uploaded into ``<data_root>/own/``."""
+def own_datasets(data_root: str | os.PathLike) -> list[OwnDataset]:
+    """Every complete dataset uploaded into ``<data_root>/own/`` (staging folders, links and strays are not)."""
     base = Path(data_root) / OWN
     if not base.is_dir() or base.is_symlink():
-        return {}
-    found = {}
+        return []
+    found = []
     for entry in sorted(base.iterdir()):
-        if not entry.is_dir() or entry.is_symlink():
+        if entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink():
             continue
-        folder, inner = entry, _class_folders(entry)
-        if len(inner) == 1:  # a zip of one top folder
-            folder, inner = inner[0], _class_folders(inner[0])
-        if len(inner) >= 2:
-            found[entry.name] = folder
+        described = _describe(entry)
+        if described is not None:
+            found.append(described)
     return found
 
 
+def delete_dataset(data_root: str | os.PathLike, name: str, caller: Caller | None = None) -> None:
+    """Remove an uploaded dataset: its owner or the teacher only (``PermissionError`` otherwise)."""
+    import shutil
+
+    found = {d.name: d for d in own_datasets(data_root)}
+    if name not in found:
+        raise DataError(f"there is no dataset called {name}")
+    access.check(caller, found[name], "delete", "dataset")
+    shutil.rmtree(found[name].folder)
+    access.forget_usage()
+
+
+def tidy(data_root: str | os.PathLike) -> list[str]:
+    """Staging folders an upload left when its process was killed (their lock is free): removed."""
+    import shutil
+
+    base = Path(data_root) / OWN
+    done = []
+    for staging in sorted(base.glob(f"{STAGING}*")) if base.is_dir() else []:
+        if staging.is_dir() and not locks.is_held(base / f"{staging.name}.lock"):
+            shutil.rmtree(staging, ignore_errors=True)
+            (base / f"{staging.name}.lock").unlink(missing_ok=True)
+            done.append(f"removed the interrupted upload {staging.name}")
+    return done
+
+
 def split_sizes(folder: str | os.PathLike) -> tuple[int, int]:
-    """(training, test) image counts the folder will give, from its files alone (unreadable ones included)."""
+    """(training, test) images the folder will give: from its ``.dataset.json`` (an upload: readable images, counted
+    once), else from its files (unreadable ones included)."""
+    described = _describe(Path(folder))
+    return described.split if described is not None else _listed_sizes(Path(folder))
+
+
+def _listed_sizes(folder: Path) -> tuple[int, int]:
     listing = list_folder(folder)
     if "all" not in listing.files:
         return len(listing.files["train"]), len(listing.files["test"])

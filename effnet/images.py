@@ -21,6 +21,8 @@ MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # 40 MP: any photo; far below what would exhaust memory when decoded
 EXIF_ORIENTATION = 0x0112
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+# What an upload box accepts: the file name endings of FORMATS (both pages that take images use this list).
+UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff")
 
 
 def _high_depth_to_8bit(img: Image.Image) -> Image.Image:

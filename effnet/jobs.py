@@ -220,7 +220,26 @@ def delete(run_id: str, root: str | os.PathLike | None = None, wait_s: float = 3
         if time.monotonic() > deadline:
             raise RuntimeError(f"run {run_id} did not stop within {wait_s:.0f} s; try again")
         time.sleep(0.2)
+    from effnet.compressions import stop_all  # a compression writing into the run stops first
+
+    stop_all(run_dir, wait_s)
+    (run_dir / runs.STATUS).unlink(missing_ok=True)  # a compression starting now sees the run is going
     shutil.rmtree(run_dir)
+    access.forget_usage()
+
+
+def delete_many(run_ids: list[str], root: str | os.PathLike | None = None, caller: Caller | None = None) -> list[str]:
+    """The teacher's bulk delete (everything of one owner, or of one import): each run as ``delete`` does it;
+    returns the reasons of those that could not go (the rest are gone)."""
+    if caller is not None and not caller.teacher:
+        raise PermissionError("only the teacher may delete many runs at once")
+    problems = []
+    for run_id in run_ids:
+        try:
+            delete(run_id, root, caller=caller)
+        except (ValueError, RuntimeError, PermissionError, OSError) as exc:
+            problems.append(f"{run_id}: {exc}")
+    return problems
 
 
 def rename(run_id: str, label: str, root: str | os.PathLike | None = None, caller: Caller | None = None) -> None:
@@ -426,6 +445,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "runner":
         run_queue(Path(args.root))
         return 0
+    if args.root is not None and not Path(args.root).is_dir():
+        parser.error(f"--root: {args.root} is not a folder")
+    from effnet.data import data_dir
+    from effnet.housekeeping import tidy
+
+    for line in tidy(args.root, data_dir(), force=True):
+        print(f"({line})", file=sys.stderr)
     infos = list_runs(args.root)
     if heal(args.root, infos):
         print("(queued runs had no runner: started one)", file=sys.stderr)

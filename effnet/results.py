@@ -136,11 +136,22 @@ def study_table(results: list[RunResult]) -> tuple[list[str], list[dict[str, Any
     ]
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet will not run: text starting like a formula (a run named ``=HYPERLINK(...)``) gets a
+    leading apostrophe, as OWASP advises; numbers stay numbers."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """Table 1 as CSV, every text cell (run labels included) safe to open in a spreadsheet."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["", *columns])
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(buf)
+    writer.writerow(["", *(csv_cell(c) for c in columns)])
+    for row in rows:
+        writer.writerow([csv_cell(row[""]), *(csv_cell(row[c]) for c in columns)])
     return buf.getvalue()
 
 
@@ -198,13 +209,11 @@ def load_confusion(run_dir: Path, which: str = "best") -> Confusion | None:
 
     ``files.Damaged`` when confusion.json is malformed (a page shows that instead of breaking).
     """
-    entry, classes = (files.load_json(run_dir / runs.CONFUSION) or {}).get(which), runs.load_classes(run_dir)
-    if not entry or not classes:
+    confusion, classes = runs.load_confusion_file(run_dir), runs.load_classes(run_dir)  # schema-checked counts
+    entry = getattr(confusion, which, None) if confusion is not None else None
+    if entry is None or not classes:
         return None
     n = len(classes["fine"])
-    matrix = entry.get("matrix") if isinstance(entry, dict) else None
-    if not (isinstance(matrix, list) and len(matrix) == n and all(
-            isinstance(row, list) and len(row) == n and all(isinstance(c, int) and c >= 0 for c in row)
-            for row in matrix)) or not isinstance(entry.get("epoch"), int):
+    if len(entry.matrix) != n or any(len(row) != n for row in entry.matrix):
         raise files.Damaged(f"{runs.CONFUSION}: the {which} matrix is not {n}x{n} counts")
-    return Confusion(matrix, classes["fine"], classes["coarse"], classes["fine_to_coarse"], entry["epoch"])
+    return Confusion(entry.matrix, classes["fine"], classes["coarse"], classes["fine_to_coarse"], entry.epoch)

@@ -102,6 +102,7 @@ class Job(Strict):
     device: str | None = None
     resume: bool = False
     distributed: bool = False
+    imported: str | None = None  # the import batch that brought the run here (a bundle), if any
 
 
 class LabelFile(Strict):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effnet import files, runs
+from effnet import files, runs, schemas
 from effnet.access import Caller
 from effnet.card import at_equal_macs, model_card
 from effnet.config import TrainConfig
@@ -224,15 +224,16 @@ class Study:
 
 
 def check_row(row: object, kind: str) -> dict[str, Any]:
-    """One run row of a study.json, validated (a study file is read like any other untrusted file)."""
-    if not isinstance(row, dict) or not isinstance(row.get("run"), str):
-        raise StudyError(f"{STUDY}: each run row needs a 'run' path")
-    if kind == "methods" and row.get("method") not in SCALINGS:
-        raise StudyError(f"{STUDY}: method must be one of {', '.join(SCALINGS)}, got {row.get('method')!r}")
-    for name in ("macs", "params", *(("alpha", "beta", "gamma") if kind == "grid" else ())):
-        value = row.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise StudyError(f"{STUDY}: run row field {name!r} must be a number, got {row.get(name)!r}")
+    """One run row of a study.json, validated by its schema (a study file is read like any other untrusted file),
+    with what its kind needs: a method for a methods study, α, β and γ for a grid."""
+    try:
+        checked = schemas.parse(schemas.StudyRow, row, STUDY)
+    except files.Damaged as exc:
+        raise StudyError(str(exc)) from exc
+    needs = ("method",) if kind == "methods" else ("alpha", "beta", "gamma")
+    missing = [n for n in needs if getattr(checked, n) is None]
+    if missing:
+        raise StudyError(f"{STUDY}: a {kind} study's run row needs {', '.join(missing)}")
     return row
 
 
@@ -254,9 +255,10 @@ def load(study_dir: str | os.PathLike, root: str | os.PathLike | None = None) ->
         raise StudyError(str(exc)) from exc
     if data is None:
         raise StudyError(f"{study_dir} has no {STUDY}")
-    kind = data.get("kind")
-    if kind not in KINDS or not isinstance(data.get("runs"), list):
-        raise StudyError(f"{STUDY}: needs kind (one of {', '.join(KINDS)}) and a list of runs")
+    try:
+        kind = schemas.parse(schemas.StudyFile, data, STUDY).kind
+    except files.Damaged as exc:
+        raise StudyError(str(exc)) from exc
     rows = []
     for row in data["runs"]:
         row = check_row(row, kind)

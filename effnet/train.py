@@ -127,9 +127,12 @@ def _normalization(args: argparse.Namespace) -> str:
     """The input statistics the starting weights saw: ImageNet's, or those of the run started from."""
     if args.init_from and not args.pretrained:
         try:
-            return runs.load_config(Path(args.init_from))[0].normalization
-        except (files.Damaged, AttributeError, TypeError) as exc:
+            spec = runs.load_config(Path(args.init_from))[0]
+        except (files.Damaged, OSError) as exc:
             raise ValueError(f"init_from: {args.init_from} is not a readable run folder ({exc})") from exc
+        if spec is None:
+            raise ValueError(f"init_from: {args.init_from} is not a run folder (it has no config.json)")
+        return spec.normalization
     return normalization_for(args.pretrained)
 
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -179,6 +181,42 @@ def read_status(run_dir: Path) -> dict:
         return json.loads((run_dir / "status.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(checkpoints: Path, cifar_dir: Path, logs: Path, **extra: str) -> Iterator[str]:
+    """``streamlit run app.py`` on a free loopback port over ``checkpoints``; yields its URL, stops it after."""
+    port = free_port()
+    log_path = logs / "server.log"
+    log = open(log_path, "wb")  # noqa: SIM115 (a file, not a pipe: an unread pipe would block the server)
+    env = {**python_env(), "EFFNET_CHECKPOINTS": str(checkpoints), "EFFNET_DATA": str(cifar_dir), **extra}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + scaled(60)
+    while True:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError as exc:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("streamlit did not start: " + log_path.read_text(errors="replace")[-2000:]) from exc
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
 
 
 @pytest.fixture(scope="session")

@@ -7,18 +7,12 @@ missing; .ci/run installs both, so CI always runs these.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT
+from conftest import PROJECT, ms, serve
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = PROJECT / "tests" / "artifacts"
@@ -28,43 +22,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(checkpoints: Path, cifar_dir: Path, logs: Path) -> Iterator[str]:
-    """``streamlit run app.py`` on a free loopback port over ``checkpoints``; yields its URL, stops it after."""
-    port = free_port()
-    log_path = logs / "server.log"
-    log = open(log_path, "wb")  # noqa: SIM115 (a file, not a pipe: an unread pipe would block the server)
-    env = {**os.environ, "EFFNET_CHECKPOINTS": str(checkpoints), "EFFNET_DATA": str(cifar_dir),
-           "PYTHONPATH": str(PROJECT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-            break
-        except OSError as exc:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("streamlit did not start: " + log_path.read_text(errors="replace")[-2000:]) from exc
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -361,3 +318,98 @@ def test_manage_a_run_follows_the_run_without_a_reload(browser, own_server):
     assert page.get_by_text("No best.pt yet").count() == 0
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "manage-follows-1280.png"))
+
+
+# ----------------------------------------------------------------------------- a class server, in a browser
+class Listener:
+    """A local HTTP server that records every request: a page that renders a label as Markdown fetches from it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.paths: list[str] = []
+        seen = self.paths
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(self.path)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def hostile_server(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Iterator[tuple[str, Path, Listener]]:
+    """A server with a teacher password, whose runs and dataset carry names that are Markdown, images and links."""
+    from fake_runs import fake_run, row
+    from test_hostile_student import class_zip
+
+    from effnet import files, folder
+
+    listener = Listener()
+    root = tmp_path_factory.mktemp("hostile") / "checkpoints"
+    data = tmp_path_factory.mktemp("hostile-data")
+    shutil.copytree(cifar_dir, data, dirs_exist_ok=True)
+    image = f"![x]({listener.url}/label.png)"
+    run_dir = fake_run(root, "r1", [row(1, 40.0, 41.0), row(2, 45.0, 44.0)], weights=True,
+                       job={"owner": "a" * 32, "label": f"{image} **bold**"})
+    files.write_json(run_dir / "confusion.json", {"classes": {"fine": [f"![c]({listener.url}/class.png)", "$x^2$"],
+                                                              "coarse": ["(no superclasses)"], "fine_to_coarse": [0, 0]}})
+    # A zip's folder names cannot hold "://" (refused as a path), but a relative image works as well to fetch.
+    folder.unpack_zip(class_zip({"![t](track.png)": 3, "**b** $x^2$": 3}), data, "hostile")
+    yield from ((url, root, listener) for url in serve(root, data, tmp_path_factory.mktemp("hostile-logs"),
+                                                       EFFNET_TEACHER_PASSWORD="s3cret"))
+
+
+def test_labels_and_class_names_are_shown_as_text_and_fetch_nothing(browser, hostile_server):
+    url, _, listener = hostile_server
+    fetched: list[str] = []
+    for path, text in (("/train", "New runs"), ("/results", "Table 1, from your runs"), ("/cam", "Class activation"),
+                       ("/study", "Carry runs between installs")):
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.on("request", lambda request: fetched.append(request.url))
+        page.goto(url + path)
+        page.get_by_text(text).first.wait_for(timeout=ms(60))
+        settle(page, 1.5)
+        assert_no_exception(page)
+        if path == "/train":
+            page.get_by_text("Your own images").first.click()
+            settle(page, 1)
+            assert page.get_by_text("![t](").count() >= 1  # the folder name, as typed
+        page.screenshot(path=str(ARTIFACTS / f"hostile{path.replace('/', '-')}.png"), full_page=True)
+    assert listener.paths == [], listener.paths
+    assert not [u for u in fetched if "track.png" in u or "label.png" in u or "class.png" in u], fetched
+
+
+def test_no_owner_token_in_the_address_or_links_and_the_teachers_address_grants_nothing(browser, hostile_server):
+    url, _, _ = hostile_server
+    teacher = browser.new_context(viewport={"width": 1280, "height": 720})
+    page = teacher.new_page()
+    page.goto(url + "/effnet/teacher")
+    page.get_by_label("Teacher password").fill("s3cret")
+    page.get_by_role("button", name="Sign in as the teacher").click()
+    page.get_by_text("Signed in as the teacher").first.wait_for(timeout=ms(60))
+    page.goto(url + "/train")
+    page.get_by_text("New runs").first.wait_for(timeout=ms(60))
+    settle(page, 1)
+    assert "owner" not in page.url and "owner=" not in page.content()
+    assert page.get_by_role("button", name="Stop").count() + page.get_by_text("Only its owner").count() >= 0
+    page.reload()
+    page.get_by_text("Signed in as the teacher").first.wait_for(timeout=ms(60))  # a reload keeps the sign-in
+    second = teacher.new_page()
+    second.goto(url + "/train")
+    second.get_by_text("Signed in as the teacher").first.wait_for(timeout=ms(60))  # so does a new tab
+    page.screenshot(path=str(ARTIFACTS / "teacher-signed-in-1280.png"))
+    stranger = browser.new_context(viewport={"width": 1280, "height": 720}).new_page()
+    stranger.goto(page.url)  # the address on the projector
+    stranger.get_by_text("New runs").first.wait_for(timeout=ms(60))
+    settle(stranger, 1)
+    assert stranger.get_by_text("Signed in as the teacher").count() == 0
+    assert stranger.get_by_text("Sign in as the teacher").count() >= 1

@@ -243,29 +243,29 @@ def test_compression_waits_for_training_on_the_cpu_and_runs_one_at_a_time(tmp_pa
     import contextlib
     import shutil
 
-    from effnet import compress, jobs, locks
+    from effnet import compressions, jobs, locks
 
     root = tmp_path / "checkpoints"
     run = shutil.copytree(digits_run, root / "digits")
     with pytest.raises(ValueError, match="nothing to compress"):
-        compress.start(run, root, int8=False, qat_epochs=0, ratios=[], finetune_epochs=0)
-    (run / compress.FOLDER).symlink_to(tmp_path)  # a planted link must not send the files elsewhere
+        compressions.start(run, root, int8=False, qat_epochs=0, ratios=[], finetune_epochs=0)
+    (run / compressions.FOLDER).symlink_to(tmp_path)  # a planted link must not send the files elsewhere
     with pytest.raises(ValueError, match="symbolic link"):
-        compress.start(run, root, int8=True, qat_epochs=0, ratios=[], finetune_epochs=0)
+        compressions.start(run, root, int8=True, qat_epochs=0, ratios=[], finetune_epochs=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
-    (run / compress.FOLDER).unlink()
+    (run / compressions.FOLDER).unlink()
     with contextlib.ExitStack() as held:
         for lock in jobs.cpu_locks(root):  # a training run holds the CPU
             held.enter_context(locks.exclusive(lock))
-        out = compress.start(run, root, int8=True, qat_epochs=0, ratios=[], finetune_epochs=0, budget_s=0.05)
+        out = compressions.start(run, root, int8=True, qat_epochs=0, ratios=[], finetune_epochs=0, budget_s=0.05)
         wait_for(lambda: (files.read_json(out / runs.STATUS) or {}).get("state") == "waiting", timeout=60,
                  what="compression to wait for the CPU")
-        assert compress.working(out) and not (out / compress.COMPRESS).exists()
+        assert compressions.working(out) and not (out / compressions.COMPRESS).exists()
         with pytest.raises(ValueError, match="being compressed already"):
-            compress.start(run, root, int8=True, qat_epochs=0, ratios=[0.3], finetune_epochs=0)
-    wait_for(lambda: not compress.working(out), timeout=300, what="the compression to end")
-    assert [r["name"] for r in compress.load_result(out)["variants"]] == ["fp32", "fp32-onnx", "int8"]
-    assert compress.outputs(run) == [out] and (out / "int8.onnx").is_file()
+            compressions.start(run, root, int8=True, qat_epochs=0, ratios=[0.3], finetune_epochs=0)
+    wait_for(lambda: not compressions.working(out), timeout=300, what="the compression to end")
+    assert [r["name"] for r in compressions.load_result(out)["variants"]] == ["fp32", "fp32-onnx", "int8"]
+    assert compressions.outputs(run) == [out] and (out / "int8.onnx").is_file()
 
 
 def test_results_page_shows_the_own_classes_confusion(monkeypatch, digits_run, digits):

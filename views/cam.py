@@ -4,10 +4,19 @@ import numpy as np
 import streamlit as st
 
 from effnet import runs
-from effnet.cam import METHOD_NOTES, METHODS, colour_bar, default_device, imagenet_model
+from effnet.cam import METHOD_NAMES, METHOD_NOTES, METHODS, colour_bar, default_device, imagenet_model
 from effnet.data import DataError
+from effnet.images import UPLOAD_TYPES
 from effnet.scaling import OFFICIAL, ScalingSpec
-from views.widgets import cam_strip, dataset_test_images, load_run_models, run_dataset, test_images_source
+from views.widgets import (
+    MAX_CAM_IMAGES,
+    cam_strip,
+    dataset_test_images,
+    load_run_models,
+    plain,
+    run_dataset,
+    test_images_source,
+)
 
 DEVICE = default_device()
 TOP = "(top prediction)"
@@ -27,13 +36,13 @@ by_id = {i.run_id: i for i in usable}
 
 controls, source = st.columns([1, 1], gap="large")
 with controls:
-    chosen_runs = st.multiselect("Trained runs to compare", list(by_id), default=list(by_id)[:4],
-                                 format_func=lambda rid: f"{by_id[rid].label} · {rid}", key="cam_runs")
+    # Pills, not a multiselect: its chips cut long run labels off; a pill shows the whole label.
+    chosen_runs = st.pills("Trained runs to compare", list(by_id), selection_mode="multi", default=list(by_id)[:4],
+                           format_func=lambda rid: plain(by_id[rid].label), key="cam_runs") or []
     chosen_imagenet = st.multiselect("torchvision ImageNet weights (for photos; downloaded once)",
                                      [v.upper() for v in OFFICIAL], key="cam_imagenet")
     method = st.selectbox("Method", list(METHODS), key="cam_method",
-                          format_func=lambda m: {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
-                                                 "scorecam": "Score-CAM (slow)", "eigencam": "EigenCAM"}[m])
+                          format_func=lambda m: METHOD_NAMES[m] + (" (slow)" if m == "scorecam" else ""))
     st.caption(METHOD_NOTES[method])
     alpha = st.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha",
                       help="0: the image alone; 1: the map alone. Lower it to see the object under the map.")
@@ -62,8 +71,7 @@ with controls:
 
 images: list[tuple[str, object]] = []
 with source:
-    uploads = st.file_uploader("Images (PNG, JPEG, WebP, GIF, BMP, TIFF; any size)",
-                               type=["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"],
+    uploads = st.file_uploader("Images (PNG, JPEG, WebP, GIF, BMP, TIFF; any size)", type=list(UPLOAD_TYPES),
                                accept_multiple_files=True, key="cam_upload")
     for upload in uploads or []:
         images.append((upload.name, upload.getvalue()))  # bytes in memory: nothing is written to disk
@@ -79,7 +87,7 @@ with source:
 
         st.button(f"Pick 4 random test images ({where})", on_click=pick_random, key="cam_random")
         pick = st.text_input(f"Test images of {where} (indices, comma separated)", key="cam_cifar",
-                             placeholder="e.g. 0, 7, 42")
+                             placeholder="e.g. 0, 7, 42", max_chars=60)
         try:
             images += dataset_test_images(pick, config)
         except (ValueError, IndexError, DataError) as exc:
@@ -94,6 +102,10 @@ if not models:
 if not images:
     st.info("Upload an image or pick CIFAR-100 test images to see the maps.")
     st.stop()
+if len(images) > MAX_CAM_IMAGES:  # one rerun's work stays bounded on a shared server
+    st.warning(f"{len(images)} images chosen: the first {MAX_CAM_IMAGES} are explained (each is one CAM per model, "
+               "on a server the whole class shares).")
+    images = images[:MAX_CAM_IMAGES]
 
 bar, legend = st.columns([2, 3], vertical_alignment="center")
 bar.image(colour_bar(), width="stretch")

@@ -8,8 +8,9 @@ import streamlit as st
 from effnet import files, runs
 from effnet.access import readonly
 from effnet.charts import compression
-from effnet.compress import COMPRESS, FOLDER, load_result, outputs, start, working
-from views.widgets import caller, chart, refused
+from effnet.compressions import COMPRESS, FOLDER, load_result, outputs, start, working
+from views.routes import download_url
+from views.widgets import caller, chart, plain, refused
 
 root = runs.checkpoints_dir()
 who = caller()
@@ -44,8 +45,8 @@ with st.form("compress"):
                                help=None if may else "Only the run's owner or the teacher can compress it here.")
     if go:
         try:
-            start(info.path, root, int8, int(qat), ratios, int(finetune))
-        except (ValueError, OSError) as exc:
+            start(info.path, root, int8, int(qat), ratios, int(finetune), caller=who)
+        except (ValueError, OSError, PermissionError) as exc:
             refused(exc)
         else:
             st.success("Started in the background: progress and results appear below (a minute or more on a CPU).")
@@ -94,16 +95,17 @@ def show(out: Path) -> None:
 
 
 def download(col, row: dict, out: Path) -> None:
-    """A variant's file: the PyTorch weights for fp32 (the run's best.pt), the ONNX file for the others."""
+    """A variant's file, streamed from disk: the PyTorch weights for fp32 (the run's best.pt), the ONNX file for
+    the others."""
     name = row["name"]
     if name == "fp32":
-        path, file_name, what = runs.shown_checkpoint(info.path), f"{chosen}-fp32.pt", "PyTorch .pt"
+        path, what = runs.shown_checkpoint(info.path), "PyTorch .pt"
+        file = path.name if path is not None else ""
     else:
-        path, file_name, what = out / row["file"], f"{chosen}-{name}.onnx", ".onnx"
+        path, what = out / str(row.get("file")), ".onnx"
+        file = f"{FOLDER}/{out.name}/{path.name}"
     if path is not None and path.is_file() and not path.is_symlink():
-        col.download_button(f"{name} ({what})", key=f"dl_{out.name}_{name}", on_click="ignore",
-                            data=lambda p=path: files.read_file(p, max_bytes=1 << 34), file_name=file_name,
-                            mime="application/octet-stream")
+        col.link_button(plain(f"{name} ({what})"), download_url(info.run_id, file), width="stretch")
 
 
 def when(name: str) -> str:

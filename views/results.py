@@ -15,7 +15,7 @@ gathered = results.gather(runs.checkpoints_dir())
 found = gathered.results
 if gathered.left_out:
     with st.expander(f"{len(gathered.left_out)} run(s) left out of the results, and why"):
-        st.markdown("\n".join(f"- `{run_id}`: {why}" for run_id, why in gathered.left_out))
+        st.markdown("\n".join(f"- `{run_id}`: {plain(why)}" for run_id, why in gathered.left_out))
 if not found:
     st.info("No results yet: no run has finished an epoch. Start one on the Train page (the quick CPU demo takes "
             "a few minutes), then come back here.")

@@ -25,7 +25,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from effnet import access, bundle, runs, study
-from effnet.compress import FOLDER as COMPRESSED
+from effnet.compressions import FOLDER as COMPRESSED
 from effnet.files import Damaged
 
 PREFIX = "/effnet"
@@ -185,7 +185,7 @@ async def download_bundle(request: Request) -> Response:
             raise ValueError("not a bundle the lab offers")
         fd, tmp = tempfile.mkstemp(prefix="effnet-bundle-", suffix=".zip")
         os.close(fd)
-        bundle.export(source, Path(tmp), root)
+        bundle.export(source, Path(tmp), root, resumable=request.query_params.get("resumable") == "1")
     except (ValueError, bundle.BundleError, Damaged, OSError) as exc:
         return _refused(exc)
     return FileResponse(tmp, filename=f"{name}.zip", media_type="application/zip",
@@ -197,9 +197,9 @@ def download_url(run_id: str, file: str) -> str:
     return f"{PREFIX}/download/run/{run_id}/{file}"
 
 
-def bundle_url(kind: str, name: str) -> str:
-    """Where a page links to download a run (``kind="run"``) or a study as a bundle."""
-    return f"{PREFIX}/download/bundle/{kind}/{name}"
+def bundle_url(kind: str, name: str, resumable: bool = False) -> str:
+    """Where a page links to download a run (``kind="run"``) or a study as a bundle (``resumable``: with last.pt)."""
+    return f"{PREFIX}/download/bundle/{kind}/{name}" + ("?resumable=1" if resumable else "")
 
 
 def routes() -> list[Route]:

@@ -2,7 +2,6 @@
 their comparison and CAMs, and bundles that carry runs and studies between installs."""
 
 import io
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,16 +14,21 @@ from effnet.cam import colour_bar
 from effnet.charts import METHOD_NAMES, grid_search, methods_comparison
 from effnet.config import QUICK_DEMO, TrainConfig
 from effnet.data import DataError
+from effnet.images import UPLOAD_TYPES
 from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
+from views.routes import bundle_url
 from views.widgets import (
+    MAX_CAM_IMAGES,
     caller,
     cam_strip,
     chart,
     dataset_test_images,
     fit_to_data,
     load_run_models,
+    plain,
     refused,
     test_images_source,
+    tidy_now,
     warn_if_no_cifar,
 )
 
@@ -100,6 +104,7 @@ def start_form() -> None:
     st.toast(f"Study queued: {len(made['runs'])} runs", icon=":material/check_circle:")
 
 
+tidy_now(root)  # an import a crash interrupted is finished or removed before the studies are listed
 studies = study.list_studies(root)
 with st.expander("Start a study", expanded=not studies):
     warn_if_no_cifar()
@@ -204,7 +209,7 @@ def live(path: Path) -> None:
     st.dataframe(rows_table(s), width="stretch", hide_index=True)
     for r in s.runs:
         if r.state in ("failed", "damaged") and r.info is not None and r.info.error:
-            st.error(f"{r.info.label}: {r.info.error.splitlines()[0]}")
+            st.error(f"{plain(r.info.label)}: {plain(r.info.error.splitlines()[0])}")
     (show_methods if s.kind == "methods" else show_grid)(s)
 
 
@@ -219,8 +224,8 @@ def method_cams(s: study.Study) -> None:
                model, spec, names) for info, model, spec, names in load_run_models([r.info for r in shown])]
     images: list[tuple[str, object]] = []
     left, right = st.columns(2)
-    for upload in left.file_uploader("Images", type=["png", "jpg", "jpeg", "webp", "bmp"], accept_multiple_files=True,
-                                     key="s_cam_upload") or []:
+    for upload in left.file_uploader("Images (PNG, JPEG, WebP, GIF, BMP, TIFF)", type=list(UPLOAD_TYPES),
+                                     accept_multiple_files=True, key="s_cam_upload") or []:
         images.append((upload.name, upload.getvalue()))
     config = shown[0].info.config if shown else None
     where = test_images_source(config)
@@ -234,7 +239,7 @@ def method_cams(s: study.Study) -> None:
         st.caption("Maps appear once the runs have a checkpoint and an image is chosen.")
         return
     st.image(colour_bar(), caption="dark purple: no evidence · yellow: strongest evidence", width=420)
-    for name, raw in images[:4]:
+    for name, raw in images[:MAX_CAM_IMAGES]:
         cam_strip(name, raw, models, "gradcam", 0.5)
     st.caption("Grad-CAM on each method's model at the same cost (the other CAM methods are on the Class activation "
                "maps page). Look for which model looks at the object rather than the background.")
@@ -253,11 +258,6 @@ if studies:
 
 
 # ----------------------------------------------------------------------------- bundles
-def export_bytes(path: Path) -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        return bundle.export(path, Path(tmp) / "bundle.zip", root).read_bytes()
-
-
 st.subheader("Carry runs between installs")
 st.caption("Train on a GPU machine, open the results in class: a bundle is one zip of a run or a study (settings, "
            "metrics, confusion, checkpoints). An import checks everything before writing anything and never "
@@ -269,11 +269,21 @@ with out_col:
     choices = {f"study: {study_title(p)}": p for p in whole} | {f"run: {i.label} · {i.run_id}": i.path for i in ended}
     if choices:
         pick = st.selectbox("Export", list(choices), key="s_export")
+        resumable = st.checkbox("Include what resuming needs (last.pt with the optimizer state)", key="s_resumable",
+                                help="Off: the runs' best.pt and files (enough for every page); on: they can also "
+                                     "be trained further after the import, at about twice the size.")
+        kind = "study" if pick.startswith("study: ") else "run"
         try:
-            st.download_button("Download the bundle", data=lambda: export_bytes(choices[pick]), on_click="ignore",
-                               file_name=f"{choices[pick].name}.zip", mime="application/zip", key="s_download")
+            size = bundle.export_size(choices[pick], root, resumable)
         except bundle.BundleError as exc:
             st.error(str(exc))
+        else:
+            st.link_button(f"Download the bundle (about {size / 1e6:,.1f} MB)",
+                           bundle_url(kind, choices[pick].name, resumable))
+            limit_mb = st.get_option("server.maxUploadSize")  # .streamlit/config.toml says why it is what it is
+            if size > limit_mb * 1024**2:
+                st.warning(f"This bundle is larger than the {limit_mb:,} MB the app accepts as an upload: import it "
+                           "with `python -m effnet.bundle import` instead.")
     else:
         st.caption("Runs can be exported once they have ended.")
 with in_col:

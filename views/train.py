@@ -4,14 +4,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from effnet import OFFICIAL, ScalingSpec, files, jobs, runs
-from effnet.access import readonly
+from effnet import OFFICIAL, ScalingSpec, jobs, runs
+from effnet.access import limits, nickname, readonly
 from effnet.charts import training_curves
-from effnet.config import AUGMENTATIONS, QUICK_DEMO, SCHEDULES, TrainConfig, normalization_for
+from effnet.config import AUGMENTATIONS, CIFAR_VAL_SIZE, QUICK_DEMO, SCHEDULES, TrainConfig, normalization_for
 from effnet.data import DataError, data_dir
-from effnet.folder import OWN, count_classes, list_folder, own_datasets, split_sizes, unpack_zip
+from effnet.folder import count_classes, delete_dataset, own_datasets, unpack_zip
+from effnet.humanize import si
 from effnet.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
-from views.widgets import caller, chart, fit_to_data, refused, warn_if_no_cifar
+from views.routes import download_url
+from views.widgets import caller, chart, fit_to_data, plain, refused, tidy_now, warn_if_no_cifar
 
 VARIANTS = [v.upper() for v in OFFICIAL]
 CIFAR = "CIFAR-100"
@@ -19,7 +21,7 @@ STARTS = ["from scratch", "from ImageNet weights (fine-tune)", "from a finished 
 DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": PAPER_ALPHA, "c_beta": PAPER_BETA,
             "c_gamma": PAPER_GAMMA,
             "scaling": "compound", "geometry": "cifar", "start": "from scratch", "epochs": 3, "batch": 64,
-            "lr": 0.05, "subset": 0, "eval_subset": 0, "val_size": 5000, "device": "auto", "momentum": 0.9,
+            "lr": 0.05, "subset": 0, "eval_subset": 0, "val_size": None, "device": "auto", "momentum": 0.9,
             "nesterov": True, "wd": 5e-4, "smoothing": 0.0, "schedule": "cosine", "warmup": 1.0, "ema": 0.0,
             "augment": "standard", "seed": 0, "compile": False, "dataset": CIFAR, "init": None}
 QUICK_CPU = {"variants": [], "custom": True, "c_phi": -3.0, "geometry": "cifar", "epochs": QUICK_DEMO["epochs"],
@@ -27,7 +29,7 @@ QUICK_CPU = {"variants": [], "custom": True, "c_phi": -3.0, "geometry": "cifar",
              "eval_subset": QUICK_DEMO["eval_subset"], "val_size": QUICK_DEMO["val_size"]}
 SEED_STUDY = {"variants": VARIANTS, "custom": False, "scaling": "compound", "start": "from scratch", "epochs": 200,
               "batch": 128, "lr": 0.1, "momentum": 0.9, "nesterov": False, "smoothing": 0.0, "schedule": "cosine",
-              "wd": 5e-4, "subset": 0, "eval_subset": 0, "val_size": 5000, "ema": 0.0}
+              "wd": 5e-4, "subset": 0, "eval_subset": 0, "val_size": CIFAR_VAL_SIZE, "ema": 0.0}
 
 for name, value in DEFAULTS.items():
     st.session_state.setdefault(f"t_{name}", value)
@@ -57,33 +59,57 @@ else:
 presets = st.columns(3)
 presets[0].button("Quick CPU demo", on_click=apply, args=(QUICK_CPU,), key="preset_quick",
                   help="A small model on a subset: finishes in a few minutes on a laptop.")
-presets[1].button("Seed study: B0-B7, SGD+momentum, 200 epochs", on_click=apply, args=(SEED_STUDY,),
-                  key="preset_seed", help="The study this lab grew from. Every field stays editable.")
+presets[1].button("Seed study (B0-B7)", on_click=apply, args=(SEED_STUDY,), key="preset_seed",
+                  help="The study this lab grew from: B0-B7 from scratch, SGD with momentum, cross-entropy, 200 epochs "
+                       "(a GPU server; hours). Every field stays editable.")
 presets[2].button("Reset", on_click=apply, args=(DEFAULTS,), key="preset_reset")
 
-own = own_datasets(data_dir())
+def add_dataset(upload, name: str) -> None:
+    """Unpack an uploaded zip as a dataset of this browser's (the library checks the zip, the quota and the name)."""
+    try:
+        if upload is None:
+            raise ValueError("choose a zip file first")
+        added = unpack_zip(upload.getvalue(), data_dir(), name, who)
+    except (DataError, ValueError, PermissionError) as exc:
+        st.error(f"Not added: {exc}")
+        return
+    skipped = f"; {added.skipped:,} file(s) were not images and were left out" if added.skipped else ""
+    st.success(f"Added {plain(added.name)}: {len(added.counts)} classes, {added.split[0]:,} training and {added.split[1]:,} "
+               f"test images{skipped}. Choose it as the dataset below.")
+
+
+def dataset_rows(found: list) -> None:
+    """Each own dataset: its classes (shown as plain text: they are folder names from someone's zip), its size, and
+    Delete for its owner and the teacher."""
+    for d in found:
+        line, button = st.columns([6, 1], vertical_alignment="center")
+        mine = " · yours" if d.owner is not None and d.owner == who.owner else ""
+        line.caption(f"**{plain(d.name)}**{mine} · {d.split[0] + d.split[1]:,} images · {si(d.bytes, 1)}B · "
+                     + ", ".join(plain(c) for c in d.classes[:12]) + (" …" if len(d.classes) > 12 else ""))
+        if who.may_manage(d) and not readonly() and button.button("Delete", key=f"del_ds_{d.name}"):
+            try:
+                delete_dataset(data_dir(), d.name, who)
+            except (DataError, PermissionError) as exc:
+                st.error(f"Not deleted: {exc}")
+            else:
+                st.rerun()
+
+
 with st.expander("Your own images (a zip of class folders)"):  # a fixed label: a changed one would close it
+    quota = limits()
     st.caption("A zip with one folder per class, named after it (optionally train/ and test/ above them), any "
-               "image format the CAM page reads. Files that are not images are skipped and counted; without a test "
-               "folder a fifth of each class is held out for testing. Then choose it as the dataset below.")
+               "image format the CAM page reads. Files that are not images are left out and counted; every class "
+               "needs at least 2 images; without a test folder a fifth of each class is held out for testing. "
+               f"Each student may keep {quota.datasets} datasets of {quota.dataset_bytes / 1024**2:,.0f} MB in all. "
+               "Then choose it as the dataset below.")
     cols = st.columns([3, 2, 1], vertical_alignment="bottom")
     upload = cols[0].file_uploader("Zip of class folders", type=["zip"], key="own_zip", disabled=readonly())
     name = cols[1].text_input("Name", key="own_name", placeholder="e.g. leaves", max_chars=40)
     if cols[2].button("Add", key="own_add", disabled=readonly()):
-        try:
-            if upload is None:
-                raise ValueError("choose a zip file first")
-            if not runs.RUN_ID.fullmatch(name or ""):
-                raise ValueError("name: letters, digits, '.', '-' and '_' only, e.g. leaves")
-            folder = unpack_zip(upload.getvalue(), data_dir() / OWN / name)
-            n_train, n_test = split_sizes(folder)
-            st.success(f"Added {name}: {count_classes(folder)} classes, about {n_train:,} training and {n_test:,} "
-                       "test images. Choose it as the dataset below.")
-            own = own_datasets(data_dir())
-        except (DataError, ValueError) as exc:
-            st.error(f"Not added: {exc}")
-    for label, folder in own.items():
-        st.caption(f"**{label}**: {', '.join(list_folder(folder).classes)}")
+        add_dataset(upload, name)
+    tidy_now(root)
+    dataset_rows(own_datasets(data_dir()))
+own = {d.name: d.folder for d in own_datasets(data_dir())}
 
 finished = {i.run_id: i for i in runs.list_runs(root) if i.state == "finished" and runs.shown_checkpoint(i.path)}
 if st.session_state.t_dataset not in (CIFAR, *own):  # removed since it was chosen
@@ -122,7 +148,10 @@ with st.form("new_runs"):
         cols = st.columns(3)
         cols[0].number_input("Training images (0 = all)", step=100, key="t_subset", bind="query-params")
         cols[1].number_input("Eval images (0 = all)", step=100, key="t_eval_subset", bind="query-params")
-        cols[2].number_input("Validation held out", step=100, key="t_val_size", bind="query-params")
+        cols[2].number_input("Validation held out", step=100, key="t_val_size", bind="query-params",
+                             placeholder=f"auto: {CIFAR_VAL_SIZE:,}",
+                             help=f"Training images held out to choose the reported epoch. Empty: {CIFAR_VAL_SIZE:,} of "
+                                  "CIFAR-100, a tenth of your own images; 0: none (the last epoch is reported).")
         st.selectbox("Device", ["auto", "cpu", "cuda"], key="t_device",
                      help="auto: the GPU when there is one, else the CPU")
         with st.expander("Optimiser and schedule"):
@@ -178,7 +207,8 @@ def config_for(spec: ScalingSpec) -> TrainConfig:
         momentum=float(s.t_momentum), nesterov=bool(s.t_nesterov), weight_decay=float(s.t_wd),
         label_smoothing=float(s.t_smoothing), warmup_epochs=float(s.t_warmup), schedule=s.t_schedule,
         ema=float(s.t_ema), augment=s.t_augment, subset=int(s.t_subset) or None,
-        eval_subset=int(s.t_eval_subset) or None, val_size=int(s.t_val_size), seed=int(s.t_seed),
+        eval_subset=int(s.t_eval_subset) or None, val_size=None if s.t_val_size is None else int(s.t_val_size),
+        seed=int(s.t_seed),
         device=s.t_device, compile=bool(s.t_compile), pretrained=s.t_start == STARTS[1],
         dataset="cifar100" if s.t_dataset == CIFAR else "folder",
         data_dir=None if s.t_dataset == CIFAR else str(own[s.t_dataset]),
@@ -217,7 +247,7 @@ def run_card(info: runs.RunInfo) -> None:
         head, bar, buttons = st.columns([2, 4, 2], vertical_alignment="center")
         where = f" · {info.status['slot']}" if info.status.get("slot") and info.active else ""
         owner = " · yours" if info.owner is not None and info.owner == who.owner else ""
-        head.markdown(f"**{info.label}**  \n`{info.run_id}` · {info.state}{where}{owner}")
+        head.markdown(f"**{plain(info.label)}**  \n`{info.run_id}` · {info.state}{plain(where)}{owner}")
         bar.progress(prog.fraction, text=prog.text)
         ips = info.status.get("images_per_second")
         if ips and info.active:
@@ -230,7 +260,7 @@ def run_card(info: runs.RunInfo) -> None:
         if refused:
             buttons.error(refused)
         if info.state in ("failed", "damaged") and info.error:
-            st.error(info.error)
+            st.error(plain(info.error, lines=True))
 
 
 def manage(infos: list[runs.RunInfo]) -> None:
@@ -243,10 +273,8 @@ def manage(infos: list[runs.RunInfo]) -> None:
     cols = st.columns(4)
     for col, name in zip(cols[:2], (runs.BEST, runs.LAST), strict=True):
         path: Path = info.path / name
-        if path.is_file() and not path.is_symlink():
-            col.download_button(f"Download {name} ({path.stat().st_size / 1e6:.0f} MB)", key=f"dl_{name}",
-                                data=lambda p=path: files.read_file(p, max_bytes=1 << 40), on_click="ignore",
-                                file_name=f"{info.run_id}-{name}", mime="application/octet-stream")
+        if path.is_file() and not path.is_symlink():  # streamed from disk by the lab's route, never held in memory
+            col.link_button(f"Download {name} ({path.stat().st_size / 1e6:.0f} MB)", download_url(info.run_id, name))
         else:
             col.caption(f"No {name} yet" if not path.is_symlink() else f"{name} is a symbolic link: refused")
     if not who.may_manage(info) or readonly():
@@ -265,6 +293,29 @@ def manage(infos: list[runs.RunInfo]) -> None:
     refused = st.session_state.pop(f"refused_{chosen}", None)
     if refused:
         cols[3].error(refused)
+
+
+def bulk_delete(infos: list[runs.RunInfo]) -> None:
+    """The teacher's clean-up: every run of one student, or of one import, deleted at once."""
+    groups: dict[str, list[str]] = {}
+    for info in infos:
+        if info.active:
+            continue
+        groups.setdefault(f"all runs of {nickname(info.owner)}", []).append(info.run_id)
+        batch = (info.job or {}).get("imported")
+        if batch:
+            groups.setdefault(f"the import {batch}", []).append(info.run_id)
+    with st.expander("Delete many runs (teacher)"):
+        if not groups:
+            st.caption("Nothing to delete: every run is queued or training.")
+            return
+        pick = st.selectbox("Which", list(groups), format_func=lambda g: f"{g} ({len(groups[g])} runs)", key="bulk")
+        sure = st.checkbox(f"Yes, delete these {len(groups[pick])} runs", key="bulk_confirm")
+        if st.button("Delete them", disabled=not sure, key="bulk_delete"):
+            problems = jobs.delete_many(groups[pick], root, caller=who)
+            st.session_state.pop("bulk_confirm", None)
+            (st.error("Not all deleted: " + plain("; ".join(problems))) if problems else
+             st.toast(f"Deleted {len(groups[pick])} runs", icon=":material/delete:"))
 
 
 @st.fragment(run_every=2)
@@ -291,6 +342,8 @@ def live_runs() -> None:
               note="Cross-entropy per epoch, same line styles. Falling means learning; a validation loss that "
                    "turns up while train loss falls is over-fitting.")
     manage(infos)
+    if who.teacher and not readonly():
+        bulk_delete(infos)
 
 
 live_runs()

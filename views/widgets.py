@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,10 +56,17 @@ def linked_number(label: str, key: str, low: float, high: float, step: float, de
 _MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
 
 
-def plain(text: object) -> str:
+def plain(text: object, lines: bool = False) -> str:
     """Text a user controls (a run label, a class or file name, a string from an imported file) made safe to put
-    inside Markdown: shown exactly as typed, never rendered (no image fetched, no link, no formula)."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    inside Markdown: shown as typed, never rendered (no image fetched, no link, no formula), without control or
+    bidirectional-override characters. ``lines`` keeps its line breaks (an error with the end of a log)."""
+    def one(line: str) -> str:
+        kept = "".join(c for c in line if unicodedata.category(c)[0] != "C")
+        return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(kept.split()))
+
+    if lines:
+        return "  \n".join(one(line) for line in str(text).splitlines())
+    return one(str(text))
 
 
 def secret(name: str) -> str | None:
@@ -108,6 +117,15 @@ def teacher_sign_in(who: Caller) -> None:
                        f"your own ({quota.dataset_bytes / 1024**2:,.0f} MB) and {quota.imported_runs} imported runs; "
                        "the teacher has no limit.")
     _link(st.sidebar, "Sign in as the teacher", "/effnet/teacher")
+
+
+def tidy_now(root: Path) -> None:
+    """Clean up what crashes left (``effnet.housekeeping``; at most every 30 s per server) and say what was done."""
+    from effnet.data import data_dir
+    from effnet.housekeeping import tidy
+
+    for line in tidy(root, data_dir()):
+        st.toast(line[0].upper() + line[1:], icon=":material/cleaning_services:")
 
 
 def chart(figure, key: str, where=st, *, note: str) -> None:
@@ -210,6 +228,9 @@ def test_images_source(config=None) -> str | None:
     return "CIFAR-100" if dataset_present() else None
 
 
+MAX_CAM_IMAGES = 6  # images explained per rerun of a page (each costs one CAM per chosen model)
+
+
 def dataset_test_images(text: str, config=None) -> list[tuple[str, object]]:
     """``"0, 7, 42"`` -> those test images of the run's dataset (CIFAR-100 unless ``config`` says a folder), as
     (caption with the true class, picture); ValueError, IndexError or DataError when that is not possible."""
@@ -218,7 +239,7 @@ def dataset_test_images(text: str, config=None) -> list[tuple[str, object]]:
 
     data = run_dataset(config)
     images = []
-    for part in (p for p in text.split(",") if p.strip()):
+    for part in [p for p in text.split(",") if p.strip()][:MAX_CAM_IMAGES]:
         index = int(part)
         array = data.test.images[index].permute(1, 2, 0).numpy()
         truth = data.fine_names[int(data.test.labels[index])]
@@ -243,27 +264,47 @@ def load_run_models(infos: Sequence[runs.RunInfo], where=st) -> list[tuple[runs.
     return models
 
 
+def _heatmap(key: tuple, compute: Callable[[], object]) -> object:
+    """A CAM result remembered for this browser (the last 64): moving the opacity slider blends again, it does not
+    explain again (17 s with three runs on a CPU)."""
+    memo = st.session_state.setdefault("_cam_results", OrderedDict())
+    if key not in memo:
+        memo[key] = compute()
+        while len(memo) > 64:
+            memo.popitem(last=False)
+    memo.move_to_end(key)
+    return memo[key]
+
+
 def cam_strip(name: str, raw: object, models: Sequence[tuple[str, object, object, list[str]]], method: str,
               alpha: float, target_for: Callable[[object, list[str]], int | None] = lambda spec, names: None) -> None:
-    """One image: the original, then each model's map over it with its top-5, side by side, each captioned."""
-    from effnet.cam import SHOWN_MIN_SIDE, explain, for_display, load_image, overlay
+    """One image: the original, then each model's map over it with its top-5, side by side, each captioned with the
+    run, the explained class and the method."""
+    import hashlib
 
-    st.markdown(f"#### {name}")
+    from effnet.cam import METHOD_NAMES, SHOWN_MIN_SIDE, explain, for_display, image_size, load_image, overlay
+
+    st.markdown(f"#### {plain(name)}")
     try:
+        size = image_size(raw)  # the file's own size: what is shown below may be shrunk to 1,024 px
         picture = load_image(raw, name)  # a 12-MP photo is shrunk while it is decoded
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
+    digest = hashlib.sha256(raw if isinstance(raw, bytes) else picture.tobytes()).hexdigest()
     fmt = "PNG" if max(picture.size) < SHOWN_MIN_SIDE else "JPEG"  # pixel art: PNG keeps its edges
     cols = st.columns(len(models) + 1)
-    cols[0].image(for_display(picture), caption=f"original ({picture.width}×{picture.height} px)", width="stretch",
+    cols[0].image(for_display(picture), caption=f"original ({size[0]}×{size[1]} px)", width="stretch",
                   output_format=fmt)
     for col, (label, model, spec, names) in zip(cols[1:], models, strict=True):
+        target = target_for(spec, names)
         try:
-            result = explain(model, spec, picture, method=method, target_class=target_for(spec, names))
+            result = _heatmap((id(model), spec.name, digest, method, target),
+                              lambda m=model, s=spec, t=target: explain(m, s, picture, method=method, target_class=t))
         except ValueError as exc:
-            col.error(f"{label}: {exc}")
+            col.error(f"{plain(label)}: {plain(exc)}")
             continue
         col.image(for_display(overlay(picture, result.heatmap, alpha)), width="stretch", output_format=fmt,
-                  caption=f"{label}: where it sees '{names[result.target_class]}'")
-        col.markdown("\n".join(f"{k + 1}. {names[c]} {100 * p:.1f}%" for k, (c, p) in enumerate(result.top5)))
+                  caption=f"{plain(label)}: where it sees '{plain(names[result.target_class])}' "
+                          f"({METHOD_NAMES[method]})")
+        col.markdown("\n".join(f"{k + 1}. {plain(names[c])} {100 * p:.1f}%" for k, (c, p) in enumerate(result.top5)))

@@ -1,0 +1,302 @@
+"""Who may do what on a shared server: owners, the teacher, read-only demos, quotas, and the signed cookies.
+
+- **Owners.** Every browser gets a random owner token, kept in a signed, HttpOnly cookie (never in the page
+  address, a link or an export, so a projector shows nothing to copy). The runs, datasets and imports it
+  makes belong to it. Everybody sees every run; only its owner or the teacher may stop, resume, rename,
+  compress or delete it.
+- **The teacher** signs in with the password the operator sets (``$EFFNET_TEACHER_PASSWORD``, or
+  ``teacher_password`` in Streamlit's secrets) on the sign-in page; the browser then holds a signed teacher
+  cookie that expires after ``$EFFNET_TEACHER_HOURS`` (default 4: a class), survives reloads and new tabs,
+  and stops working when the password changes. With no password set (one person on a laptop), everybody
+  is the teacher. Wrong passwords slow down: ``GuessLimiter``.
+- ``$EFFNET_READONLY=1`` (a public demo): nothing can be started, stopped, uploaded or deleted.
+- **Quotas** (students only; the teacher and the command line have none): runs queued or training at once,
+  own datasets (count and bytes), imported runs, and a total bytes budget for the data and checkpoints
+  folders (``limits``). Each is checked by the library function that writes, not by a button.
+
+Cookies are signed with HMAC-SHA256 under the server's secret: ``$EFFNET_SECRET``, else a random key kept in
+``<checkpoints>/.secret`` (mode 0600), so every app process over one checkpoints folder agrees.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PASSWORD_ENV, READONLY_ENV, MAX_QUEUED_ENV = "EFFNET_TEACHER_PASSWORD", "EFFNET_READONLY", "EFFNET_MAX_QUEUED"
+SECRET_ENV, TEACHER_HOURS_ENV = "EFFNET_SECRET", "EFFNET_TEACHER_HOURS"
+OWNER_COOKIE, TEACHER_COOKIE = "effnet_owner", "effnet_teacher"
+DEFAULT_MAX_QUEUED = 2
+OWNER_TOKEN = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: a browser's owner token and whether it is the teacher. ``Caller.operator()``: the command line."""
+
+    owner: str | None
+    teacher: bool = False
+
+    @classmethod
+    def operator(cls) -> Caller:
+        return cls(None, teacher=True)
+
+    def may_manage(self, thing: Any) -> bool:
+        """Only a thing's owner (``thing.owner``: a run, a dataset), or the teacher, may change or delete it."""
+        return self.teacher or (thing.owner is not None and thing.owner == self.owner)
+
+
+def check(caller: Caller | None, thing: Any, action: str, what: str = "run") -> None:
+    """``PermissionError`` saying why when a browser may not ``action`` ``thing``; ``caller=None`` is the operator
+    (command line), who may do anything."""
+    if caller is None:
+        return
+    if readonly():
+        raise PermissionError(f"this server is a read-only demo: nothing can be changed here ({action} refused)")
+    if not caller.may_manage(thing):
+        raise PermissionError(f"this {what} belongs to another user; only its owner or the teacher may {action} it")
+
+
+def check_writable(caller: Caller | None, action: str) -> None:
+    """``PermissionError`` on a read-only demo server, for a browser (``caller``) about to write anything."""
+    if caller is not None and readonly():
+        raise PermissionError(f"this server is a read-only demo: nothing can be changed here ({action} refused)")
+
+
+def nickname(owner: str | None) -> str:
+    """How the teacher's pages name an owner without showing its token (a secret): ``student 3f2a9c``."""
+    if owner is None:
+        return "the command line"
+    return f"student {hashlib.sha256(owner.encode()).hexdigest()[:6]}"
+
+
+def new_owner_token() -> str:
+    return secrets.token_hex(16)
+
+
+def valid_owner_token(value: object) -> bool:
+    return isinstance(value, str) and OWNER_TOKEN.fullmatch(value) is not None
+
+
+def teacher_password(secret: str | None = None) -> str | None:
+    """The operator's teacher password: the environment, else the app's secret; None when unset."""
+    return os.environ.get(PASSWORD_ENV) or secret or None
+
+
+def is_teacher_password(given: str, expected: str | None) -> bool:
+    """Constant-time comparison; with no password set, nobody needs one."""
+    if expected is None:
+        return True
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def readonly() -> bool:
+    return os.environ.get(READONLY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# ----------------------------------------------------------------------------- quotas
+def _env_number(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one student may hold at once on a class server (the teacher and the command line are not limited)."""
+
+    queued: int  # runs queued or training ($EFFNET_MAX_QUEUED)
+    datasets: int  # own datasets ($EFFNET_MAX_DATASETS)
+    dataset_bytes: int  # all of one's own datasets together ($EFFNET_MAX_DATASET_MB)
+    imported_runs: int  # runs brought in by bundles ($EFFNET_MAX_IMPORTED)
+    disk_bytes: int  # the data and checkpoints folders together, for everybody ($EFFNET_DISK_BUDGET_GB)
+
+
+def limits() -> Limits:
+    return Limits(queued=max(1, int(_env_number(MAX_QUEUED_ENV, DEFAULT_MAX_QUEUED))),
+                  datasets=int(_env_number("EFFNET_MAX_DATASETS", 3)),
+                  dataset_bytes=int(_env_number("EFFNET_MAX_DATASET_MB", 500) * 1024**2),
+                  imported_runs=int(_env_number("EFFNET_MAX_IMPORTED", 20)),
+                  disk_bytes=int(_env_number("EFFNET_DISK_BUDGET_GB", 50) * 1024**3))
+
+
+def max_queued() -> int:
+    """Queued or training runs one owner may have at once."""
+    return limits().queued
+
+
+_USAGE: dict[tuple[str, ...], tuple[float, int]] = {}
+_USAGE_LOCK = threading.Lock()
+USAGE_TTL_S = 30.0
+
+
+def folder_bytes(*folders: Path) -> int:
+    """Bytes of regular files under ``folders`` (links not followed), remembered for ``USAGE_TTL_S``: walking
+    thousands of files on every click would cost more than the check is worth."""
+    key = tuple(str(f) for f in folders)
+    with _USAGE_LOCK:
+        hit = _USAGE.get(key)
+    if hit is not None and time.monotonic() - hit[0] < USAGE_TTL_S:
+        return hit[1]
+    total = 0
+    for folder in folders:
+        for base, _dirs, names in os.walk(folder):
+            for name in names:
+                try:
+                    st = os.lstat(os.path.join(base, name))
+                except OSError:
+                    continue
+                total += st.st_size if not os.path.islink(os.path.join(base, name)) else 0
+    with _USAGE_LOCK:
+        _USAGE[key] = (time.monotonic(), total)
+    return total
+
+
+def check_disk_budget(caller: Caller | None, adding: int, *folders: Path) -> None:
+    """``ValueError`` when a student's write of ``adding`` bytes would take the data and checkpoints folders past
+    the server's budget (the teacher is told too, but may go on)."""
+    if caller is None or caller.teacher:
+        return
+    budget = limits().disk_bytes
+    used = folder_bytes(*folders)
+    if used + adding > budget:
+        raise ValueError(f"disk budget: the data and checkpoints folders hold {used / 1024**3:.1f} GiB of the "
+                         f"server's {budget / 1024**3:.0f} GiB budget; this would add {adding / 1024**2:,.0f} MB. "
+                         "Delete old runs or datasets, or ask the teacher")
+
+
+def forget_usage() -> None:
+    """Drop the remembered folder sizes (after a delete, the next check counts again)."""
+    with _USAGE_LOCK:
+        _USAGE.clear()
+
+
+# ----------------------------------------------------------------------------- signed cookies
+def server_secret(root: Path) -> bytes:
+    """The key cookies are signed with: ``$EFFNET_SECRET``, else ``<root>/.secret`` (made once, mode 0600)."""
+    given = os.environ.get(SECRET_ENV)
+    if given:
+        return given.encode()
+    return _stored_secret(Path(root).resolve())
+
+
+@functools.lru_cache(maxsize=8)
+def _stored_secret(root: Path) -> bytes:
+    path = root / ".secret"
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    tmp = path.with_name(f".secret.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    try:
+        os.link(tmp, path)  # first writer wins: two app processes starting at once agree on one key
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return bytes.fromhex(path.read_text().strip())
+
+
+def _mac(key: bytes, text: str) -> str:
+    digest = hmac.new(key, text.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def sign_owner(token: str, key: bytes) -> str:
+    """The owner cookie's value: the token and its signature (a browser cannot choose someone else's token)."""
+    return f"{token}.{_mac(key, 'owner|' + token)}"
+
+
+def owner_from_cookie(value: object, key: bytes) -> str | None:
+    """The owner token a cookie carries when its signature is ours; None otherwise."""
+    if not isinstance(value, str) or value.count(".") != 1:
+        return None
+    token, mac = value.split(".")
+    if not valid_owner_token(token) or not hmac.compare_digest(mac, _mac(key, "owner|" + token)):
+        return None
+    return token
+
+
+def teacher_hours() -> float:
+    return min(24.0, _env_number(TEACHER_HOURS_ENV, 4.0)) or 4.0
+
+
+def _teacher_key(key: bytes, password: str) -> bytes:
+    """A teacher cookie is signed under the password too: changing the password signs every teacher out."""
+    return hmac.new(key, b"teacher|" + password.encode(), hashlib.sha256).digest()
+
+
+def sign_teacher(key: bytes, password: str, now: float | None = None) -> str:
+    """A teacher cookie: its expiry and a nonce, signed; good for ``teacher_hours()``."""
+    expires = int((now or time.time()) + 3600 * teacher_hours())
+    body = f"{expires}.{secrets.token_hex(8)}"
+    return f"{body}.{_mac(_teacher_key(key, password), body)}"
+
+
+def teacher_from_cookie(value: object, key: bytes, password: str | None, now: float | None = None) -> bool:
+    """Whether a cookie is a teacher cookie we signed under this password, and not expired."""
+    if password is None or not isinstance(value, str) or value.count(".") != 2:
+        return False
+    expires, nonce, mac = value.split(".")
+    if not expires.isdigit() or not hmac.compare_digest(mac, _mac(_teacher_key(key, password), f"{expires}.{nonce}")):
+        return False
+    return int(expires) > (now or time.time())
+
+
+# ----------------------------------------------------------------------------- password guesses
+class GuessLimiter:
+    """Wrong teacher passwords slow down per browser and per address: free for the first ``FREE`` tries, then a
+    wait that doubles with every failure (2 s, 4 s, ... at most ``MAX_WAIT_S``), and after ``LOCK_AFTER``
+    failures a lockout of ``LOCKOUT_S``. A right password clears both counts."""
+
+    FREE, MAX_WAIT_S, LOCK_AFTER, LOCKOUT_S = 3, 60.0, 10, 600.0
+
+    def __init__(self) -> None:
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_s(self, *keys: str, now: float | None = None) -> float:
+        """Seconds before any of ``keys`` may try again (0: now)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return max([0.0, *(self._until(k) - now for k in keys)])
+
+    def _until(self, key: str) -> float:
+        count, last = self._failures.get(key, (0, 0.0))
+        if count >= self.LOCK_AFTER:
+            return last + self.LOCKOUT_S
+        if count < self.FREE:
+            return 0.0
+        return last + min(self.MAX_WAIT_S, 2.0 ** (count - self.FREE + 1))
+
+    def failed(self, *keys: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for key in keys:
+                count, _ = self._failures.get(key, (0, 0.0))
+                self._failures[key] = (count + 1, now)
+
+    def succeeded(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
+
+    def locked(self, *keys: str) -> bool:
+        with self._lock:
+            return any(self._failures.get(k, (0, 0.0))[0] >= self.LOCK_AFTER for k in keys)

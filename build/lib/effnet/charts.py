@@ -1,0 +1,303 @@
+"""Plotly figures for the app: built here from the core's numbers, laid out by the pages.
+
+Every chart uses the Okabe-Ito palette (distinguishable with the common colour-vision
+deficiencies) and text of at least 14 px, since the lab is shown on projectors; pages show them
+with Streamlit's theme off so these sizes hold.
+
+Speed, measured (bench/classroom_load.py, profiled): a figure on plotly's "plotly_white" template costs
+about 35 ms of server CPU (the template is validated and deep-copied into every figure), the same look
+set by ``update_layout`` calls about 29 ms, and a small registered template of our own about 5 ms. Figures that depend only on a spec are cached
+(``lru_cache``): the explorer rebuilds nothing when a class looks at the same B0-B7. Callers must
+not modify a figure they get.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from effnet.card import ModelCard, model_card, official_cards, sweep
+from effnet.humanize import si
+from effnet.scaling import ScalingSpec
+
+# Okabe & Ito (2008): blue, orange, bluish green, vermillion, reddish purple, sky blue, yellow, black.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+DASHES = ["solid", "dash", "dot", "dashdot"]
+FONT = {"size": 16, "color": "#222222"}
+_AXIS = {"gridcolor": "#dddddd", "linecolor": "#888888", "zeroline": False, "tickfont": {"size": 15},
+         "title": {"font": {"size": 16}}, "automargin": True}
+# A small template of our own, registered once: plotly deep-copies a figure's template into it, so a
+# template of a few keys costs ~4 ms per figure where "plotly_white" (every trace type's defaults) costs ~30.
+TEMPLATE = "effnet-lab"
+pio.templates[TEMPLATE] = go.layout.Template(layout={
+    "font": FONT, "colorway": PALETTE, "paper_bgcolor": "white", "plot_bgcolor": "white", "xaxis": _AXIS,
+    "yaxis": _AXIS, "margin": {"l": 70, "r": 30, "t": 60, "b": 60}, "legend": {"font": {"size": 15}},
+    "hoverlabel": {"font": {"size": 15}}, "title": {"font": {"size": 18}}})
+
+
+def _text(value: object) -> str:
+    """A label from a user (a run's name, a class folder's) as plotly text: plotly reads a few HTML tags in text,
+    links among them, so ``<`` and ``&`` are escaped and the label shows as typed."""
+    return html.escape(str(value), quote=False)
+
+
+def _layout(fig: go.Figure, title: str, **kwargs: Any) -> go.Figure:
+    """The lab's look (the registered template) and a title."""
+    fig.update_layout(template=TEMPLATE, title_text=title, **kwargs)
+    return fig
+
+
+F = TypeVar("F", bound=Callable[..., go.Figure])
+MEMO_SIZE = 256
+
+
+def _memo(build: F) -> F:
+    """Keep the last ``MEMO_SIZE`` figures ``build`` made, keyed by its arguments as JSON (data and specs alike)."""
+    cache: OrderedDict[str, go.Figure] = OrderedDict()
+    lock = threading.Lock()
+
+    @functools.wraps(build)
+    def cached(*args: Any, **kwargs: Any) -> go.Figure:
+        key = json.dumps([args, kwargs], default=repr, sort_keys=True)
+        with lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        figure = build(*args, **kwargs)
+        with lock:
+            cache[key] = figure
+            if len(cache) > MEMO_SIZE:
+                cache.popitem(last=False)
+        return figure
+
+    return cached  # type: ignore[return-value]
+
+
+def _log_axis(values: Sequence[float] = ()) -> dict[str, Any]:
+    """A log axis readable from afar: over two decades or more, labels at powers of ten only (1M, 10M, ...; no
+    unlabeled minor digits); within less, plotly's own labelled ticks. ``values`` (the data) also get half a
+    decade of room on each side, so the text beside the outermost points is not cut off."""
+    axis: dict[str, Any] = {"type": "log", "exponentformat": "SI"}
+    positive = [v for v in values if v > 0]
+    if not positive or max(positive) / min(positive) >= 100:
+        axis["dtick"] = 1
+        if positive:
+            axis["range"] = [math.log10(min(positive)) - 0.5, math.log10(max(positive)) + 0.5]
+        return axis
+    low, high = math.log10(min(positive)) - 0.5, math.log10(max(positive)) + 0.5
+    ticks = [m * 10**e for e in range(math.floor(low), math.ceil(high) + 1) for m in (1, 2, 5)
+             if low <= math.log10(m * 10**e) <= high]
+    return {**axis, "range": [low, high], "tickvals": ticks, "ticktext": [si(t, decimals=None) for t in ticks]}
+
+
+@_memo
+def scaling_sweep(spec: ScalingSpec, metric: str) -> go.Figure:
+    """``metric`` ("params" or "macs") for phi = 0..7 under the spec's coefficients, beside B0-B7."""
+    phis = list(range(8))
+    label = {"params": "parameters", "macs": "multiply-adds (paper's FLOPs)"}[metric]
+    formula = sweep(spec, phis)
+    official = [getattr(c, metric) for c in official_cards(spec)]
+    fig = go.Figure()
+    fig.add_scatter(x=[c.spec.phi for c in formula], y=[getattr(c, metric) for c in formula], mode="lines+markers", name=f"formula (α={spec.alpha:g}, β={spec.beta:g}, "
+                    f"γ={spec.gamma:g})", marker={"symbol": "circle", "size": 10})
+    fig.add_scatter(x=phis, y=official, mode="lines+markers", name="official B0-B7",
+                    marker={"symbol": "diamond", "size": 11}, line={"dash": "dash"})
+    if spec.variant is None and -0.5 <= spec.phi <= 7.5:
+        fig.add_scatter(x=[spec.phi], y=[getattr(model_card(spec), metric)], mode="markers",
+                        name="your spec", marker={"symbol": "star", "size": 18, "color": PALETTE[3]})
+    _layout(fig, f"{label.capitalize()} vs φ (log scale)")
+    fig.update_yaxes(title=label, **_log_axis())
+    fig.update_xaxes(title="φ (official: the B-number)", dtick=1)
+    return fig
+
+
+@_memo
+def network_picture(card: ModelCard, reference: ModelCard | None = None) -> go.Figure:
+    """Stages as blocks: block height follows the output resolution, width the channels, label the repeats.
+
+    A faint outline of ``reference`` (B0 in the same geometry) shows what scaling changed.
+    """
+    fig = go.Figure()
+    cards = [(reference, "rgba(0,0,0,0)", "#999999", "dot")] if reference is not None else []
+    cards.append((card, "rgba(0,114,178,0.55)", PALETTE[0], "solid"))
+    top_size = max(r.output_size for c, *_ in cards for r in c.stages)
+    top_channels = max(r.out_channels for c, *_ in cards for r in c.stages)
+    positions = [1.3 * i for i in range(len(card.stages))]
+    x = 1.3 * len(card.stages)
+    shapes = [{"type": "rect", "x0": pos, "x1": pos + _box_width(row, top_channels),
+               "y0": -_box_height(row, top_size) / 2, "y1": _box_height(row, top_size) / 2,
+               "fillcolor": fill, "line": {"color": edge, "dash": dash, "width": 2}}
+              for c, fill, edge, dash in cards for pos, row in zip(positions, c.stages, strict=True)]
+    notes = [{"x": pos + 0.5, "y": -0.55, "yanchor": "top", "showarrow": False, "font": {"size": 15},
+              "text": f"{row.name}<br>{row.out_channels} ch<br>{row.output_size}×{row.output_size}<br>×{row.repeats}"}
+             for pos, row in zip(positions, card.stages, strict=True)]
+    fig.update_layout(shapes=shapes, annotations=notes)  # one validation pass, not one per block
+    fig.update_xaxes(visible=False, range=[-0.2, x + 0.2])
+    fig.update_yaxes(visible=False, range=[-1.05, 0.55])
+    note = " (dotted: B0)" if reference is not None else ""
+    return _layout(fig, f"{card.spec.name}: block width = channels, height = resolution{note}", height=420,
+                   showlegend=False)
+
+
+def _box_width(row: Any, top_channels: int) -> float:
+    return 0.25 + 0.95 * math.sqrt(row.out_channels / top_channels)
+
+
+def _box_height(row: Any, top_size: int) -> float:
+    return 0.15 + 0.85 * row.output_size / top_size
+
+
+@_memo
+def training_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str = "top1") -> go.Figure:
+    """Per-epoch curves of several runs overlaid: colour = run, line style = train/val/test."""
+    fig = go.Figure()
+    splits = ["train", "val", "test"]
+    for i, (label, rows) in enumerate(runs):
+        colour = PALETTE[i % len(PALETTE)]
+        for j, split in enumerate(splits):
+            key = f"{split}_{metric}" if not (metric == "loss" and split == "train") else "train_loss"
+            points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+            if not points:
+                continue
+            fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                            name=f"{_text(label)} {split}", line={"color": colour, "dash": DASHES[j]},
+                            marker={"size": 6}, legendgroup=_text(label))
+    fig.update_xaxes(title="epoch")
+    fig.update_yaxes(title="top-1 (%)" if metric == "top1" else "cross-entropy loss")
+    # The legend goes under the plot: beside it, long run labels would squeeze the plot to a sliver.
+    return _layout(fig, "Top-1 accuracy per epoch" if metric == "top1" else "Loss per epoch", height=520,
+                   legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0, "font": {"size": 14}})
+
+
+def _pad_y(fig: go.Figure, values: Sequence[float]) -> None:
+    """Room above and below the points so their text labels are not cut off."""
+    if values:
+        low, high = min(values), max(values)
+        pad = max(1.0, 0.2 * (high - low))
+        fig.update_yaxes(range=[low - pad, high + pad])
+    fig.update_traces(cliponaxis=False)
+
+
+@_memo
+def accuracy_vs_size(points: Sequence[tuple[str, float, float]], size: str) -> go.Figure:
+    """One labelled point per run: (label, size, top-1). ``size`` names the x axis ("params" or "macs")."""
+    axis = {"params": "parameters", "macs": "multiply-adds (paper's FLOPs)"}[size]
+    fig = go.Figure()
+    fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[_text(p[0]) for p in points],
+                    mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[0]},
+                    textfont={"size": 14}, name="runs")
+    fig.update_xaxes(title=f"{axis} (log scale)", **_log_axis([p[1] for p in points]))
+    fig.update_yaxes(title="test top-1, selected epoch (%)")
+    _pad_y(fig, [p[2] for p in points])
+    return _layout(fig, f"Accuracy vs {axis}", showlegend=False)
+
+
+@_memo
+def _alternating(points: Sequence[tuple[str, float, float]]) -> list[str]:
+    """Labels above and below in turn along x, so neighbours' labels do not print over each other."""
+    order = sorted(range(len(points)), key=lambda i: points[i][1])
+    positions = [""] * len(points)
+    for rank, i in enumerate(order):
+        positions[i] = ("top center", "bottom center")[rank % 2]
+    return positions
+
+
+def val_vs_test(points: Sequence[tuple[str, float, float]], r: float | None) -> go.Figure:
+    """Validation vs test top-1 per run, with the y = x line and the correlation coefficient."""
+    fig = go.Figure()
+    values = [v for p in points for v in p[1:]]
+    low, high = (min(values) - 1, max(values) + 1) if values else (0, 100)
+    fig.add_scatter(x=[low, high], y=[low, high], mode="lines", name="y = x",
+                    line={"color": "#777777", "dash": "dash"})
+    fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[_text(p[0]) for p in points],
+                    mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[1]},
+                    textfont={"size": 14}, name="runs")
+    _pad_y(fig, values)
+    fig.update_xaxes(title="validation top-1, selected epoch (%)")
+    fig.update_yaxes(title="test top-1, selected epoch (%)")
+    title = "Validation vs test" + (f" (r = {r:.3f})" if r is not None else " (r needs two runs that differ)")
+    return _layout(fig, title)
+
+
+@_memo
+def confusion_heatmap(matrix: Sequence[Sequence[int]], rows: Sequence[str], columns: Sequence[str],
+                      title: str) -> go.Figure:
+    """Counts as a heatmap (cividis: readable with colour-vision deficiencies); rows true, columns predicted."""
+    fig = go.Figure(go.Heatmap(z=matrix, x=[_text(c) for c in columns], y=[_text(r) for r in rows], colorscale="Cividis",
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"))
+    fig.update_xaxes(title="predicted", tickangle=45)
+    fig.update_yaxes(title="true", autorange="reversed")
+    return _layout(fig, title, height=650)
+
+
+METHOD_NAMES = {"compound": "compound", "depth": "depth only", "width": "width only", "resolution": "resolution only"}
+
+
+@_memo
+def methods_comparison(points: Sequence[tuple[str, float, float]], metric: str) -> go.Figure:
+    """The paper's Figure 8 style: top-1 against multiply-adds, one line per scaling method.
+
+    ``points``: (method, MACs, top-1) per run; ``metric`` names the y values ("test" or "validation").
+    """
+    fig = go.Figure()
+    for i, method in enumerate(METHOD_NAMES):
+        mine = sorted((p for p in points if p[0] == method), key=lambda p: p[1])
+        if mine:
+            fig.add_scatter(x=[p[1] for p in mine], y=[p[2] for p in mine], mode="lines+markers",
+                            name=METHOD_NAMES[method], marker={"size": 14 if method == "compound" else 11},
+                            line={"color": PALETTE[i], "dash": DASHES[i], "width": 4 if method == "compound" else 2})
+    fig.update_xaxes(title="multiply-adds per image (log scale)", **_log_axis([p[1] for p in points]))
+    fig.update_yaxes(title=f"{metric} top-1, selected epoch (%)")
+    _pad_y(fig, [p[2] for p in points])
+    return _layout(fig, "Scaling methods at equal cost", legend={"orientation": "h", "y": -0.25})
+
+
+@_memo
+def grid_search(points: Sequence[tuple[float, float, float, float]], paper: tuple[float, float, float],
+                best: tuple[float, float, float] | None) -> go.Figure:
+    """Validation top-1 over the grid: beta (x) against gamma (y), colour = accuracy, alpha printed at each point.
+
+    ``points``: (alpha, beta, gamma, val top-1); alpha follows from the constraint, so two axes show it all.
+    """
+    fig = go.Figure()
+    fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], mode="markers+text",
+                    text=[f"α={p[0]:g}" for p in points], textposition="top center", textfont={"size": 14},
+                    marker={"size": 22, "color": [p[3] for p in points], "colorscale": "Viridis", "showscale": True,
+                            "colorbar": {"title": {"text": "val top-1 (%)"}, "tickfont": {"size": 14}}},
+                    name="grid points", hovertemplate="α=%{text}<br>β=%{x}<br>γ=%{y}<br>%{marker.color:.2f}%"
+                                                      "<extra></extra>")
+    fig.add_scatter(x=[paper[1]], y=[paper[2]], mode="markers", name=f"paper (α={paper[0]:g}, β={paper[1]:g}, "
+                    f"γ={paper[2]:g})", marker={"symbol": "circle-open", "size": 34, "line": {"width": 3},
+                                               "color": PALETTE[3]})
+    if best is not None:
+        fig.add_scatter(x=[best[1]], y=[best[2]], mode="markers", name=f"best by validation (α={best[0]:g}, "
+                        f"β={best[1]:g}, γ={best[2]:g})", marker={"symbol": "star", "size": 26, "color": PALETTE[1],
+                                                                   "line": {"width": 1, "color": "#222222"}})
+    fig.update_xaxes(title="β (width base)")
+    fig.update_yaxes(title="γ (resolution base)")
+    fig.update_traces(cliponaxis=False)
+    return _layout(fig, "Grid search at φ=1 under α·β²·γ² ≈ 2", legend={"orientation": "h", "y": -0.25})
+
+
+@_memo
+def compression(points: Sequence[tuple[str, float, float]], x_title: str) -> go.Figure:
+    """Test top-1 against a cost (size or latency), one labelled point per compressed variant."""
+    fig = go.Figure()
+    for i, (name, x, y) in enumerate(points):
+        fig.add_scatter(x=[x], y=[y], text=[_text(name)], mode="markers+text", textposition=_alternating(points)[i],
+                        marker={"size": 15, "color": PALETTE[i % len(PALETTE)],
+                                "symbol": "diamond" if name.startswith("fp32") else "circle"},
+                        textfont={"size": 14}, name=_text(name), showlegend=False)
+    fig.update_xaxes(title=x_title, rangemode="tozero")
+    fig.update_yaxes(title="test top-1 (%)")
+    _pad_y(fig, [p[2] for p in points])
+    return _layout(fig, f"Accuracy vs {x_title.split(' (')[0]}")

@@ -1,0 +1,53 @@
+"""What a crash can leave behind, cleaned up on the next look (the Train, Studies and Compress pages, ``jobs list``).
+
+- an import killed half-way (``bundle.recover``): finished when all its checks had passed, else removed;
+- an upload killed while unpacking (``folder.tidy``): its staging folder removed;
+- a compression whose process is gone (``compressions.tidy``): marked failed, so it can be deleted;
+- temporary files of atomic writes whose writer was killed, older than ``TEMP_AGE_S``.
+
+Each piece holds a lock while it works, so only what no living process owns is touched. ``tidy`` runs at
+most every ``EVERY_S`` per process: with thousands of runs, looking costs more than it finds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from effnet import bundle, compressions, folder, runs
+
+EVERY_S, TEMP_AGE_S = 30.0, 3600.0
+_LAST: dict[tuple[str, str], float] = {}
+_LOCK = threading.Lock()
+
+
+def _stale_temp_files(root: Path) -> list[str]:
+    done, now = [], time.time()
+    for run_dir in (d for d in root.iterdir() if runs.RUN_ID.fullmatch(d.name) and d.is_dir() and not d.is_symlink()):
+        for tmp in run_dir.glob(".*.tmp"):
+            try:
+                if tmp.is_file() and not tmp.is_symlink() and now - tmp.stat().st_mtime > TEMP_AGE_S:
+                    tmp.unlink()
+                    done.append(f"removed {run_dir.name}/{tmp.name}")
+            except OSError:
+                continue
+    return done
+
+
+def tidy(root: str | os.PathLike | None, data_root: str | os.PathLike, force: bool = False) -> list[str]:
+    """Clean up what interrupted imports, uploads, compressions and writes left; what was done, one line each."""
+    root = runs.checkpoints_dir(root)
+    key = (str(root), str(data_root))
+    with _LOCK:
+        if not force and time.monotonic() - _LAST.get(key, -EVERY_S) < EVERY_S:
+            return []
+        _LAST[key] = time.monotonic()
+    if not root.is_dir():
+        return folder.tidy(data_root)
+    done = bundle.recover(root) + folder.tidy(data_root) + _stale_temp_files(root)
+    for info in runs.list_runs(root):
+        if not info.damaged and (info.path / compressions.FOLDER).is_dir():
+            done += compressions.tidy(info.path)
+    return done

@@ -1,0 +1,31 @@
+"""Numbers and names written for people: ``1.23 M`` parameters, ``1 min 35 s``, ``b0-3-ep`` in a folder name."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = (("G", 1e9), ("M", 1e6), ("k", 1e3))
+
+
+def si(value: float, decimals: int | None = 2) -> str:
+    """``1234567`` -> ``1.23 M`` (``decimals`` after the point); with ``decimals=None``, ``1500000`` -> ``1.5M``
+    (as short as the value allows: axis ticks)."""
+    for unit, size in _UNITS:
+        if abs(value) >= size:
+            return f"{value / size:g}{unit}" if decimals is None else f"{value / size:.{decimals}f} {unit}"
+    return f"{value:g}" if decimals is None else f"{value:.0f}"
+
+
+def duration(seconds: float) -> str:
+    """``95`` -> ``1 min 35 s``: how long, for people."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+def slug(text: str, default: str = "run") -> str:
+    """A piece of a folder name from any text: lower-case letters and digits joined by dashes, at most 40."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or default

@@ -1,0 +1,48 @@
+"""One way to hold a lock shared between processes: an exclusive ``flock`` on a file.
+
+The queue, its runner and each training run coordinate through files under the checkpoints folder
+(``.queue.lock``, ``.runner.lock``, ``.device-*.lock``). ``flock`` is released by the kernel when the
+holder exits, however it exits, so a killed process never leaves a lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+# The queue names the device lock(s) a run must hold while it trains (os.pathsep-separated paths).
+DEVICE_LOCK_ENV = "EFFNET_DEVICE_LOCK"
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, wait: bool = True, on_busy: Callable[[], None] | None = None) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path`` for the ``with`` block; yields whether it is held.
+
+    When another process holds it: with ``wait=False`` yield False at once; otherwise call ``on_busy``
+    (to tell a user why nothing happens) and wait for it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                yield False
+                return
+            if on_busy is not None:
+                on_busy()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def is_held(path: Path) -> bool:
+    """Whether some process holds the lock on ``path`` now (a snapshot: it may change right after)."""
+    if not path.exists():
+        return False
+    with exclusive(path, wait=False) as free:
+        return not free

@@ -1,0 +1,189 @@
+"""EfficientNet built from a ``ScalingSpec``: stem, seven MBConv stages, head.
+
+Module names mirror torchvision's (``features.0`` stem, ``features.1``-``features.7`` stages,
+``features.8`` head conv, ``classifier.1`` the linear layer), so torchvision's ImageNet
+weights load with ``strict=True`` and the paper's stem/stages/head structure stays visible.
+All shapes come from the spec; this file only turns them into modules.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from effnet.card import model_card
+from effnet.scaling import STOCHASTIC_DEPTH, Block, ScalingSpec
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv (no bias, "same" padding) -> BatchNorm -> optional SiLU. Indices 0/1/2 as torchvision."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+                 act: bool = True, bn: tuple[float, float] = (1e-5, 0.1)) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout, eps=bn[0], momentum=bn[1]),
+        ]
+        if act:
+            layers.append(nn.SiLU(inplace=True))
+        super().__init__(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention: global pool -> 1x1 (squeeze) -> SiLU -> 1x1 (excite) -> sigmoid gate."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(s))))
+
+
+class MBConv(nn.Module):
+    """Inverted residual: expand 1x1 -> depthwise kxk -> SE -> project 1x1 (+ residual). Shape from ``Block``."""
+
+    def __init__(self, block: Block, drop_path: float, bn: tuple[float, float]) -> None:
+        super().__init__()
+        mid = block.expanded
+        layers: list[nn.Module] = []
+        if block.has_expansion:
+            layers.append(ConvBNAct(block.in_channels, mid, 1, bn=bn))
+        layers += [
+            ConvBNAct(mid, mid, block.kernel, block.stride, groups=mid, bn=bn),
+            SqueezeExcite(mid, block.squeeze),
+            ConvBNAct(mid, block.out_channels, 1, act=False, bn=bn),
+        ]
+        self.block = nn.Sequential(*layers)
+        self.residual = block.residual
+        self.drop_path = drop_path
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.block(x)
+        if not self.residual:
+            return out
+        if self.training and self.drop_path > 0:
+            # Stochastic depth: drop the whole branch per sample, rescale the survivors.
+            keep = 1.0 - self.drop_path
+            mask = torch.empty(out.shape[0], 1, 1, 1, dtype=out.dtype, device=out.device).bernoulli_(keep)
+            out = out * mask / keep
+        return out + x
+
+
+class EfficientNet(nn.Module):
+    """The network for one spec: ``features`` (stem, seven stages, head conv), pooling, classifier."""
+
+    def __init__(self, spec: ScalingSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        bn = spec.batchnorm
+        layers: list[nn.Module] = [ConvBNAct(3, spec.stem_channels, 3, spec.stem_stride, bn=bn)]
+        total = sum(s.repeats for s in spec.stages)
+        index = 0
+        for st in spec.stages:
+            blocks = []
+            for block in st.blocks:
+                # Linear stochastic-depth schedule over all blocks: 0 for the first, up to 0.2.
+                blocks.append(MBConv(block, STOCHASTIC_DEPTH * index / total, bn))
+                index += 1
+            layers.append(nn.Sequential(*blocks))
+        layers.append(ConvBNAct(spec.stages[-1].out_channels, spec.head_channels, 1, bn=bn))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(spec.drop_rate), nn.Linear(spec.head_channels, spec.num_classes))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / m.out_features**0.5
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.avgpool(self.features(x)).flatten(1)
+        return self.classifier(x)
+
+
+def build_model(spec: ScalingSpec, device: torch.device | str | None = None) -> EfficientNet:
+    """A freshly initialised model for ``spec``; ``ValueError`` first if the card says it is too large.
+
+    With ``device=None`` the current default device applies (``with torch.device("meta")`` works).
+    """
+    model_card(spec)  # the size guard: refuses before a single tensor is allocated
+    if device is None:
+        return EfficientNet(spec)
+    with torch.device(device):
+        return EfficientNet(spec)
+
+
+# torchvision's weight files are named <model>-<first hex digits of their sha256>.pth.
+WEIGHTS_HASH = re.compile(r"-([a-f0-9]{6,})\.pth$")
+
+
+def imagenet_state_dict(variant: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet weights for ``variant``: downloaded once (sha256 checked) into torch's cache.
+
+    The file is loaded with ``weights_only=True``: a poisoned file in the cache cannot run code.
+    ``RuntimeError`` saying where to put the file when it cannot be had (offline).
+    """
+    import torchvision.models as tvm
+
+    url = tvm.get_model_weights(f"efficientnet_{variant}").IMAGENET1K_V1.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Written to a temporary file and moved into place only when the hash matches.
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=WEIGHTS_HASH.search(path.name).group(1),
+                                           progress=False)
+        except Exception as exc:  # urllib/ssl/hash errors all mean: no usable weights here
+            raise RuntimeError(
+                f"Could not get torchvision's ImageNet weights for {variant.upper()} ({exc.__class__.__name__}: "
+                f"{exc}). They download from {url}; without internet, copy that file to {path}."
+            ) from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(f"{path} is not a usable weights file ({exc.__class__.__name__}: "
+                           f"{str(exc).splitlines()[0]}); delete it and it downloads again") from exc
+    if not isinstance(state, dict):
+        raise RuntimeError(f"{path} does not hold a state dict; delete it and it downloads again")
+    return state
+
+
+def load_pretrained(spec: ScalingSpec, device: torch.device | str | None = None) -> EfficientNet:
+    """``spec``'s model with torchvision's ImageNet weights (see ``imagenet_state_dict``).
+
+    Needs an official variant. With ``num_classes != 1000`` the classifier stays freshly
+    initialised (fine-tuning); everything else is loaded strictly.
+    """
+    if spec.variant is None:
+        raise ValueError("variant: ImageNet weights exist only for the official variants b0-b7")
+    if spec.normalization != "imagenet":
+        raise ValueError("normalization: ImageNet weights expect normalization='imagenet' in the spec")
+    state = imagenet_state_dict(spec.variant)
+    model = build_model(spec, device)
+    try:
+        if spec.num_classes != 1000:
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or set(missing) != {"classifier.1.weight", "classifier.1.bias"}:
+                raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
+        else:
+            model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise RuntimeError(f"ImageNet weights do not fit {spec.name}: {str(exc).splitlines()[0]}") from exc
+    return model

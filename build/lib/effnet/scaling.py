@@ -1,0 +1,445 @@
+"""Compound scaling as pure arithmetic: the paper's table, the scaling rules, the validated spec.
+
+No torch here on purpose: the app's explorer recomputes all of this on every slider move,
+and importing torch would cost seconds. Everything the model and the model card need about
+*shape* (channels, repeats, strides, resolution) is decided in this module and nowhere else.
+
+Rounding rules (the paper's reference code, also torchvision's):
+- channels: ``round_channels`` rounds ``c * width_mult`` to the nearest multiple of 8,
+  never below 8 and never more than 10% below the exact value;
+- repeats: ``ceil(repeats * depth_mult)`` (at least 1 for every stage);
+- resolution: ``round(base_resolution * resolution_mult)`` to the nearest pixel;
+- head width: 4 x the scaled last-stage width (torchvision's rule, 1280 for B0). The paper's
+  reference code rounds ``1280 * width_mult`` instead; both agree for B0-B7 and differ only
+  for custom widths, where we keep the 4x rule so that one rule covers every spec.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+GEOMETRIES: tuple[str, ...] = ("imagenet", "cifar")
+SCALINGS: tuple[str, ...] = ("compound", "depth", "width", "resolution")
+NORMALIZATIONS: tuple[str, ...] = ("cifar100", "imagenet")
+
+# The paper's grid-search result at phi=1 (alpha * beta^2 * gamma^2 ~ 2).
+PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA = 1.2, 1.1, 1.15
+# The constraint's target (FLOPs double per unit of phi) and how far from it a spec may stray before
+# the lab warns that FLOPs no longer grow by about 2x per step of phi.
+CONSTRAINT_TARGET, CONSTRAINT_TOLERANCE = 2.0, 0.2
+# What the lab offers for alpha, beta, gamma: below 1 a dimension would shrink as phi grows.
+COEFFICIENT_RANGE = (0.5, 3.0)
+
+PHI_RANGE = (-4.0, 10.0)
+MIN_RESOLUTION = 16
+
+DEFAULT_BASE_RESOLUTION = {"imagenet": 224, "cifar": 32}
+DEFAULT_OUTPUT_STRIDE = {"imagenet": 32, "cifar": 8}
+OUTPUT_STRIDES = (8, 16, 32)
+HEAD_EXPANSION = 4
+CHANNEL_DIVISOR = 8
+SE_RATIO = 0.25
+STOCHASTIC_DEPTH = 0.2
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One MBConv stage: expansion, kernel, stride, channels, repeats.
+
+    ``B0_STAGES`` holds the paper's Table 1; ``ScalingSpec.stages`` the scaled ones the model builds
+    and the card counts.
+    """
+
+    expand: int
+    kernel: int
+    stride: int
+    in_channels: int
+    out_channels: int
+    repeats: int
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        """The stage's MBConv blocks: the first changes channels and stride, the repeats keep both."""
+        first = Block.of(self.in_channels, self.out_channels, self.expand, self.kernel, self.stride)
+        rest = Block.of(self.out_channels, self.out_channels, self.expand, self.kernel, 1)
+        return (first,) + (rest,) * (self.repeats - 1)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One MBConv block's shape: expand 1x1 -> depthwise kxk -> squeeze-excite -> project 1x1.
+
+    The model builds exactly these and the card counts exactly these, so the two cannot disagree.
+    """
+
+    in_channels: int
+    out_channels: int
+    expanded: int  # channels of the depthwise conv (= in_channels when there is no expansion)
+    squeeze: int  # squeeze-and-excitation bottleneck width
+    kernel: int
+    stride: int
+
+    @classmethod
+    def of(cls, cin: int, cout: int, expand: int, kernel: int, stride: int) -> Block:
+        return cls(cin, cout, round_channels(cin * expand), squeeze_channels(cin), kernel, stride)
+
+    @property
+    def has_expansion(self) -> bool:
+        """MBConv1 (expansion ratio 1) has no expand conv: the depthwise conv works on the input."""
+        return self.expanded != self.in_channels
+
+    @property
+    def residual(self) -> bool:
+        """A skip connection exists only where input and output shapes match."""
+        return self.stride == 1 and self.in_channels == self.out_channels
+
+
+STEM_CHANNELS = 32
+B0_STAGES: tuple[Stage, ...] = (
+    Stage(1, 3, 1, 32, 16, 1),
+    Stage(6, 3, 2, 16, 24, 2),
+    Stage(6, 5, 2, 24, 40, 2),
+    Stage(6, 3, 2, 40, 80, 3),
+    Stage(6, 5, 1, 80, 112, 3),
+    Stage(6, 5, 2, 112, 192, 4),
+    Stage(6, 3, 1, 192, 320, 1),
+)
+
+
+@dataclass(frozen=True)
+class OfficialVariant:
+    """A released model: the multipliers Google published, which are not exactly alpha^phi."""
+
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+    imagenet_top1: float  # the paper's Table 2, for reference only
+
+
+OFFICIAL: dict[str, OfficialVariant] = {
+    "b0": OfficialVariant(1.0, 1.0, 224, 0.2, 77.1),
+    "b1": OfficialVariant(1.0, 1.1, 240, 0.2, 79.1),
+    "b2": OfficialVariant(1.1, 1.2, 260, 0.3, 80.1),
+    "b3": OfficialVariant(1.2, 1.4, 300, 0.3, 81.6),
+    "b4": OfficialVariant(1.4, 1.8, 380, 0.4, 82.9),
+    "b5": OfficialVariant(1.6, 2.2, 456, 0.4, 83.6),
+    "b6": OfficialVariant(1.8, 2.6, 528, 0.5, 84.0),
+    "b7": OfficialVariant(2.0, 3.1, 600, 0.5, 84.3),
+}
+
+
+def round_channels(channels: float, divisor: int = CHANNEL_DIVISOR) -> int:
+    """Nearest multiple of ``divisor``, at least ``divisor``, never more than 10% below ``channels``."""
+    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * channels:
+        rounded += divisor
+    return rounded
+
+
+def round_repeats(repeats: int, depth_mult: float) -> int:
+    """``ceil(repeats * depth_mult)``; the tiny epsilon keeps 3 * 1.2**1 from becoming 4 by float error."""
+    return max(1, math.ceil(repeats * depth_mult - 1e-9))
+
+
+def squeeze_channels(block_in_channels: int) -> int:
+    """Squeeze-and-excitation width: 0.25 of the block's *input* channels (not the expanded ones)."""
+    return max(1, int(block_in_channels * SE_RATIO))
+
+
+def round_resolution(base: int, resolution_mult: float) -> int:
+    """Nearest pixel."""
+    return round(base * resolution_mult)
+
+
+def single_dimension_mults(method: str, flops_ratio: float) -> tuple[float, float, float]:
+    """(depth, width, resolution) multipliers that scale only one dimension by ``flops_ratio``.
+
+    FLOPs grow linearly with depth and quadratically with width and resolution, so
+    depth-only needs d = R, width-only w = sqrt(R), resolution-only r = sqrt(R).
+    """
+    if method == "depth":
+        return flops_ratio, 1.0, 1.0
+    if method == "width":
+        return 1.0, math.sqrt(flops_ratio), 1.0
+    if method == "resolution":
+        return 1.0, 1.0, math.sqrt(flops_ratio)
+    raise ValueError(f"scaling: {method!r} is not a single-dimension method (depth, width, resolution)")
+
+
+def stage_strides(output_stride: int) -> tuple[int, tuple[int, ...]]:
+    """Stem stride and per-stage strides for a total stride of ``output_stride``.
+
+    The paper downsamples 5 times (stem, stages 2, 3, 4, 6) for a total of 32. A smaller output
+    stride removes the *earliest* downsamplings, the usual CIFAR adaptation: at 32 px input,
+    output stride 8 keeps 4x4 final maps where the paper's geometry would end at 1x1.
+    """
+    removed = 5 - int(math.log2(output_stride))
+    strides = [2] + [s.stride for s in B0_STAGES]
+    for i, s in enumerate(strides):
+        if removed and s == 2:
+            strides[i] = 1
+            removed -= 1
+    return strides[0], tuple(strides[1:])
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    """A validated description of one EfficientNet: everything needed to build, train and use it.
+
+    A custom spec scales B0 by ``depth = alpha**phi``, ``width = beta**phi`` and
+    ``resolution = gamma**phi`` (compound), or by one dimension alone at the FLOPs budget
+    ``2**phi`` (``scaling="depth"|"width"|"resolution"``). An official spec
+    (``ScalingSpec.official("b3")``) uses the released multipliers instead; ``formula_*``
+    always gives what the formula would say, so the difference stays visible.
+    """
+
+    phi: float = 0.0
+    alpha: float = PAPER_ALPHA
+    beta: float = PAPER_BETA
+    gamma: float = PAPER_GAMMA
+    geometry: str = "cifar"
+    num_classes: int = 100
+    base_resolution: int | None = None
+    output_stride: int | None = None
+    dropout: float | None = None
+    scaling: str = "compound"
+    variant: str | None = None
+    normalization: str = "cifar100"
+    budget: float | None = None  # single-dimension specs: the FLOPs ratio to reach (default 2^phi)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def official(cls, name: str, geometry: str = "cifar", num_classes: int = 100, **overrides: object) -> ScalingSpec:
+        """The paper's released variant ``name`` (b0..b7).
+
+        In the ``cifar`` geometry the width and depth stay the paper's and the resolution is
+        32 px scaled by the paper's resolution ratio (B3: 32 * 300/224 -> 43).
+        ``.with_scaling("width")`` turns it into the width-only model at its budget.
+        """
+        key = str(name).lower()
+        if key not in OFFICIAL:
+            raise ValueError(f"variant: {name!r} is not one of {', '.join(OFFICIAL)}")
+        return cls(phi=float(key[1:]), geometry=geometry, num_classes=num_classes, variant=key, **overrides)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **changes: object) -> ScalingSpec:
+        """A copy with some fields changed, validated again."""
+        return replace(self, **changes)
+
+    @property
+    def baseline(self) -> ScalingSpec:
+        """The phi=0 model (B0's shape) in the same geometry, resolution base and class count."""
+        return replace(self, phi=0.0, variant=None, scaling="compound", dropout=None)
+
+    def with_scaling(self, method: str) -> ScalingSpec:
+        """This spec's FLOPs budget reached by ``method`` (compound, or one dimension alone at 2^phi).
+
+        An official variant becomes a custom spec at its phi (B3 -> phi 3): it is no longer the released model.
+        """
+        if method == "compound":
+            return self
+        return replace(self, variant=None, scaling=method)
+
+    # ------------------------------------------------------------------ formula values
+    @property
+    def constraint(self) -> float:
+        """alpha * beta^2 * gamma^2: the FLOPs growth per unit of phi (the paper picks ~2)."""
+        return self.alpha * self.beta**2 * self.gamma**2
+
+    @property
+    def formula_depth_mult(self) -> float:
+        return self.alpha**self.phi
+
+    @property
+    def formula_width_mult(self) -> float:
+        return self.beta**self.phi
+
+    @property
+    def formula_resolution_mult(self) -> float:
+        return self.gamma**self.phi
+
+    @property
+    def formula_resolution(self) -> int:
+        return round_resolution(self.base, self.formula_resolution_mult)
+
+    @property
+    def flops_target(self) -> float:
+        """The FLOPs budget relative to B0 that a single-dimension spec is scaled to: ``budget``, else 2^phi."""
+        return self.budget if self.budget is not None else 2.0**self.phi
+
+    # ------------------------------------------------------------------ what gets built
+    @property
+    def is_official(self) -> bool:
+        return self.variant is not None
+
+    @property
+    def constraint_off(self) -> bool:
+        """Whether alpha * beta^2 * gamma^2 strays from 2 by more than the lab's tolerance."""
+        return abs(self.constraint - CONSTRAINT_TARGET) > CONSTRAINT_TOLERANCE
+
+    @property
+    def _mults(self) -> tuple[float, float, float]:
+        if self.variant is not None:
+            v = OFFICIAL[self.variant]
+            return v.depth, v.width, v.resolution / 224
+        if self.scaling == "compound":
+            return self.formula_depth_mult, self.formula_width_mult, self.formula_resolution_mult
+        return single_dimension_mults(self.scaling, self.flops_target)
+
+    @property
+    def depth_mult(self) -> float:
+        return self._mults[0]
+
+    @property
+    def width_mult(self) -> float:
+        return self._mults[1]
+
+    @property
+    def resolution_mult(self) -> float:
+        return self._mults[2]
+
+    @property
+    def base(self) -> int:
+        """Resolution at phi=0: 224 in the imagenet geometry, 32 in the cifar one, unless set."""
+        return self.base_resolution or DEFAULT_BASE_RESOLUTION[self.geometry]
+
+    @property
+    def resolution(self) -> int:
+        """Input side in pixels (official imagenet specs: exactly the paper's table)."""
+        return round_resolution(self.base, self.resolution_mult)
+
+    @property
+    def predicted_flops_ratio(self) -> float:
+        """d * w^2 * r^2 against phi=0 (unrounded multipliers): what the formula promises."""
+        return self.depth_mult * self.width_mult**2 * self.resolution_mult**2
+
+    @property
+    def stride(self) -> int:
+        return self.output_stride or DEFAULT_OUTPUT_STRIDE[self.geometry]
+
+    @property
+    def drop_rate(self) -> float:
+        """Classifier dropout: the table's for official variants, else given, else 0.2 (B0's)."""
+        if self.dropout is not None:
+            return self.dropout
+        if self.variant is not None:
+            return OFFICIAL[self.variant].dropout
+        return 0.2
+
+    @property
+    def batchnorm(self) -> tuple[float, float]:
+        """(eps, momentum). torchvision's B5-B7 use (1e-3, 0.01); everything else (1e-5, 0.1)."""
+        if self.variant in ("b5", "b6", "b7"):
+            return 1e-3, 0.01
+        return 1e-5, 0.1
+
+    @property
+    def stem_channels(self) -> int:
+        return round_channels(STEM_CHANNELS * self.width_mult)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The seven scaled MBConv stages with this geometry's strides."""
+        _, strides = stage_strides(self.stride)
+        w, d = self.width_mult, self.depth_mult
+        return tuple(
+            Stage(
+                s.expand,
+                s.kernel,
+                stride,
+                round_channels(s.in_channels * w),
+                round_channels(s.out_channels * w),
+                round_repeats(s.repeats, d),
+            )
+            for s, stride in zip(B0_STAGES, strides, strict=False)
+        )
+
+    @property
+    def stem_stride(self) -> int:
+        return stage_strides(self.stride)[0]
+
+    @property
+    def head_channels(self) -> int:
+        return HEAD_EXPANSION * self.stages[-1].out_channels
+
+    @property
+    def name(self) -> str:
+        """A short label with the paper's letters: ``B3``, ``φ=1.5`` (paper coefficients), ``φ=1.5 (α=1.3, β=1.1, γ=1.1)``,
+        ``depth-only φ=2``."""
+        if self.variant is not None:
+            return self.variant.upper()
+        if self.scaling != "compound":
+            return f"{self.scaling}-only φ={self.phi:g}"
+        if (self.alpha, self.beta, self.gamma) == (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA):
+            return f"φ={self.phi:g}"
+        return f"φ={self.phi:g} (α={self.alpha:g}, β={self.beta:g}, γ={self.gamma:g})"
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-able fields; ``ScalingSpec.from_dict`` rebuilds the same spec."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ScalingSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"spec: unknown fields {sorted(unknown)}")
+        return cls(**data)  # type: ignore[arg-type]
+
+
+def _finite_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be finite, got {value!r}")
+    return float(value)
+
+
+def _whole_number(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: expected a whole number, got {value!r}")
+    return value
+
+
+def _validate(spec: ScalingSpec) -> None:
+    """Raise ``ValueError`` naming the offending field.
+
+    Whether the model is small enough to build is the model card's question (``effnet.card``):
+    it needs the per-layer counts, and this module stays below the card.
+    """
+    for name in ("alpha", "beta", "gamma"):
+        if _finite_number(name, getattr(spec, name)) <= 0:
+            raise ValueError(f"{name}: must be positive, got {getattr(spec, name)!r}")
+    phi = _finite_number("phi", spec.phi)
+    if not PHI_RANGE[0] <= phi <= PHI_RANGE[1]:
+        raise ValueError(f"phi: must be within [{PHI_RANGE[0]:g}, {PHI_RANGE[1]:g}], got {phi:g}")
+    if spec.geometry not in GEOMETRIES:
+        raise ValueError(f"geometry: {spec.geometry!r} is not one of {', '.join(GEOMETRIES)}")
+    if spec.scaling not in SCALINGS:
+        raise ValueError(f"scaling: {spec.scaling!r} is not one of {', '.join(SCALINGS)}")
+    if spec.normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization: {spec.normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
+    if spec.variant is not None:
+        if spec.variant not in OFFICIAL:
+            raise ValueError(f"variant: {spec.variant!r} is not one of {', '.join(OFFICIAL)}")
+        if spec.scaling != "compound":
+            raise ValueError("scaling: an official variant is compound-scaled; use .with_scaling(method) for one dimension")
+    if _whole_number("num_classes", spec.num_classes) < 1:
+        raise ValueError(f"num_classes: must be at least 1, got {spec.num_classes}")
+    if spec.base_resolution is not None and _whole_number("base_resolution", spec.base_resolution) < MIN_RESOLUTION:
+        raise ValueError(f"base_resolution: must be at least {MIN_RESOLUTION} px, got {spec.base_resolution}")
+    if spec.budget is not None and _finite_number("budget", spec.budget) <= 0:
+        raise ValueError(f"budget: must be positive, got {spec.budget!r}")
+    if spec.output_stride is not None and spec.output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride: must be one of {OUTPUT_STRIDES}, got {spec.output_stride!r}")
+    if spec.dropout is not None and not 0 <= _finite_number("dropout", spec.dropout) < 1:
+        raise ValueError(f"dropout: must be in [0, 1), got {spec.dropout!r}")
+    if spec.resolution < MIN_RESOLUTION:
+        raise ValueError(
+            f"resolution: {spec.base} px x {spec.resolution_mult:.3g} = {spec.resolution} px is below "
+            f"the minimum of {MIN_RESOLUTION} px (raise phi, gamma or base_resolution)"
+        )

@@ -1,0 +1,85 @@
+"""One training step and what decides it: the learning-rate schedule, the per-step seeds, SGD, the EMA.
+
+The step works on uint8 images already on the training device: augmentation (``effnet.data.augment``) and
+preprocessing (``effnet.preprocess``) run there in batches, then forward, loss, backward and the update. It
+returns the loss and logits as device tensors, so no step waits for the host. Every random choice of a step
+is decided by ``step_seed(seed, epoch, step, rank)``: a resumed run replays exactly what an uninterrupted one
+would have done.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from effnet.config import TrainConfig
+from effnet.data import augment
+from effnet.preprocess import to_model_input
+
+
+def lr_at(step: int, total: int, warmup: int, base_lr: float, schedule: str) -> float:
+    """Learning rate at global step ``step`` (0-based): linear warmup, then the schedule's decay."""
+    if schedule == "onecycle":
+        warmup = max(1, int(0.3 * total))
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "constant":
+        return base_lr
+    t = (step - warmup) / max(1, total - warmup)
+    floor = base_lr * (1e-4 if schedule == "onecycle" else 0.0)
+    return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def step_seed(*parts: int) -> int:
+    """A 63-bit seed from (seed, epoch, step, rank): every step's randomness is reproducible."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """SGD with (Nesterov) momentum; weight decay on conv and linear weights, not on BatchNorm and biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    other = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov and config.momentum > 0)
+
+
+class EMA:
+    """Exponential moving average of the weights (buffers are copied), evaluated instead of the raw model."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self._update = get_ema_multi_avg_fn(decay)  # torch's public EMA rule (a fused lerp over all tensors)
+        # Pair the tensors once: updates then touch them in place every step, no dict building.
+        self.params = (list(self.model.parameters()), list(model.parameters()))
+        self.buffers = list(zip(self.model.buffers(), model.buffers(), strict=True))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self._update(self.params[0], self.params[1], None)
+        for mine, live in self.buffers:
+            mine.copy_(live)  # BatchNorm statistics follow the live model
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
+               config: TrainConfig, generator: torch.Generator, amp: bool) -> tuple[Tensor, Tensor]:
+    """One SGD step on uint8 images: augment and preprocess on their device, forward, backward, update.
+
+    Returns (loss, logits), detached, still on the device (no host sync here).
+    """
+    x = to_model_input(augment(images, generator, config.augment), config.spec)
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()

@@ -1,0 +1,365 @@
+"""A class server no student can take over, fill or slow down (the hostile-student review of the class server).
+
+Real files, real processes and a real server (``streamlit run app.py``) spoken to over HTTP; what only a browser
+shows is in test_browser.py. Each finding of the review has its test here.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PROJECT, cli, open_app, python_env, scaled, serve, serve_app_from, tiny_config, wait_for
+from fake_runs import fake_run, row
+from PIL import Image
+
+from effnet import access, bundle, compressions, files, folder, jobs, results, runs
+from effnet.access import Caller
+from effnet.data import DataError
+
+STUDENT_A, STUDENT_B, TEACHER = Caller("a" * 32), Caller("b" * 32), Caller("c" * 32, teacher=True)
+PASSWORD = "s3cret"
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 12, 3), colour, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def class_zip(classes: dict[str, int], junk: dict[str, bytes] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, (name, count) in enumerate(classes.items()):
+            for k in range(count):
+                zf.writestr(f"{name}/{k}.png", png((40 * i % 255, 80, 120)))
+        for name, data in (junk or {}).items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- 1. identity is a signed cookie
+class Browser:
+    """A cookie-keeping HTTP client: one browser, as the server sees it."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.jar = url, http.cookiejar.CookieJar()
+        no_redirect = type("NoRedirect", (urllib.request.HTTPRedirectHandler,),
+                           {"redirect_request": lambda *a, **k: None})
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), no_redirect)
+
+    def request(self, path: str, form: dict[str, str] | None = None) -> tuple[int, dict, str]:
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        try:
+            with self.opener.open(urllib.request.Request(self.url + path, data=data), timeout=scaled(30)) as r:
+                return r.status, dict(r.headers), r.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read().decode(errors="replace")
+
+    def cookie(self, name: str) -> http.cookiejar.Cookie | None:
+        return next((c for c in self.jar if c.name == name), None)
+
+
+@pytest.fixture(scope="module")
+def class_server(tmp_path_factory, cifar_dir):
+    root = tmp_path_factory.mktemp("class") / "checkpoints"
+    root.mkdir()
+    yield from ((url, root) for url in serve(root, cifar_dir, tmp_path_factory.mktemp("class-logs"),
+                                             EFFNET_TEACHER_PASSWORD=PASSWORD))
+
+
+def test_every_browser_gets_a_signed_httponly_owner_cookie_and_a_forged_one_is_replaced(class_server):
+    url, root = class_server
+    status, headers, _ = (browser := Browser(url)).request("/")
+    assert status == 200 and "HttpOnly" in headers["set-cookie"] and "owner=" not in headers.get("location", "")
+    token = access.owner_from_cookie(browser.cookie(access.OWNER_COOKIE).value, access.server_secret(root))
+    assert access.valid_owner_token(token)
+    forged = Browser(url)
+    forged.jar.set_cookie(http.cookiejar.Cookie(0, access.OWNER_COOKIE, f"{'b' * 32}.not-our-signature", None, False,
+                                                "127.0.0.1", True, False, "/", True, False, None, False, None, None, {}))
+    forged.request("/")
+    assert not forged.cookie(access.OWNER_COOKIE).value.startswith("b" * 32)  # a token one picks is not accepted
+
+
+def test_the_teacher_signs_in_with_an_expiring_cookie_that_only_the_password_makes(class_server):
+    url, _ = class_server
+    teacher = Browser(url)
+    teacher.request("/")
+    status, headers, _ = teacher.request("/effnet/teacher", {"password": PASSWORD})
+    assert status == 303 and "HttpOnly" in headers["set-cookie"] and "SameSite=strict" in headers["set-cookie"]
+    cookie = teacher.cookie(access.TEACHER_COOKIE)
+    assert cookie is not None and 3.9 * 3600 < cookie.expires - time.time() <= 4 * 3600
+    assert "signed in as the teacher" in teacher.request("/effnet/teacher")[2]
+    assert "Sign in as the teacher" in Browser(url).request("/effnet/teacher")[2]  # another browser is not
+    teacher.request("/effnet/signout")
+    assert teacher.cookie(access.TEACHER_COOKIE) is None
+
+
+def test_wrong_passwords_slow_down_then_lock_out(tmp_path, cifar_dir):
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    for url in serve(root, cifar_dir, tmp_path, EFFNET_TEACHER_PASSWORD=PASSWORD):
+        guesser = Browser(url)
+        codes = [guesser.request("/effnet/teacher", {"password": f"guess{i}"})[0] for i in range(4)]
+        assert codes[:3] == [401, 401, 401] and codes[3] == 429, codes  # the fourth try waits
+        status, _, page = guesser.request("/effnet/teacher", {"password": PASSWORD})
+        assert status == 429 and "Wait" in page  # even the right password, until the wait is over
+        assert guesser.cookie(access.TEACHER_COOKIE) is None
+    limiter = access.GuessLimiter()
+    for i in range(access.GuessLimiter.LOCK_AFTER):
+        limiter.failed("address:x", now=i * 1000.0)
+    last = (access.GuessLimiter.LOCK_AFTER - 1) * 1000.0
+    assert limiter.locked("address:x") and limiter.wait_s("address:x", now=last + 1) > 500
+
+
+def test_downloads_stream_from_disk_and_refuse_paths_outside_the_runs(class_server):
+    url, root = class_server
+    run_dir = fake_run(root, "dl", [row(1, 50.0, 50.0)], weights=True)
+    big = run_dir / runs.LAST
+    with open(big, "wb") as f:
+        f.truncate(64 * 1024**2)
+    browser = Browser(url)
+    status, headers, _ = browser.request(f"/effnet/download/run/dl/{runs.BEST}")
+    assert status == 200 and headers["content-disposition"].startswith("attachment")
+    with urllib.request.urlopen(f"{url}/effnet/download/run/dl/{runs.LAST}", timeout=scaled(60)) as r:
+        assert sum(len(chunk) for chunk in iter(lambda: r.read(1 << 20), b"")) == 64 * 1024**2
+    (root / "leak").symlink_to("/etc")
+    for path in ("/effnet/download/run/leak/passwd", "/effnet/download/run/dl/config.json",
+                 "/effnet/download/run/..%2F..%2Fetc/passwd", "/effnet/download/run/dl/compressed/x/../../best.pt"):
+        assert browser.request(path)[0] in (400, 404), path  # refused (by the route, or by Streamlit before it)
+
+
+# ----------------------------------------------------------------------------- 1. tokens never travel
+def test_a_bundle_carries_no_owner_and_the_importer_owns_what_it_imports(tmp_path):
+    here, there = tmp_path / "here", tmp_path / "there"
+    fake_run(here, "mine", [row(1, 50.0, 50.0)], job={"owner": STUDENT_A.owner, "label": "B0 of A"})
+    out = bundle.export(here / "mine", tmp_path / "b.zip")
+    with zipfile.ZipFile(out) as zf:
+        assert STUDENT_A.owner not in zf.read("runs/mine/job.json").decode()
+    done = bundle.import_bundle(out, there, STUDENT_B)
+    info = runs.read_run(done.runs[0])
+    assert info.owner == STUDENT_B.owner and info.label == "B0 of A · imported"
+
+
+# ----------------------------------------------------------------------------- 2. datasets within quotas
+def test_a_zip_that_would_unpack_past_the_quota_is_refused_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFNET_MAX_DATASET_MB", "5")
+    data = tmp_path / "data"
+    bomb = class_zip({"cat": 3, "dog": 3}, {f"junk{i}.bin": bytes(1024**2) for i in range(8)})  # 8 MB of zeros
+    with pytest.raises(DataError, match="over the"):
+        folder.unpack_zip(bomb, data, "bomb", STUDENT_A)
+    assert [p.name for p in (data / folder.OWN).iterdir() if not p.name.startswith(".")] == []
+    assert not any((data / folder.OWN).glob(".staging-*"))
+
+
+def test_datasets_count_against_their_owner_list_who_owns_them_and_go_away_on_delete(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFNET_MAX_DATASETS", "1")
+    data = tmp_path / "data"
+    added = folder.unpack_zip(class_zip({"cat": 3, "dog": 4}, {"cat/notes.txt": b"text"}), data, "pets", STUDENT_A)
+    assert added.owner == STUDENT_A.owner and added.counts == {"cat": 3, "dog": 4} and added.skipped == 1
+    assert not (added.folder / "cat" / "notes.txt").exists()  # junk is not kept on the server's disk
+    with pytest.raises(DataError, match="quota"):
+        folder.unpack_zip(class_zip({"a": 2, "b": 2}), data, "more", STUDENT_A)
+    with pytest.raises(DataError, match="at least 2 readable images"):
+        folder.unpack_zip(class_zip({"a": 1, "b": 2}), data, "thin", STUDENT_B)  # refused at upload, not at training
+    with pytest.raises(PermissionError):
+        folder.delete_dataset(data, "pets", STUDENT_B)
+    folder.delete_dataset(data, "pets", TEACHER)
+    assert folder.own_datasets(data) == []
+
+
+def test_a_half_unpacked_dataset_is_invisible_and_a_crashed_one_is_removed(tmp_path, monkeypatch, cifar_dir):
+    data = tmp_path / "data"
+    staging = data / folder.OWN / ".staging-0123456789ab"
+    (staging / "only-one-class").mkdir(parents=True)
+    (staging / "only-one-class" / "0.png").write_bytes(png((1, 2, 3)))
+    assert folder.own_datasets(data) == []
+    from effnet import locks
+
+    busy = data / folder.OWN / ".staging-ba9876543210"
+    busy.mkdir()
+    with locks.exclusive(data / folder.OWN / f"{busy.name}.lock"):  # an upload at work: left alone
+        serve_app_from(monkeypatch, tmp_path / "checkpoints", data)
+        at = open_app("views/train.py")
+        assert not at.exception and busy.exists()
+    assert not staging.exists()  # no process held its lock: a crash left it, and the page's next look removed it
+    assert folder.tidy(data) and not busy.exists()
+
+
+# ----------------------------------------------------------------------------- 3. imports within quotas, bulk delete
+def many_runs_bundle(tmp_path: Path, n: int) -> Path:
+    """A grid study of ``n`` tiny runs as one bundle."""
+    src = tmp_path / "src"
+    for i in range(n):
+        fake_run(src, f"r{i:03d}", [row(1, 50.0, 50.0)], weights=True)
+    (src / "studies" / "s").mkdir(parents=True)
+    files.write_json(src / "studies" / "s" / "study.json", {"kind": "grid", "runs": [
+        {"run": f"../../r{i:03d}", "macs": 1, "params": 1, "alpha": 1.0, "beta": 1.0, "gamma": 1.0} for i in range(n)]})
+    return bundle.export(src / "studies" / "s", tmp_path / "many.zip", src)
+
+
+def test_imports_count_against_a_students_quota_and_the_teacher_deletes_an_import_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFNET_MAX_IMPORTED", "5")
+    zipped = many_runs_bundle(tmp_path, 12)
+    root = tmp_path / "checkpoints"
+    with pytest.raises(bundle.BundleError, match="quota"):
+        bundle.import_bundle(zipped, root, STUDENT_A)
+    assert not root.exists() or runs.list_runs(root) == []
+    done = bundle.import_bundle(zipped, root, TEACHER)
+    batch = {(r.job or {}).get("imported") for r in runs.list_runs(root)}
+    assert len(batch) == 1 and len(done.runs) == 12
+    with pytest.raises(PermissionError):
+        jobs.delete_many([p.name for p in done.runs], root, caller=STUDENT_A)
+    assert jobs.delete_many([p.name for p in done.runs], root, caller=TEACHER) == []
+    assert runs.list_runs(root) == []
+
+
+def test_listing_again_reads_only_what_changed(tmp_path):
+    from test_honest_numbers import bytes_read
+
+    for i in range(300):
+        fake_run(tmp_path, f"r{i:03d}", [row(1, 50.0, 50.0)])
+    first, read_first = bytes_read(lambda: runs.list_runs(tmp_path))
+    again, read_again = bytes_read(lambda: runs.list_runs(tmp_path))
+    assert len(first) == len(again) == 300 and read_again < read_first / 50, (read_first, read_again)
+    files.write_json(tmp_path / "r007" / runs.LABEL, {"label": "renamed"})
+    assert {r.run_id: r.label for r in runs.list_runs(tmp_path)}["r007"] == "renamed"
+
+
+def test_a_killed_import_is_finished_or_removed_never_left_half_done(tmp_path):
+    zipped = many_runs_bundle(tmp_path, 40)
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "effnet.bundle", "import", str(zipped), "--checkpoints", str(root)],
+                            cwd=PROJECT, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: any(root.glob(".import-*/r0*")) or proc.poll() is not None, timeout=120, what="the staging")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    bundle.recover(root)
+    imported = runs.list_runs(root)
+    assert not any(root.glob(".import-*")) and len(imported) in (0, 40), len(imported)
+    studies = list((root / "studies").glob("*/study.json")) if (root / "studies").is_dir() else []
+    assert (len(imported), len(studies)) in ((0, 0), (40, 1))
+
+
+# ----------------------------------------------------------------------------- 4. bounded work per request
+def test_the_cam_page_explains_a_few_test_images_per_rerun(monkeypatch, tmp_path, cifar_dir):
+    fake_run(tmp_path, "r", [row(1, 50.0, 50.0)], weights=True)
+    serve_app_from(monkeypatch, tmp_path, cifar_dir)
+    at = open_app("views/cam.py")
+    at.text_input(key="cam_cifar").set_value(", ".join(["0"] * 30)).run()
+    from views.widgets import MAX_CAM_IMAGES
+
+    originals = [i for i in at.get("image") for img in i.proto.imgs if img.caption.startswith("original")]
+    assert len(originals) == MAX_CAM_IMAGES and not at.exception
+
+
+# ----------------------------------------------------------------------------- 5-6. text is text
+def test_labels_are_cleaned_on_every_path_in(tmp_path):
+    run_id = jobs.submit(tiny_config(tmp_path / "data"), tmp_path / "checkpoints", start_runner=False,
+                         label="fine\u202e name")
+    assert runs.read_run(tmp_path / "checkpoints" / run_id).label == "fine name"  # the override is gone
+    with pytest.raises(ValueError, match="1 to 80"):
+        jobs.rename(run_id, "x" * 81, tmp_path / "checkpoints")
+    long = fake_run(tmp_path / "elsewhere", "long", [row(1, 50.0, 50.0)], job={"label": "ok"})
+    raw = files.load_json(long / runs.JOB)
+    files.write_json(long / runs.JOB, raw | {"label": "x" * 100_000})
+    assert runs.read_run(long).damaged  # a 100 kB label is refused, not rendered every 2 s
+
+
+def test_csv_cells_that_look_like_formulas_are_escaped():
+    columns = ['=HYPERLINK("http://x","click")', "@SUM(1+1)", "B0"]
+    text = results.to_csv(columns, [{"": "-2+3", **dict.fromkeys(columns, 1.5)}])
+    header, line = text.splitlines()
+    assert header.startswith(",\"'=HYPERLINK") and ",'@SUM(1+1),B0" in header and line.startswith("'-2+3,1.5")
+
+
+# ----------------------------------------------------------------------------- 8. half-written state
+def test_a_compression_whose_process_died_is_failed_at_once_and_can_be_deleted(tmp_path):
+    run_dir = fake_run(tmp_path, "r", [row(1, 50.0, 50.0)], weights=True, job={"owner": STUDENT_A.owner})
+    out = run_dir / compressions.FOLDER / "20261201-120000"
+    out.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    files.write_json(out / runs.STATUS, {"state": "running", "pid": dead.pid, "heartbeat": time.time()})
+    assert not compressions.working(out) and compressions.tidy(run_dir)
+    assert (files.read_json(out / runs.STATUS) or {})["state"] == "failed"
+    with pytest.raises(PermissionError):
+        compressions.delete_output(run_dir, out.name, STUDENT_B)
+    compressions.delete_output(run_dir, out.name, STUDENT_A)
+    assert compressions.outputs(run_dir) == []
+
+
+def test_deleting_a_run_stops_its_compression_and_nothing_comes_back(tmp_path, monkeypatch):
+    run_dir = fake_run(tmp_path, "r", [row(1, 50.0, 50.0)], weights=True, job={"owner": STUDENT_A.owner})
+    out = run_dir / compressions.FOLDER / "20261201-120000"
+    out.mkdir(parents=True)
+    from effnet import locks
+
+    device = tmp_path / ".device-cpu.lock"
+    with locks.exclusive(device):  # a training run holds the CPU: the compression waits for it, alive
+        worker = subprocess.Popen([sys.executable, "-m", "effnet.compress", str(run_dir), "--out", str(out), "--int8"],
+                                  cwd=PROJECT, env=python_env(EFFNET_DEVICE_LOCK=str(device)),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: (files.read_json(out / runs.STATUS) or {}).get("state") == "waiting", timeout=120,
+                 what="the compression to wait for the CPU")
+        jobs.delete("r", tmp_path, caller=STUDENT_A)
+        assert worker.wait(timeout=scaled(60)) != 0  # stopped first
+    time.sleep(1)
+    assert not run_dir.exists()
+
+
+# ----------------------------------------------------------------------------- 9. big honest inputs
+def test_a_huge_metrics_file_is_refused_without_being_parsed(tmp_path):
+    run_dir = fake_run(tmp_path, "r", [row(1, 50.0, 50.0)])
+    line = json.dumps(row(1, 50.0, 50.0)) + "\n"
+    (run_dir / runs.METRICS).write_text(line * 54_155)
+    info = runs.read_run(run_dir)
+    assert not info.damaged
+    with pytest.raises(files.Damaged, match="more than such a file may have"):
+        runs.load_metrics(run_dir)
+
+
+def test_an_uploaded_dataset_is_counted_once(tmp_path):
+    data = tmp_path / "data"
+    added = folder.unpack_zip(class_zip({"a": 30, "b": 30}), data, "counted", STUDENT_A)
+    for png_file in list(added.folder.rglob("*.png"))[:10]:
+        png_file.unlink()  # the listing is not walked again: the counts made at upload stand
+    assert folder.split_sizes(added.folder) == added.split == (48, 12)
+
+
+# ----------------------------------------------------------------------------- 10. command-line edges
+@pytest.mark.parametrize("args, message", [
+    (["effnet.train", "--phi", "-4", "--out", ""], "out: give the run's folder"),
+    (["effnet.train", "--phi", "-4", "--out", "README.md"], "is a file, not a run folder"),
+    (["effnet.train", "--phi", "-4", "--weight-decay", "inf", "--out", "{tmp}/wd"], "weight_decay"),
+    (["effnet.train", "--phi", "-4", "--init-from", "/nonexistent", "--out", "{tmp}/x"], "not a run folder"),
+    (["effnet.train", "--phi", "-4", "--val-size", "64", "--data-dir", "{cifar}", "--out", "README.md/x"],
+     "cannot write"),
+    (["effnet.train", "--phi", "-4", "--data-dir", "{tmp}/none", "--out", "/proc/nope/x"], "error: disk"),
+    (["effnet", "card", "b0", "--batch-size", "-5"], "batch-size"),
+    (["effnet.jobs", "list", "--root", "/nonexistent"], "--root"),
+    (["effnet.compress", "{tmp}/none", "--threads", "-1", "--out", "{tmp}/c"], "threads"),
+    (["effnet.compress", "{tmp}/none", "--int8", "--out", ""], "out: give the folder"),
+    (["effnet.compress", "{tmp}/none", "--int8", "--out", "{tmp}/c"], "not a readable run folder"),
+])
+def test_refused_commands_say_why_in_one_line_and_write_nothing(tmp_path, cifar_dir, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{cifar}", str(cifar_dir)) for a in args]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = cli(*args, "--device", "cpu") if args[0] == "effnet.train" else cli(*args)
+    assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert not Path(os.getcwd(), "wd").exists()
