@@ -114,9 +114,11 @@ def scaling_sweep(spec: ScalingSpec, metric: str) -> go.Figure:
     if spec.variant is None and -0.5 <= spec.phi <= 7.5:
         fig.add_scatter(x=[spec.phi], y=[getattr(model_card(spec), metric)], mode="markers",
                         name="your spec", marker={"symbol": "star", "size": 18, "color": PALETTE[3]})
-    _layout(fig, f"{label.capitalize()} vs φ (log scale)")
-    fig.update_yaxes(title=label, **_log_axis())
-    fig.update_xaxes(title="φ (official: the B-number)", dtick=1)
+    values = [getattr(c, metric) for c in formula] + official
+    _layout(fig, f"{label.capitalize()} vs φ (log scale)", height=460,
+            legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0})
+    fig.update_yaxes(title=label, **_log_axis(values))
+    fig.update_xaxes(title="φ (official: the B-number)", dtick=1, range=[-0.5, 7.5])
     return fig
 
 
@@ -156,16 +158,23 @@ def _box_height(row: Any, top_size: int) -> float:
     return 0.15 + 0.85 * row.output_size / top_size
 
 
+def _x(row: dict[str, Any]) -> float:
+    """Where a row sits on the epoch axis: an epoch's row at its end (1, 2, ...), a point within an epoch (live.jsonl)
+    at its fraction (step 10 of 40 in epoch 1: 0.25)."""
+    return row["epoch"] - 1 + row["step"] / row["steps"] if "steps" in row else float(row["epoch"])
+
+
 @_memo
 def training_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str = "top1") -> go.Figure:
-    """Per-epoch curves of several runs overlaid: colour = run, line style = train/val/test."""
+    """Curves of several runs overlaid: colour = run, line style = train/val/test. Rows may be epochs
+    (metrics.jsonl) or points within an epoch (live.jsonl), so a run draws from its first minute."""
     fig = go.Figure()
     splits = ["train", "val", "test"]
     for i, (label, rows) in enumerate(runs):
         colour = PALETTE[i % len(PALETTE)]
         for j, split in enumerate(splits):
             key = f"{split}_{metric}" if not (metric == "loss" and split == "train") else "train_loss"
-            points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+            points = sorted((_x(r), r[key]) for r in rows if r.get(key) is not None)
             if not points:
                 continue
             fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
@@ -196,7 +205,7 @@ def accuracy_vs_size(points: Sequence[tuple[str, float, float]], size: str) -> g
                     mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[0]},
                     textfont={"size": 14}, name="runs")
     fig.update_xaxes(title=f"{axis} (log scale)", **_log_axis([p[1] for p in points]))
-    fig.update_yaxes(title="test top-1, selected epoch (%)")
+    fig.update_yaxes(title="test top-1 (%)")
     _pad_y(fig, [p[2] for p in points])
     return _layout(fig, f"Accuracy vs {axis}", showlegend=False)
 
@@ -222,9 +231,9 @@ def val_vs_test(points: Sequence[tuple[str, float, float]], r: float | None) -> 
                     mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[1]},
                     textfont={"size": 14}, name="runs")
     _pad_y(fig, values)
-    fig.update_xaxes(title="validation top-1, selected epoch (%)")
-    fig.update_yaxes(title="test top-1, selected epoch (%)")
-    title = "Validation vs test" + (f" (r = {r:.3f})" if r is not None else " (r needs two runs that differ)")
+    fig.update_xaxes(title="validation top-1 (%)")
+    fig.update_yaxes(title="test top-1 (%)")
+    title = "Validation vs test" + (f" (r = {r:.3f})" if r is not None else " (r needs three runs that differ)")
     return _layout(fig, title)
 
 
@@ -249,14 +258,18 @@ def methods_comparison(points: Sequence[tuple[str, float, float]], metric: str) 
     ``points``: (method, MACs, top-1) per run; ``metric`` names the y values ("test" or "validation").
     """
     fig = go.Figure()
-    for i, method in enumerate(METHOD_NAMES):
+    # Compound is drawn last, so it stays on top where its point coincides with a single dimension's.
+    for i, method in sorted(enumerate(METHOD_NAMES), key=lambda im: im[1] == "compound"):
         mine = sorted((p for p in points if p[0] == method), key=lambda p: p[1])
         if mine:
+            compound = method == "compound"
             fig.add_scatter(x=[p[1] for p in mine], y=[p[2] for p in mine], mode="lines+markers",
-                            name=METHOD_NAMES[method], marker={"size": 14 if method == "compound" else 11},
-                            line={"color": PALETTE[i], "dash": DASHES[i], "width": 4 if method == "compound" else 2})
+                            name=METHOD_NAMES[method],
+                            marker={"size": 16 if compound else 11, "symbol": "diamond" if compound else "circle",
+                                    "line": {"width": 2, "color": "#222222"} if compound else {"width": 0}},
+                            line={"color": PALETTE[i], "dash": DASHES[i], "width": 4 if compound else 2})
     fig.update_xaxes(title="multiply-adds per image (log scale)", **_log_axis([p[1] for p in points]))
-    fig.update_yaxes(title=f"{metric} top-1, selected epoch (%)")
+    fig.update_yaxes(title=f"{metric} top-1 (%)")
     _pad_y(fig, [p[2] for p in points])
     return _layout(fig, "Scaling methods at equal cost", legend={"orientation": "h", "y": -0.25})
 

@@ -139,6 +139,8 @@ def measure(variants: list[Variant], job: Job, budget_s: float = 2.0) -> list[di
     rows = [{"name": v.name, "size_bytes": v.file.stat().st_size, "params": v.params,
              "test_top1": round(top1(v.predict, job.x_test, job.y_test), 2), "file": v.file.name, **v.extra}
             for v in variants]
+    for r in rows:  # what each variant costs in accuracy, against the model as trained (the first row)
+        r["vs_fp32"] = round(r["test_top1"] - rows[0]["test_top1"], 2)
     for batch in (1, 32):
         best = [math.inf] * len(variants)
         for _ in range(LATENCY_ROUNDS):
@@ -226,7 +228,15 @@ def quantization_aware(job: Job, epochs: int) -> nn.Module:
     finetune(model, job, epochs, lr_scale=0.1)
     for layer in layers:
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)  # the 7-bit grid: ORT keeps it
-    return model.eval()
+    return measured(model, job)
+
+
+def measured(model: nn.Module, job: Job) -> nn.Module:
+    """``model`` with BatchNorm statistics measured on the run's training images (``evaluate.precise_bn``): after
+    pruning or fine-tuning, the stored ones no longer describe the weights, and int8 calibrates through them."""
+    from effnet.evaluate import precise_bn
+
+    return precise_bn(model, job.data.train.images, job.config, job.config.seed)
 
 
 # ----------------------------------------------------------------------------- pruning and fine-tuning
@@ -243,7 +253,8 @@ def prune(model: nn.Module, ratio: float, example: Tensor) -> nn.Module:
 
 
 def finetune(model: nn.Module, job: Job, epochs: int, lr_scale: float = 0.2) -> None:
-    """A short fine-tune on the run's training images with its own recipe, at ``lr_scale`` of its rate, cosine."""
+    """A short fine-tune on the run's training images with the run's own recipe (its optimizer, augmentation,
+    label smoothing and schedule, from ``effnet.step``) at ``lr_scale`` of its learning rate."""
     from effnet.step import lr_at, make_optimizer, step_seed, train_step
 
     if epochs < 1:
@@ -252,12 +263,13 @@ def finetune(model: nn.Module, job: Job, epochs: int, lr_scale: float = 0.2) -> 
     optimizer = make_optimizer(model, config.replace(lr=config.lr * lr_scale))
     steps = max(1, len(train) // config.batch_size)
     total, done = steps * epochs, 0
+    warmup = min(int(config.warmup_epochs * steps), total // 10)  # a short warm-up: the weights are trained already
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(step_seed(config.seed, epoch)))
         for step in range(steps):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(done, total, 0, config.lr * lr_scale, "cosine")
+                group["lr"] = lr_at(done, total, warmup, config.lr * lr_scale, config.schedule)
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
             train_step(model, optimizer, train.images[idx], train.labels[idx], config, generator, amp=False)
@@ -303,6 +315,7 @@ def compress(job: Job, int8: bool, qat_epochs: int, ratios: list[float], finetun
         step(name)
         pruned = prune(job.model, ratio, example)
         finetune(pruned, job, finetune_epochs)
+        pruned = measured(pruned, job)
         made.append(Variant(name, eager(pruned), export_onnx(pruned, example, out / f"{name}.onnx"), params_of(pruned),
                             {"runtime": "PyTorch eager", "finetune_epochs": finetune_epochs}))
     write_status(out, state="running", step=steps, steps=steps, doing="measuring")

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import errno
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -36,16 +35,15 @@ from effnet import access, checkpoint, files, locks, runs
 from effnet.access import MAX_QUEUED_ENV, Caller, max_queued, readonly
 from effnet.card import model_card
 from effnet.config import TrainConfig
-from effnet.devices import check_memory, gpus
+from effnet.devices import DEVICES_ENV, check_memory, device_lock, device_slots, slot_device
 from effnet.humanize import slug
 from effnet.locks import DEVICE_LOCK_ENV
 from effnet.measure import MAX_CPU_EPOCH_S, cpu_seconds
+from effnet.processes import PROJECT, is_process_of, spawn_detached
 from effnet.runs import ACTIVE, RunInfo, checkpoints_dir, list_runs, run_path
 from effnet.schemas import clean_label
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 QUEUE_LOCK, RUNNER_LOCK = ".queue.lock", ".runner.lock"
-DEVICES_ENV = "EFFNET_DEVICES"  # e.g. "cuda:0,cuda:1"; "cpu#0,cpu#1" simulates two slots on the CPU
 POLL_S = 0.5
 
 
@@ -173,16 +171,6 @@ def resumable(info: RunInfo) -> bool:
     return info.state in ("stopped", "failed") and (info.path / runs.LAST).is_file()
 
 
-def _is_trainer(pid: int, run_dir: Path) -> bool:
-    """Whether ``pid`` is a training process of this run (a status file can name any pid)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"effnet.train" in argv and any(a.decode(errors="replace").rstrip("/").endswith(run_dir.name)
-                                           for a in argv)
-
-
 def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | None = None) -> str:
     """Cancel a queued run, or ask a running one to checkpoint and exit (SIGTERM). Returns the new state."""
     root = checkpoints_dir(root).resolve()
@@ -194,7 +182,7 @@ def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | No
             files.write_json(run_dir / runs.STATUS, {**info.status, "state": "stopped"})
             return "stopped"
     pid = info.status.get("pid")
-    if info.active and isinstance(pid, int) and _is_trainer(pid, run_dir):
+    if info.active and isinstance(pid, int) and is_process_of(pid, "effnet.train", run_dir.name):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         return "stopping"
@@ -256,23 +244,6 @@ def rename(run_id: str, label: str, root: str | os.PathLike | None = None, calle
 
 
 # ----------------------------------------------------------------------------- devices and the runner
-def device_slots() -> list[str]:
-    """Where the queue trains, one run per slot at a time: ``$EFFNET_DEVICES``, else each GPU, else the CPU.
-
-    A slot is a device name (``cuda:1``); ``cpu#0,cpu#1`` gives two CPU slots, which simulates a
-    two-GPU server on a machine without one (tests use it).
-    """
-    listed = [d.strip() for d in os.environ.get(DEVICES_ENV, "").split(",") if d.strip()]
-    if listed:
-        return listed
-    return [f"cuda:{g.index}" for g in gpus()] or ["cpu"]
-
-
-def slot_device(slot: str) -> str:
-    """The torch device of a slot: ``cpu#1`` -> ``cpu``."""
-    return slot.split("#")[0]
-
-
 def _fits_slot(config: TrainConfig, slot: str) -> bool:
     """auto and cpu runs take any slot (a CPU run still occupies one); cuda needs a GPU, cuda:N that GPU."""
     wanted, device = config.device, slot_device(slot)
@@ -289,16 +260,6 @@ def heal(root: str | os.PathLike | None = None, infos: list[RunInfo] | None = No
     return True
 
 
-def spawn_detached(module_args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-    """``python -m <module_args>`` in its own session (it outlives the app page or process that started it),
-    finding this project's code, its output appended to ``log_path``."""
-    path = os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))
-    with open(log_path, "ab") as log:
-        subprocess.Popen([sys.executable, "-m", *module_args], cwd=PROJECT_DIR,
-                         env={**os.environ, "PYTHONPATH": path, **(env or {})}, stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-
-
 def ensure_runner(root: Path) -> None:
     """Start a detached runner; if one already holds the lock, the new one exits at once."""
     spawn_detached(["effnet.jobs", "runner", "--root", str(root)], root / ".runner.log")
@@ -310,17 +271,6 @@ class _Started:
     proc: subprocess.Popen
     generation: int
     slots: list[str]
-
-
-def device_lock(root: Path, slot: str) -> Path:
-    """The lock a run holds while it trains on ``slot``."""
-    return root / f".device-{re.sub(r'[^A-Za-z0-9]+', '-', slot)}.lock"
-
-
-def cpu_locks(root: Path) -> list[Path]:
-    """The device locks of the queue's CPU slots: work that times the CPU (compression) holds them all, so
-    training and measuring never share the cores (each waits for the other)."""
-    return [device_lock(root, s) for s in device_slots() if slot_device(s) == "cpu"]
 
 
 def _command(info: RunInfo, job: dict, slots: list[str]) -> list[str]:
@@ -377,7 +327,7 @@ def _start_next(root: Path, running: list[_Started]) -> _Started | None:
         generation = int(info.status.get("generation", job.get("generation", 0)))
         env = {**os.environ, DEVICE_LOCK_ENV: os.pathsep.join(str(device_lock(root, s)) for s in slots)}
         with open(info.path / runs.LOG, "ab") as log:
-            proc = subprocess.Popen(_command(info, job, slots), cwd=PROJECT_DIR, env=env,
+            proc = subprocess.Popen(_command(info, job, slots), cwd=PROJECT, env=env,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         files.write_json(info.path / runs.STATUS, {"state": "starting", "pid": proc.pid, "heartbeat": time.time(),
                                                   "generation": generation, "slot": ", ".join(slots)})
@@ -447,11 +397,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.root is not None and not Path(args.root).is_dir():
         parser.error(f"--root: {args.root} is not a folder")
-    from effnet.data import data_dir
-    from effnet.housekeeping import tidy
-
-    for line in tidy(args.root, data_dir(), force=True):
-        print(f"({line})", file=sys.stderr)
     infos = list_runs(args.root)
     if heal(args.root, infos):
         print("(queued runs had no runner: started one)", file=sys.stderr)

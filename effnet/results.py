@@ -97,10 +97,12 @@ def gather(root: str | Path | None = None) -> Gathered:
             continue
         usable.append((info, rows))
     labels = [info.label for info, _ in usable]
-    # Two runs of the same variant get their run id's tail, so table columns stay distinct.
+    # Two runs of the same variant get their run id's tail, so table columns stay distinct; a run still training
+    # says so (its numbers will change).
     results = [RunResult(info.run_id, info.path,
-                         f"{info.label} ({info.run_id[-4:]})" if labels.count(info.label) > 1 else info.label,
-                         info.state, info.spec, rows) for info, rows in usable]
+                         (f"{info.label} ({info.run_id[-4:]})" if labels.count(info.label) > 1 else info.label)
+                         + (" (training)" if info.active else ""), info.state, info.spec, rows)
+               for info, rows in usable]
     return Gathered(results, left_out)
 
 
@@ -155,10 +157,13 @@ def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+MIN_POINTS_FOR_R = 3  # through two points any line fits: r = ±1 says nothing
+
+
 def pearson(xs: list[float], ys: list[float]) -> float | None:
-    """Correlation coefficient; None with fewer than two points or no spread."""
+    """Correlation coefficient; None with fewer than ``MIN_POINTS_FOR_R`` points or no spread."""
     n = len(xs)
-    if n < 2:
+    if n < MIN_POINTS_FOR_R:
         return None
     mx, my = sum(xs) / n, sum(ys) / n
     sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
@@ -195,8 +200,9 @@ class Confusion:
         return grid
 
     def within(self, coarse_index: int) -> tuple[list[str], list[list[int]]]:
-        """Drill-down: the fine classes of one superclass against each other, plus 'elsewhere'."""
-        members = [i for i, c in enumerate(self.fine_to_coarse) if c == coarse_index]
+        """Drill-down: the fine classes of one superclass that have test images, against each other, plus
+        'elsewhere' (a class with no test image would only add an empty row)."""
+        members = [i for i, c in enumerate(self.fine_to_coarse) if c == coarse_index and sum(self.matrix[i])]
         grid = []
         for i in members:
             inside = [self.matrix[i][j] for j in members]

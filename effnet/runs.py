@@ -39,6 +39,7 @@ from effnet.checkpoint import CheckpointError, load_checkpoint
 from effnet.config import TrainConfig
 from effnet.files import Damaged, load_json, loads, read_file, read_tail
 from effnet.humanize import duration
+from effnet.processes import pid_alive
 from effnet.schemas import ACTIVE, ENDED, STATES, parse
 
 CONFIG, STATUS, METRICS, CONFUSION = "config.json", "status.json", "metrics.jsonl", "confusion.json"
@@ -335,22 +336,6 @@ def describe(spec: Any, config: TrainConfig | None = None) -> str:
             parts.append(f"from {_source_name(Path(config.init_from))}")
     label = " · ".join(parts)
     return schemas.clean_label(label if len(label) <= 80 else label[:79] + "…")
-
-
-def pid_alive(pid: object) -> bool:
-    """Whether a process with ``pid`` runs (a zombie, exited but not reaped, does not)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def log_tail(run_dir: Path, lines: int = 15) -> str:

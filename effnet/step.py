@@ -1,6 +1,6 @@
 """One training step and what decides it: the learning-rate schedule, the per-step seeds, SGD, the EMA.
 
-The step works on uint8 images already on the training device: augmentation (``effnet.data.augment``) and
+The step works on uint8 images already on the training device: augmentation (``augment``, below) and
 preprocessing (``effnet.preprocess``) run there in batches, then forward, loss, backward and the update. It
 returns the loss and logits as device tensors, so no step waits for the host. Every random choice of a step
 is decided by ``step_seed(seed, epoch, step, rank)``: a resumed run replays exactly what an uninterrupted one
@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from effnet.config import TrainConfig
-from effnet.data import augment
+from effnet.config import AUGMENTATIONS, TrainConfig
 from effnet.preprocess import to_model_input
 
 
@@ -83,3 +82,38 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tenso
     loss.backward()
     optimizer.step()
     return loss.detach(), logits.detach()
+
+
+def augment(images: Tensor, generator: torch.Generator, policy: str = "standard") -> Tensor:
+    """Batched augmentation of uint8 images on their own device.
+
+    standard: 4-pixel zero padding, random 32x32 crop, random horizontal flip (the usual CIFAR recipe);
+    cutout: standard plus one 8x8 square zeroed at a random position; none: unchanged.
+    """
+    if policy == "none":
+        return images
+    if policy not in AUGMENTATIONS:
+        raise ValueError(f"augment: {policy!r} is not one of {', '.join(AUGMENTATIONS)}")
+    n, _, h, w = images.shape
+    dev = images.device
+    pad = 4
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=dev, generator=generator)
+    flip = torch.rand(n, 1, 1, device=dev, generator=generator) < 0.5
+    rows = dy + torch.arange(h, device=dev).view(1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    cols = dx + torch.where(flip, w - 1 - cols, cols)
+    batch = torch.arange(n, device=dev).view(n, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    if policy == "cutout":
+        size = 8
+        cy = torch.randint(0, h, (n, 1, 1), device=dev, generator=generator)
+        cx = torch.randint(0, w, (n, 1, 1), device=dev, generator=generator)
+        ys = torch.arange(h, device=dev).view(1, h, 1)
+        xs = torch.arange(w, device=dev).view(1, 1, w)
+        oy, ox = ys - cy + size // 2, xs - cx + size // 2
+        hole = (oy >= 0) & (oy < size) & (ox >= 0) & (ox < size)
+        out = out * (~hole).unsqueeze(1)
+    return out.contiguous()
+

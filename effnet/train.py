@@ -5,7 +5,7 @@ the run's bookkeeping, then ``Run`` (a run in progress, step by step) and ``trai
 
 Design choices, and why:
 - The data lives on the training device as uint8 and is augmented there in batches
-  (``effnet.data.augment``); preprocessing is the spec's one function (``effnet.preprocess``).
+  (``effnet.step.augment``); preprocessing is the spec's one function (``effnet.preprocess``).
 - Every random choice is a function of (seed, epoch, step): the epoch's shuffle comes from a
   generator seeded by (seed, epoch) and each step reseeds torch before augmenting and running
   the model (dropout, stochastic depth). A resumed run therefore replays exactly what an

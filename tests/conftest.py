@@ -40,7 +40,9 @@ offline_guard.install()
 TEST_PATH = os.pathsep.join([str(OFFLINE), str(PROJECT)])
 os.environ["PYTHONPATH"] = TEST_PATH
 os.environ.setdefault("EFFNET_DEVICES", "cpu")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Workers share the cores (pytest-xdist): each trains with its share, so two never fight over one core.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // WORKERS)))
 
 from effnet import ScalingSpec  # noqa: E402
 from effnet.config import TrainConfig  # noqa: E402
@@ -57,7 +59,8 @@ def _measure_slowdown() -> float:
     sum(i * i for i in range(400_000))
     took = time.perf_counter() - start
     busy = os.getloadavg()[0] / (os.cpu_count() or 1)
-    return min(10.0, max(1.0, took / REFERENCE_PROBE_S, 1.0 + busy))
+    sharing = WORKERS / (os.cpu_count() or 1)  # workers beyond the cores wait their turn
+    return min(10.0, max(1.0, took / REFERENCE_PROBE_S, 1.0 + busy, 2 * sharing))
 
 
 SLOWDOWN = _measure_slowdown()
@@ -75,7 +78,7 @@ def ms(seconds: float) -> float:
 
 # Tests that use these fixtures train models or start servers: they belong to the slow tier.
 SLOW_FIXTURES = {"finished_runs", "methods_study", "digits_run", "server", "study_server", "own_server", "browser",
-                 "slurm_cluster", "notebook_runs"}
+                 "slurm_cluster", "notebook_runs", "object_model", "with_runs"}
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -90,6 +93,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker("timeout")
         base = float(marker.args[0]) if marker and marker.args else default
         item.add_marker(pytest.mark.timeout(scaled(base)))
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder made by ``build`` once for the whole run, however many workers ask (the first builds it under a
+    lock; the others wait and use it): trained fixtures cost their minutes once."""
+    import shutil
+
+    from effnet import locks
+
+    base = tmp_path_factory.getbasetemp()
+    shared_root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    target = shared_root / f"shared-{name}"
+    with locks.exclusive(shared_root / f"shared-{name}.lock"):
+        if not (target / ".built").is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            build(target)
+            (target / ".built").touch()
+    return target
 
 
 def shared(fixture: Callable) -> Callable:
@@ -119,9 +141,8 @@ TINY = ["--phi", "-4", "--geometry", "cifar", "--batch-size", "32", "--lr", "0.0
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data folder holding a generated ``cifar-100-python.tar.gz`` (320 train, 100 test images)."""
-    root = tmp_path_factory.mktemp("data")
-    write_cifar_archive(root / "cifar-100-python.tar.gz", n_train=320, n_test=100)
-    return root
+    return built_once(tmp_path_factory, "data",
+                      lambda root: write_cifar_archive(root / "cifar-100-python.tar.gz", n_train=320, n_test=100))
 
 
 def serve_app_from(monkeypatch: pytest.MonkeyPatch, checkpoints: Path, data: Path, **env: str) -> None:
@@ -223,11 +244,12 @@ def serve(checkpoints: Path, cifar_dir: Path, logs: Path, **extra: str) -> Itera
 @shared
 def finished_runs(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Path:
     """A checkpoints folder with two finished tiny runs, for the results and CAM pages."""
-    root = tmp_path_factory.mktemp("finished")
-    for name, phi in (("tiny-a", "-4"), ("tiny-b", "-3.5")):
-        done = run_train(root / name, cifar_dir, "--epochs", "2", "--phi", phi)
-        assert done.returncode == 0, done.stderr
-    return root
+    def build(root: Path) -> None:
+        for name, phi in (("tiny-a", "-4"), ("tiny-b", "-3.5")):
+            done = run_train(root / name, cifar_dir, "--epochs", "2", "--phi", phi)
+            assert done.returncode == 0, done.stderr
+
+    return built_once(tmp_path_factory, "finished", build)
 
 
 STUDY_TRAIN = ["--epochs", "1", "--batch-size", "32", "--subset", "96", "--val-size", "64", "--eval-subset", "64",
@@ -244,9 +266,10 @@ def cli(module: str, *args: str, timeout: float = 600, **env: str) -> subprocess
 @shared
 def methods_study(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> tuple[Path, Path]:
     """(checkpoints folder, study folder): a real methods study at phi=-2, its four runs one epoch each."""
-    root = tmp_path_factory.mktemp("study") / "checkpoints"
-    out = root / "studies" / "methods"
-    done = cli("effnet.study", "methods", "--phi", "-2", *STUDY_TRAIN, "--data-dir", str(cifar_dir), "--out", str(out),
-               "--checkpoints", str(root), "--wait")
-    assert done.returncode == 0, done.stderr
-    return root, out
+    def build(root: Path) -> None:
+        done = cli("effnet.study", "methods", "--phi", "-2", *STUDY_TRAIN, "--data-dir", str(cifar_dir), "--out",
+                   str(root / "studies" / "methods"), "--checkpoints", str(root), "--wait")
+        assert done.returncode == 0, done.stderr
+
+    root = built_once(tmp_path_factory, "study", build)
+    return root, root / "studies" / "methods"

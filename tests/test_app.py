@@ -75,6 +75,7 @@ def test_explorer_official_variant_shows_the_formula_difference(app_env):
     assert len(at.latex) >= 3
 
 
+@pytest.mark.slow
 def test_train_page_starts_a_run_that_appears_in_the_list(app_env):
     at = open_page(PAGES[1])
     at.button(key="preset_quick").click().run()
@@ -115,6 +116,7 @@ def test_pages_that_train_explain_missing_data(app_env, monkeypatch, tmp_path, p
     assert not at.exception
 
 
+@pytest.mark.slow
 def test_stop_button_stops_a_running_run(app_env, cifar_dir):
     config = TrainConfig(spec=ScalingSpec(phi=-4), epochs=20, batch_size=32, val_size=32,
                               eval_subset=32, device="cpu", data_dir=str(cifar_dir))
@@ -208,6 +210,7 @@ def test_cam_page_explains_imagenet_weights_are_unavailable_offline(with_runs, m
     assert any("ImageNet weights are unavailable" in e.value and "copy that file" in e.value for e in at.error)
 
 
+@pytest.mark.slow
 def test_measure_button_times_the_chosen_model(app_env):
     at = open_page(PAGES[0])
     at.radio(key="mode").set_value("Custom φ, α, β, γ").run()

@@ -21,6 +21,9 @@ from conftest import PROJECT, open_app, python_env, read_status, serve_app_from,
 from effnet import ScalingSpec, checkpoint, files, jobs, locks, results, runs
 from effnet.access import Caller
 
+# Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from views.widgets import plain
 
 
 # ----------------------------------------------------------------------------- 1. a package that installs
+@pytest.mark.slow
 def test_the_wheel_holds_every_module_and_declares_every_import(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                            str(tmp_path), str(PROJECT)], capture_output=True, text=True, env=python_env(), timeout=300)
@@ -103,6 +104,7 @@ def test_a_studys_numbers_come_from_the_selected_epoch(tmp_path):
     assert (loaded.best_val, loaded.test_at_best_val) == (55.0, 58.0)
 
 
+@pytest.mark.slow
 def test_best_pt_is_the_last_epoch_without_a_validation_split(tmp_path, cifar_dir):
     from conftest import run_train
 
@@ -114,6 +116,7 @@ def test_best_pt_is_the_last_epoch_without_a_validation_split(tmp_path, cifar_di
 
 
 # ----------------------------------------------------------------------------- 3. own images with the defaults
+@pytest.mark.slow
 def test_a_small_folder_trains_with_the_default_validation_split(tmp_path):
     from conftest import cli
     from test_own_data import write_digits
@@ -182,6 +185,7 @@ def too_big_for_this_machine() -> tuple[ScalingSpec, int]:
     raise AssertionError("no batch crosses the line")
 
 
+@pytest.mark.slow
 def test_explorer_queue_and_measure_refuse_by_the_same_rule(tmp_path, monkeypatch, cifar_dir):
     from effnet import jobs
     from effnet.measure import measure_speed
@@ -266,6 +270,7 @@ def test_study_and_compress_files_follow_the_same_rules(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 10. the bundle command, two names
+@pytest.mark.slow
 def test_the_bundle_command_answers_under_both_names(tmp_path):
     from conftest import cli
 

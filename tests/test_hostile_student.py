@@ -30,6 +30,9 @@ from effnet import access, bundle, compressions, files, folder, jobs, results, r
 from effnet.access import Caller
 from effnet.data import DataError
 
+# Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
+pytestmark = pytest.mark.slow
+
 STUDENT_A, STUDENT_B, TEACHER = Caller("a" * 32), Caller("b" * 32), Caller("c" * 32, teacher=True)
 PASSWORD = "s3cret"
 

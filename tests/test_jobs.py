@@ -13,6 +13,10 @@ import pytest
 from conftest import PROJECT, tiny_config, wait_for
 
 from effnet import ScalingSpec, files, jobs, locks, runs
+from effnet.devices import device_lock
+
+# Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -124,7 +128,7 @@ def test_a_run_waits_while_another_process_holds_the_device(root, cifar_dir):
     import fcntl
 
     root.mkdir(parents=True)
-    with open(jobs.device_lock(root, "cpu"), "a") as held:
+    with open(device_lock(root, "cpu"), "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         run_id = jobs.submit(tiny_config(cifar_dir), root)
         wait_for(lambda: runs.read_run(root / run_id).state == "waiting", timeout=60, what="the run to wait")

@@ -11,14 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli, open_app, serve_app_from, wait_for
+from conftest import built_once, cli, open_app, serve_app_from, shared, wait_for
 from PIL import Image
 
 from effnet import files, runs
 from effnet.data import DataError
+from effnet.devices import cpu_locks
 from effnet.folder import CACHE, NO_SUPERCLASS, load_folder, unpack_zip
 from effnet.scaling import ScalingSpec
 from effnet.train import weights_from_run
+
+# Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
+pytestmark = pytest.mark.slow
 
 DIGITS_TRAIN = ["--phi", "-3", "--epochs", "3", "--batch-size", "64", "--lr", "0.05", "--val-size", "200",
                 "--augment", "none", "--device", "cpu"]
@@ -43,16 +47,20 @@ def write_digits(root: Path, per_class: int | None = None) -> Path:
 
 
 @pytest.fixture(scope="session")
+@shared
 def digits(tmp_path_factory) -> Path:
-    return write_digits(tmp_path_factory.mktemp("digits") / "digits")
+    return built_once(tmp_path_factory, "digits", lambda root: write_digits(root / "digits")) / "digits"
 
 
 @pytest.fixture(scope="session")
+@shared
 def digits_run(tmp_path_factory, digits) -> Path:
-    out = tmp_path_factory.mktemp("digit-runs") / "digits-b"
-    done = cli("effnet.train", "--dataset", "folder", "--data-dir", str(digits), *DIGITS_TRAIN, "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    return out
+    def build(root: Path) -> None:
+        done = cli("effnet.train", "--dataset", "folder", "--data-dir", str(digits), *DIGITS_TRAIN, "--out",
+                   str(root / "digits-b"))
+        assert done.returncode == 0, done.stderr
+
+    return built_once(tmp_path_factory, "digits-run", build) / "digits-b"
 
 
 def test_folder_training_learns_well_above_chance_and_keeps_the_class_names(digits_run):
@@ -243,7 +251,7 @@ def test_compression_waits_for_training_on_the_cpu_and_runs_one_at_a_time(tmp_pa
     import contextlib
     import shutil
 
-    from effnet import compressions, jobs, locks
+    from effnet import compressions, locks
 
     root = tmp_path / "checkpoints"
     run = shutil.copytree(digits_run, root / "digits")
@@ -255,7 +263,7 @@ def test_compression_waits_for_training_on_the_cpu_and_runs_one_at_a_time(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
     (run / compressions.FOLDER).unlink()
     with contextlib.ExitStack() as held:
-        for lock in jobs.cpu_locks(root):  # a training run holds the CPU
+        for lock in cpu_locks(root):  # a training run holds the CPU
             held.enter_context(locks.exclusive(lock))
         out = compressions.start(run, root, int8=True, qat_epochs=0, ratios=[], finetune_epochs=0, budget_s=0.05)
         wait_for(lambda: (files.read_json(out / runs.STATUS) or {}).get("state") == "waiting", timeout=60,

@@ -74,6 +74,7 @@ def test_curves_and_val_test_charts():
 
 def test_progress_and_eta_from_status(tmp_path):
     run = tmp_path / "r"
+    run.mkdir()
     now = time.time()
     files.write_json(run / runs.STATUS, {"state": "running", "pid": __import__("os").getpid(), "heartbeat": now,
                                         "epoch": 2, "epochs": 4, "step": 5, "steps": 10,

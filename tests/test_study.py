@@ -21,6 +21,9 @@ from effnet import bundle, runs, study
 from effnet.card import model_card
 from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, ScalingSpec
 
+# Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
+pytestmark = pytest.mark.slow
+
 TRAIN = STUDY_TRAIN
 
 

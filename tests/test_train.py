@@ -19,6 +19,9 @@ from effnet.runs import CheckpointError, load_checkpoint
 from effnet.step import lr_at
 from effnet.train import parse_args
 
+# Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
+pytestmark = pytest.mark.slow
+
 KEYS = {"epoch", "train_loss", "train_top1", "val_top1", "val_top5", "test_top1", "test_top5", "lr",
         "epoch_seconds", "images_per_second"}
 TIMING = {"epoch_seconds", "images_per_second"}

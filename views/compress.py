@@ -8,7 +8,7 @@ import streamlit as st
 from effnet import files, runs
 from effnet.access import readonly
 from effnet.charts import compression
-from effnet.compressions import COMPRESS, FOLDER, load_result, outputs, start, working
+from effnet.compressions import COMPRESS, FOLDER, load_result, losing, outputs, start, working
 from views.routes import download_url
 from views.widgets import caller, chart, plain, refused
 
@@ -78,6 +78,12 @@ def show(out: Path) -> None:
                            "batch 1 (ms)": r["latency_ms_b1"], "batch 32 (ms)": r["latency_ms_b32"],
                            "test top-1 (%)": r["test_top1"], "runs in": r.get("runtime", "")} for r in rows])
     st.dataframe(table, hide_index=True, width="stretch")
+    lost = losing(result)
+    if lost:
+        st.warning("Lost more than a few points of test top-1 against fp32: " + ", ".join(
+            f"{plain(r['name'])} ({r['test_top1'] - rows[0]['test_top1']:+.1f})" for r in lost)
+            + ". Pruned models recover with more fine-tuning (raise 'Fine-tune after pruning'); int8 recovers with a "
+              "quantization-aware fine-tune. A run trained longer also compresses better.")
     st.caption(f"{result.get('test_images', '?')} test images, {result.get('threads', '?')} CPU threads, every "
                "number from one process. fp32 is the model as trained (PyTorch); fp32-onnx the same weights in "
                "ONNX Runtime, so you can see how much of int8's speed is the runtime and how much is int8.")
@@ -126,5 +132,5 @@ def results() -> None:
 
 st.subheader("Results")
 results()
-st.caption(f"Each compression is kept in the run's folder ({FOLDER}/<time>/{COMPRESS} and the .onnx files); "
-           "the command line does the same: `python -m effnet.compress RUN --int8 --prune 0.3 --out DIR`.")
+st.markdown(f"Each compression is kept in the run's folder (`{FOLDER}/<time>/{COMPRESS}` and the .onnx files); "
+            "the command line does the same: `python -m effnet.compress RUN --int8 --prune 0.3 --out DIR`.")

@@ -83,8 +83,8 @@ with main:
     st.markdown(f"**Constraint** α·β²·γ² = **{spec.constraint:.3f}**"
                 + ("" if spec.variant is None else " (of the formula; the released variant sets its own multipliers)"))
     if spec.constraint_off:
-        st.warning(f"α·β²·γ² = {spec.constraint:.2f} is far from {CONSTRAINT_TARGET:g}: FLOPs will grow by about "
-                   f"{spec.constraint:.2f}× per unit of φ instead of the paper's {CONSTRAINT_TARGET:g}×.")
+        st.warning(f"α·β²·γ² = {spec.constraint:.2f} is far from {CONSTRAINT_TARGET:g}: each unit of φ multiplies "
+                   f"the FLOPs by about {spec.constraint:.2f} instead of the paper's {CONSTRAINT_TARGET:g}.")
     if spec.variant not in (None, "b0"):
         st.info(f"{spec.name} as released: depth ×{spec.depth_mult:g}, width ×{spec.width_mult:g}, "
                 f"{spec.resolution} px. The formula α^φ, β^φ, γ^φ at φ={spec.phi:g} would give depth "
@@ -123,11 +123,11 @@ with stages_tab:
 
 with curves_tab:
     if curves_tab.open:
-        left, right = st.columns(2)
-        chart(scaling_sweep(spec, "params"), "sweep_params", left,
+        # One chart per row, legends under them: side by side at 1280 px, a legend left 60 px of plot.
+        chart(scaling_sweep(spec, "params"), "sweep_params",
               note="Parameters at φ = 0..7 with your α, β, γ (solid) and the released B0-B7 (dashed), log scale. "
                    "Look for: a straight line means every step of φ multiplies the size by the same factor.")
-        chart(scaling_sweep(spec, "macs"), "sweep_macs", right,
+        chart(scaling_sweep(spec, "macs"), "sweep_macs",
               note="Multiply-adds per image, same runs of φ. Look for: with α·β²·γ² ≈ 2 each step of φ about "
                    "doubles them; rounding makes the real steps uneven.")
         st.markdown("**Released B0-B7 vs the formula** (with the coefficients above): the released width, depth "

@@ -50,7 +50,13 @@ st.markdown("The same budget reached by scaling only depth, only width, only res
 st.dataframe(pd.DataFrame(scaling_methods(ScalingSpec(phi=max(phi, 1.0)))), hide_index=True, width="stretch")
 st.markdown("**Look for:** the column of FLOPs against φ=0: a fair comparison needs the same *actual* cost, and "
             "rounding moves each method's cost differently.")
-st.page_link("views/explorer.py", label="Go deeper: the explorer's Scaling methods tab", icon=":material/tune:")
+def open_methods_tab() -> None:
+    st.session_state.explorer_tab = "Scaling methods"  # the explorer opens on that tab, not on Stages
+
+
+if st.button("Go deeper: the explorer's Scaling methods tab", icon=":material/tune:", on_click=open_methods_tab,
+             key="lesson_methods"):
+    st.switch_page("views/explorer.py")
 st.page_link("views/study.py", label="Train the comparison: a scaling-methods study (four runs at one cost, their "
              "accuracy and CAMs), or the grid search that found α, β, γ", icon=":material/science:")
 

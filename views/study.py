@@ -14,6 +14,7 @@ from effnet.cam import colour_bar
 from effnet.charts import METHOD_NAMES, grid_search, methods_comparison
 from effnet.config import QUICK_DEMO, TrainConfig
 from effnet.data import DataError
+from effnet.devices import device_slots
 from effnet.images import UPLOAD_TYPES
 from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
 from views.routes import bundle_url
@@ -34,7 +35,7 @@ from views.widgets import (
 
 root = runs.checkpoints_dir()
 who = caller()
-has_gpu = jobs.device_slots()[0].startswith("cuda")
+has_gpu = device_slots()[0].startswith("cuda")
 CUSTOM = "custom φ (one or more budgets)"
 KIND_NAMES = {"methods": "Scaling methods at equal cost", "grid": "Coefficient grid search (α, β, γ at φ=1)"}
 
@@ -109,8 +110,8 @@ studies = study.list_studies(root)
 with st.expander("Start a study", expanded=not studies):
     warn_if_no_cifar()
     start_form()
-    st.caption("On a GPU machine the same from the command line: `python -m effnet.study methods --variant b3 "
-               "--epochs 30 --out DIR --wait` or `python -m effnet.study grid --max-points 12 --out DIR --wait`.")
+    st.markdown("On a GPU machine the same from the command line: `python -m effnet.study methods --variant b3 "
+                "--epochs 30 --out DIR --wait` or `python -m effnet.study grid --max-points 12 --out DIR --wait`.")
 studies = study.list_studies(root)
 if not studies:
     st.info("No study yet: start one above, or import a bundle (at the bottom of this page) trained elsewhere.")
@@ -152,12 +153,13 @@ def rows_table(s: study.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def scale_with(alpha: float, beta: float, gamma: float, page: str) -> None:
-    """Prefill the explorer and the Train page's custom spec with these coefficients, then open ``page``."""
+def scale_with(alpha: float, beta: float, gamma: float, phi: float, page: str) -> None:
+    """Prefill the explorer and the Train page with exactly this spec (the winner's coefficients at the study's φ, and
+    no official variant beside it), then open ``page``."""
     state = st.session_state
-    state.update(mode="Custom φ, α, β, γ", alpha=alpha, beta=beta, gamma=gamma, t_custom=True, t_c_alpha=alpha,
-                 t_c_beta=beta, t_c_gamma=gamma)
-    for key in ("alpha", "beta", "gamma"):  # the linked slider and box take the new value
+    state.update(mode="Custom φ, α, β, γ", phi=phi, alpha=alpha, beta=beta, gamma=gamma, t_custom=True,
+                 t_variants=[], t_c_phi=phi, t_c_alpha=alpha, t_c_beta=beta, t_c_gamma=gamma)
+    for key in ("phi", "alpha", "beta", "gamma"):  # the linked slider and box take the new value
         state.pop(f"{key}_slider", None)
         state.pop(f"{key}_input", None)
     st.switch_page(page)
@@ -178,10 +180,11 @@ def show_grid(s: study.Study) -> None:
     st.success(f"Best by validation top-1: α={win[0]:g}, β={win[1]:g}, γ={win[2]:g} ({best.best_val:.2f}%). "
                "Chosen on validation, never on test.")
     cols = st.columns(2)
+    phi = float(s.data.get("settings", {}).get("phi") or 1.0)
     if cols[0].button("Scale with the winner: open the explorer", key="win_explorer"):
-        scale_with(*win, "views/explorer.py")
+        scale_with(*win, phi, "views/explorer.py")
     if cols[1].button("Scale with the winner: train with it", key="win_train"):
-        scale_with(*win, "views/train.py")
+        scale_with(*win, phi, "views/train.py")
 
 
 def show_methods(s: study.Study) -> None:

@@ -9,6 +9,7 @@ from effnet.access import limits, nickname, readonly
 from effnet.charts import training_curves
 from effnet.config import AUGMENTATIONS, CIFAR_VAL_SIZE, QUICK_DEMO, SCHEDULES, TrainConfig, normalization_for
 from effnet.data import DataError, data_dir
+from effnet.devices import device_slots
 from effnet.folder import count_classes, delete_dataset, own_datasets, unpack_zip
 from effnet.humanize import si
 from effnet.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
@@ -42,7 +43,7 @@ def apply(preset: dict) -> None:
 
 root = runs.checkpoints_dir()
 who = caller()
-slots = jobs.device_slots()
+slots = device_slots()
 has_gpu = slots[0].startswith("cuda")
 
 st.title("Train")
@@ -231,12 +232,38 @@ if start:
         st.toast(f"Queued {len(started)} run(s)", icon=":material/check_circle:")
 
 
-def act(action, info: runs.RunInfo) -> None:
-    """Run a queue action for this browser; a refusal is shown right under the run's buttons."""
+def act(action, info: runs.RunInfo, done: str | None = None) -> None:
+    """Run a queue action for this browser: what it did as a toast (``done``), a refusal right under the run's
+    buttons."""
     try:
         action(info.run_id, root, caller=who)
     except (PermissionError, ValueError, RuntimeError) as exc:
         st.session_state[f"refused_{info.run_id}"] = str(exc)
+        return
+    if done:
+        st.toast(done.format(label=plain(info.label)), icon=":material/check_circle:")
+
+
+def stop(info: runs.RunInfo) -> None:
+    """Stop, saying at once what happens next (a running run checkpoints at its next step, which takes a moment)."""
+    act(jobs.stop, info, "Stopping {label}: it saves a checkpoint at its next step, then stops.")
+    st.session_state[f"stopping_{info.run_id}"] = True
+
+
+def rename(info: runs.RunInfo) -> None:
+    """The rename form's action; the run stays chosen in 'Manage a run' under its new name."""
+    act(lambda rid, r, caller: jobs.rename(rid, st.session_state[f"label_{info.run_id}"], r, caller=caller), info,
+        "Renamed: {label} is now " + plain(st.session_state[f"label_{info.run_id}"]))
+    st.session_state.manage_run = info.run_id
+
+
+def outcome(info: runs.RunInfo) -> str:
+    """A finished run's result in one line: test top-1 at its selected epoch (and validation's)."""
+    row = runs.selected_row(runs.read_metrics(info.path))
+    if row is None:
+        return ""
+    val = f" · val {row['val_top1']:.1f}%" if row.get("val_top1") is not None else ""
+    return f"test top-1 {row['test_top1']:.1f}%{val} (epoch {row['epoch']})"
 
 
 def run_card(info: runs.RunInfo) -> None:
@@ -248,12 +275,17 @@ def run_card(info: runs.RunInfo) -> None:
         where = f" · {info.status['slot']}" if info.status.get("slot") and info.active else ""
         owner = " · yours" if info.owner is not None and info.owner == who.owner else ""
         head.markdown(f"**{plain(info.label)}**  \n`{info.run_id}` · {info.state}{plain(where)}{owner}")
-        bar.progress(prog.fraction, text=prog.text)
+        stopping = info.active and st.session_state.get(f"stopping_{info.run_id}")
+        bar.progress(prog.fraction, text="stopping: saving a checkpoint at the next step" if stopping else prog.text)
         ips = info.status.get("images_per_second")
         if ips and info.active:
             bar.caption(f"{ips:.0f} images/s")
+        if info.state == "finished":
+            bar.caption(outcome(info))
+        if not info.active:
+            st.session_state.pop(f"stopping_{info.run_id}", None)
         if mine and (info.active or info.state == "queued"):
-            buttons.button("Stop", key=f"stop_{info.run_id}", on_click=act, args=(jobs.stop, info))
+            buttons.button("Stop", key=f"stop_{info.run_id}", on_click=stop, args=(info,), disabled=bool(stopping))
         elif mine and jobs.resumable(info):
             buttons.button("Resume", key=f"resume_{info.run_id}", on_click=act, args=(jobs.resume, info))
         refused = st.session_state.pop(f"refused_{info.run_id}", None)
@@ -281,12 +313,11 @@ def manage(infos: list[runs.RunInfo]) -> None:
         cols[2].caption("Only its owner or the teacher can rename or delete this run.")
         return
     with cols[2].form(f"rename_{chosen}", border=False):
-        label = st.text_input("New name", value=info.label, max_chars=80, key=f"label_{chosen}")
-        if st.form_submit_button("Rename"):
-            act(lambda rid, r, caller: jobs.rename(rid, label, r, caller=caller), info)
+        st.text_input("New name", value=info.label, max_chars=80, key=f"label_{chosen}")
+        st.form_submit_button("Rename", on_click=rename, args=(info,))
     confirm = cols[3].checkbox("Yes, delete it", key="confirm_delete")
     if cols[3].button("Delete run", disabled=not confirm, key="delete_run"):
-        act(jobs.delete, info)
+        act(jobs.delete, info, "Deleted {label}")
         st.session_state.pop("confirm_delete", None)
         if f"refused_{chosen}" not in st.session_state:
             st.rerun(scope="fragment")
@@ -330,17 +361,18 @@ def live_runs() -> None:
     for info in reversed(infos):
         run_card(info)
     labels = [i.label for i in infos]
-    with_metrics = [(i.label + (f" ({i.run_id[-4:]})" if labels.count(i.label) > 1 else ""), runs.read_metrics(i.path))
-                    for i in infos]
-    with_metrics = [(label, rows) for label, rows in with_metrics if rows]
-    if with_metrics:
+    curves = [(i.label + (f" ({i.run_id[-4:]})" if labels.count(i.label) > 1 else ""),
+               runs.read_metrics(i.path) + runs.read_live(i.path)) for i in infos]
+    curves = [(label, rows) for label, rows in curves if rows]
+    if curves:
         left, right = st.columns(2)
-        chart(training_curves(with_metrics, "top1"), "curve_top1", left,
-              note="Top-1 per epoch of every run: solid train, dashed validation, dotted test. Look for the gap "
-                   "between train and validation: a growing gap is over-fitting.")
-        chart(training_curves(with_metrics, "loss"), "curve_loss", right,
-              note="Cross-entropy per epoch, same line styles. Falling means learning; a validation loss that "
-                   "turns up while train loss falls is over-fitting.")
+        chart(training_curves(curves, "top1"), "curve_top1", left,
+              note="Top-1 of every run: solid train, dashed validation, dotted test; points within the first epochs "
+                   "appear every few steps. Look for the gap between train and validation: a growing gap is "
+                   "over-fitting.")
+        chart(training_curves(curves, "loss"), "curve_loss", right,
+              note="Cross-entropy, same line styles. Falling means learning; the first steps are noisy. A validation "
+                   "loss that keeps rising for epochs while train loss falls is over-fitting.")
     manage(infos)
     if who.teacher and not readonly():
         bulk_delete(infos)

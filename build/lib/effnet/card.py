@@ -234,9 +234,9 @@ def official_vs_formula(spec: ScalingSpec) -> list[dict[str, object]]:
         except ValueError as exc:
             rows.append({"variant": s.name, "note": str(exc)})
             continue
-        rows.append({"variant": s.name, "width (released)": s.width_mult,
-                     "width (formula)": round(formula.width_mult, 2), "depth (released)": s.depth_mult,
-                     "depth (formula)": round(formula.depth_mult, 2), "resolution (released)": s.resolution,
-                     "resolution (formula)": formula.resolution,
-                     "MACs released/formula": round(card.macs / formula_macs, 2)})
+        # Released and formula side by side in one cell each: five columns fit a projector's width.
+        rows.append({"variant": s.name, "width: released / formula": f"{s.width_mult:g} / {formula.width_mult:.2f}",
+                     "depth: released / formula": f"{s.depth_mult:g} / {formula.depth_mult:.2f}",
+                     "resolution: released / formula": f"{s.resolution} / {formula.resolution} px",
+                     "MACs released ÷ formula": round(card.macs / formula_macs, 2)})
     return rows

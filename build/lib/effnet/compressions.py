@@ -18,6 +18,8 @@ from typing import Any
 from effnet import access, files, locks, runs, schemas
 
 COMPRESS = "compress.json"
+# A variant that loses more test top-1 than this against fp32 is called out on the page, with what to try.
+LOSS_WARN_POINTS = 3.0
 FOLDER = "compressed"  # the app's compressions: <run>/compressed/<time>/ (compress.json, status.json, log, .onnx)
 STARTUP_S = 60  # a started compression that has not reported its pid yet (importing torch) within this is gone
 
@@ -148,6 +150,12 @@ def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[f
                         "--time-budget", str(budget_s), *(["--int8"] if int8 else [])], out / runs.LOG,
                        {locks.DEVICE_LOCK_ENV: os.pathsep.join(str(p) for p in cpu_locks(root))})
     return out
+
+
+def losing(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The variants of a compression that lost more than ``LOSS_WARN_POINTS`` of test top-1 against fp32."""
+    rows = result["variants"]
+    return [r for r in rows[1:] if rows[0]["test_top1"] - r["test_top1"] > LOSS_WARN_POINTS]
 
 
 def load_result(out: Path) -> dict[str, Any] | None:

@@ -28,8 +28,9 @@ PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA = 1.2, 1.1, 1.15
 # The constraint's target (FLOPs double per unit of phi) and how far from it a spec may stray before
 # the lab warns that FLOPs no longer grow by about 2x per step of phi.
 CONSTRAINT_TARGET, CONSTRAINT_TOLERANCE = 2.0, 0.2
-# What the lab offers for alpha, beta, gamma: below 1 a dimension would shrink as phi grows.
-COEFFICIENT_RANGE = (0.5, 3.0)
+# What the lab accepts for alpha, beta, gamma: the paper's alpha, beta, gamma >= 1 (below 1 a dimension would shrink
+# as phi grows), and at most 3 (alpha * beta^2 * gamma^2 = 2 keeps all three far below).
+COEFFICIENT_RANGE = (1.0, 3.0)
 
 PHI_RANGE = (-4.0, 10.0)
 MIN_RESOLUTION = 16
@@ -411,9 +412,11 @@ def _validate(spec: ScalingSpec) -> None:
     Whether the model is small enough to build is the model card's question (``effnet.card``):
     it needs the per-layer counts, and this module stays below the card.
     """
+    low, high = COEFFICIENT_RANGE
     for name in ("alpha", "beta", "gamma"):
-        if _finite_number(name, getattr(spec, name)) <= 0:
-            raise ValueError(f"{name}: must be positive, got {getattr(spec, name)!r}")
+        if not low <= _finite_number(name, getattr(spec, name)) <= high:
+            raise ValueError(f"{name}: must be in [{low:g}, {high:g}] (the paper's α, β, γ ≥ 1: below 1 a dimension "
+                             f"would shrink as φ grows), got {getattr(spec, name)!r}")
     phi = _finite_number("phi", spec.phi)
     if not PHI_RANGE[0] <= phi <= PHI_RANGE[1]:
         raise ValueError(f"phi: must be within [{PHI_RANGE[0]:g}, {PHI_RANGE[1]:g}], got {phi:g}")
