@@ -384,13 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("path", help="a run folder, or a study folder (with study.json)")
     out.add_argument("bundle", help="the zip to write")
     out.add_argument("--checkpoints", help="where a study's runs are (default: $EFFNET_CHECKPOINTS or ./checkpoints)")
+    out.add_argument("--resumable", action="store_true",
+                     help="also carry last.pt (the optimizer state: about 3x the size), so the runs can train on")
     into = verbs.add_parser("import", help="add a bundle's runs (and study) to this install")
     into.add_argument("bundle")
     into.add_argument("--checkpoints", help="default: $EFFNET_CHECKPOINTS or ./checkpoints")
     args = p.parse_args(argv)
     try:
         if args.verb == "export":
-            print(export(args.path, args.bundle, args.checkpoints))
+            print(export(args.path, args.bundle, args.checkpoints, resumable=args.resumable))
             return 0
         done = import_bundle(args.bundle, args.checkpoints)
     except (BundleError, OSError) as exc:

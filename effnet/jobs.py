@@ -31,26 +31,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from effnet import access, checkpoint, files, locks, runs
+from effnet import access, checkpoint, files, locks, runs, slurm
 from effnet.access import MAX_QUEUED_ENV, Caller, max_queued, readonly
 from effnet.card import model_card
 from effnet.config import TrainConfig
 from effnet.devices import DEVICES_ENV, check_memory, device_lock, device_slots, slot_device
 from effnet.humanize import slug
-from effnet.locks import DEVICE_LOCK_ENV
+from effnet.locks import DEVICE_LOCK_ENV, QUEUE_LOCK, RUNNER_LOCK
 from effnet.measure import MAX_CPU_EPOCH_S, cpu_seconds
 from effnet.processes import PROJECT, is_process_of, spawn_detached
 from effnet.runs import ACTIVE, RunInfo, checkpoints_dir, list_runs, run_path
 from effnet.schemas import clean_label
 
-QUEUE_LOCK, RUNNER_LOCK = ".queue.lock", ".runner.lock"
 POLL_S = 0.5
 
 
 # ----------------------------------------------------------------------------- checks before queueing
 def check_fits(config: TrainConfig) -> None:
     """Refuse a run that cannot work on its device: training memory over what it has (``devices.check_memory``),
-    or, on a CPU, an epoch that would take more than a day (φ=10 on two cores: months)."""
+    or, on a CPU, an epoch that would take more than a day (φ=10 on two cores: months). Runs for a Slurm cluster
+    are not measured against this machine (its nodes' devices are the cluster's)."""
+    if slurm.backend() == "slurm":
+        return
     device = config.device if config.device != "auto" else slot_device(device_slots()[0])
     check_memory(model_card(config.spec), config.batch_size, device)
     _check_cpu_time(config)
@@ -125,6 +127,9 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
 
         config = config.replace(data_dir=str(Path(config.data_dir or data_dir()).resolve()))
         pinned.append(config)
+    on_slurm = slurm.backend() == "slurm"
+    if on_slurm and (why := slurm.reachable()) is not None:
+        raise slurm.SlurmError(why)  # said where Start was pressed; nothing is written
     ids = []
     with locks.exclusive(root / QUEUE_LOCK):
         _check_quota(root, caller, len(pinned))
@@ -138,7 +143,14 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
                                                  "resume": False, "distributed": distributed})
             files.write_json(run_dir / runs.STATUS, {"state": "queued", "generation": 1})
             ids.append(run_id)
-    if start_runner:
+    if on_slurm:
+        try:
+            slurm.submit([root / i for i in ids], root, distributed)
+        except slurm.SlurmError:
+            for run_id in ids:  # all or none
+                shutil.rmtree(root / run_id, ignore_errors=True)
+            raise
+    elif start_runner:
         ensure_runner(root)
     return ids
 
@@ -161,7 +173,12 @@ def resume(run_id: str, root: str | os.PathLike | None = None, caller: Caller | 
                                              "generation": generation})
         files.write_json(run_dir / runs.STATUS, {**info.status, "state": "queued", "error": None,
                                                 "generation": generation})
-    ensure_runner(root)
+    if info.status.get("slurm_job_id") or slurm.backend() == "slurm":
+        job = files.load_json(run_dir / runs.JOB) or {}
+        files.write_json(run_dir / runs.JOB, {k: v for k, v in job.items() if k != "stop_requested"})
+        slurm.submit([run_dir], root, bool(job.get("distributed")))  # a new job continues from the checkpoint
+    else:
+        ensure_runner(root)
 
 
 def resumable(info: RunInfo) -> bool:
@@ -178,6 +195,10 @@ def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | No
     with locks.exclusive(root / QUEUE_LOCK):
         info = runs.read_run(run_dir)
         access.check(caller, info, "stop")
+        if info.status.get("slurm_job_id") and (info.active or info.state == "queued"):
+            job = files.load_json(run_dir / runs.JOB) or {}
+            files.write_json(run_dir / runs.JOB, {**job, "stop_requested": time.time()})  # not a requeue
+            return slurm.stop(info)
         if info.state == "queued":
             files.write_json(run_dir / runs.STATUS, {**info.status, "state": "stopped"})
             return "stopped"
@@ -254,7 +275,11 @@ def heal(root: str | os.PathLike | None = None, infos: list[RunInfo] | None = No
     """Start a runner when queued runs wait and none is alive; True if one was started."""
     root = checkpoints_dir(root).resolve()
     infos = list_runs(root) if infos is None else infos
-    if not any(i.state == "queued" for i in infos) or locks.is_held(root / RUNNER_LOCK):
+    if any(i.status.get("slurm_job_id") and (i.active or i.state in ("queued", "stopped")) for i in infos):
+        slurm.sync(root)  # the pages show Slurm's news at once; the watcher records it when nobody looks
+        slurm.ensure_watcher(root)
+    if not any(i.state == "queued" and not i.status.get("slurm_job_id") for i in infos) \
+            or locks.is_held(root / RUNNER_LOCK):
         return False
     ensure_runner(root)
     return True
@@ -318,7 +343,8 @@ def _start_next(root: Path, running: list[_Started]) -> _Started | None:
         taken = {s for r in running for s in r.slots}
         slots = device_slots()
         free = [s for s in slots if s not in taken]
-        queued = [r for r in list_runs(root) if r.state == "queued" and _placeable(r, slots)]
+        queued = [r for r in list_runs(root) if r.state == "queued" and not r.status.get("slurm_job_id")
+                  and _placeable(r, slots)]
         picked = _pick(queued, free, slots)
         if picked is None:
             return None
@@ -382,7 +408,7 @@ def run_queue(root: Path) -> None:
             _drain(root)
         # A job submitted while we were deciding to leave found the lock taken; look once more.
         with locks.exclusive(root / QUEUE_LOCK):
-            if not any(r.state == "queued" for r in list_runs(root)):
+            if not any(r.state == "queued" and not r.status.get("slurm_job_id") for r in list_runs(root)):
                 return
 
 
@@ -402,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         print("(queued runs had no runner: started one)", file=sys.stderr)
     for r in infos:
         state = r.error if r.damaged else r.state
-        print(f"{r.run_id:<48} {state:<10} {r.label}")
+        where = slurm.detail(r.status) if r.active or r.state in ("queued", "failed") else None
+        print(f"{r.run_id:<48} {state:<10} {r.label}" + (f"  [{where}]" if where else ""))
     return 0
 
 

@@ -375,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         study = _start(args)
     except ValueError as exc:
         p.error(str(exc))
+    except RuntimeError as exc:  # the Slurm backend could not submit (not installed, controller down)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"queued {len(study['runs'])} runs; study: {Path(args.out) / STUDY}")
     for row in study["runs"]:
         print(row["run"])

@@ -180,8 +180,11 @@ class Status:
         self.enabled = enabled
         self.lock = threading.Lock()
         # The queue's generation stays: it tells the runner this status belongs to the run it started.
-        kept = {k: v for k, v in (files.read_json(self.path) or {}).items() if k in ("generation", "slot")}
+        kept = {k: v for k, v in (files.read_json(self.path) or {}).items()
+                if k in ("generation", "slot", "slurm_job_id", "slurm_batch")}
         self.fields: dict[str, Any] = {**kept, "state": "starting", "pid": os.getpid(), "started": time.time()}
+        if os.environ.get("SLURM_JOB_ID"):  # a Slurm job: where it runs, for the pages (its pid is the node's)
+            self.fields |= {"slurm_state": "RUNNING", "node": os.environ.get("SLURMD_NODENAME", "?")}
         self.last_write = 0.0
         self._stop = threading.Event()
         if enabled:
@@ -321,23 +324,25 @@ class Live:
 
     Every ~1/``POINTS`` of an epoch: the running training loss and top-1 over the steps since the last point.
     Runs of ``EARLY_EPOCHS`` epochs or fewer (class demos) also evaluate a validation slice of ``EARLY_IMAGES``
-    every quarter epoch, on a measured copy of the model (``Run.measured_model``): the training state is not
-    touched, so a resumed run replays bit for bit. The points are kept in the checkpoint, so after a resume the
-    file holds each of them once.
+    every quarter of their first epoch, when the class is waiting for a first sign of learning (later epochs
+    have their full evaluation at the end), on a measured copy of the model (``Run.measured_model``): the
+    training state is not touched, so a resumed run replays bit for bit. The points are kept in the
+    checkpoint, so after a resume the file holds each of them once.
     """
 
-    POINTS, EARLY_EPOCHS, EARLY_IMAGES = 20, 5, 256
+    POINTS, EARLY_EPOCHS, EARLY_IMAGES, EARLY_STEPS = 20, 5, 128, 20  # 128 images: a slice, for the first points
 
     def __init__(self, run: Run, rows: list[dict[str, Any]] | None = None) -> None:
         self.rows = list(rows or [])
         self.window = run._zero_acc()
         self.every = max(1, run.steps // self.POINTS)
-        early = run.config.epochs <= self.EARLY_EPOCHS and len(run.data.val) > 0 and run.steps >= 8
+        # An epoch of fewer than EARLY_STEPS steps is over in moments: its end-of-epoch evaluation is early enough.
+        early = run.config.epochs <= self.EARLY_EPOCHS and len(run.data.val) > 0 and run.steps >= self.EARLY_STEPS
         self.quarters = {round(k * run.steps / 4) for k in (1, 2, 3)} if early else set()
         self.last_write = 0.0
 
     def after_step(self, run: Run) -> None:
-        if run.step % self.every and run.step not in self.quarters:
+        if run.step % self.every and (run.step not in self.quarters or run.epoch > 0):
             return
         seen = int(self.window["seen"].item())  # one host sync per point, not per step
         if seen:
@@ -348,7 +353,7 @@ class Live:
             self.rows.append({"epoch": run.epoch + 1, "step": run.step, "steps": run.steps, "train_loss": loss,
                               "train_top1": 100 * self.window["correct"].item() / seen})
             self.window = run._zero_acc()
-        if run.step in self.quarters and run.main:
+        if run.step in self.quarters and run.epoch == 0 and run.main:
             run.status.update(phase="evaluating a validation slice")
             measured = run.measured_model(self.EARLY_IMAGES)
             val = evaluate(measured, run.data.val.take(torch.arange(min(self.EARLY_IMAGES, len(run.data.val)))),
@@ -577,6 +582,16 @@ def _open(config: TrainConfig, out: Path, resume: bool) -> tuple[TrainConfig, di
     return config, checkpoint
 
 
+def distributed_env() -> tuple[int, int, int]:
+    """(world size, rank, local rank) of this process: torchrun's variables, else Slurm's (``srun`` starting one task
+    per GPU, ``effnet.slurm``'s script exporting MASTER_ADDR and MASTER_PORT), else a single process."""
+    env = os.environ
+    if "WORLD_SIZE" not in env and int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        env["WORLD_SIZE"], env["RANK"] = env["SLURM_NTASKS"], env["SLURM_PROCID"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    return int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
+
+
 def _failure(exc: BaseException) -> dict[str, Any]:
     """The status fields of a failed run; a full disk says so (and that the last checkpoint is kept)."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -605,8 +620,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> list[dict[str
             files.write_status(out / runs.STATUS, {**(files.read_json(out / runs.STATUS) or {}), "state": "failed",
                                                    **_failure(exc)})
         raise
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local_rank = distributed_env()
     device = pick_device(config.device, local_rank)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -656,7 +670,7 @@ def _loop(run: Run, checkpoint: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     config, out, resume = parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = distributed_env()[1]
     try:
         train(config, out, resume)
     except (DataError, ValueError, CheckpointError) as exc:

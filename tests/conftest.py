@@ -252,6 +252,20 @@ def finished_runs(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> 
     return built_once(tmp_path_factory, "finished", build)
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real one-node Slurm cluster (tests/slurm_cluster.py), started for the session and stopped after it."""
+    import slurm_cluster as cluster
+
+    why = cluster.available()
+    if why is not None:
+        pytest.skip(why)
+    folder = tmp_path_factory.mktemp("slurm")
+    env = cluster.start_cluster(folder)
+    yield env
+    cluster.stop_cluster(folder)
+
+
 STUDY_TRAIN = ["--epochs", "1", "--batch-size", "32", "--subset", "96", "--val-size", "64", "--eval-subset", "64",
                "--device", "cpu", "--lr", "0.05"]
 

@@ -187,14 +187,14 @@ def shown(images: int, models: int) -> int:
 
 def test_cam_page_gives_one_overlay_per_selected_run_and_refuses_garbage(with_runs):
     at = open_page(PAGES[3])
-    assert len(at.multiselect(key="cam_runs").value) == 2
+    assert len(at.pills(key="cam_runs").value) == 2
     at.file_uploader(key="cam_upload").set_value([("photo.png", png(), "image/png"),
                                                   ("notes.png", b"not an image at all", "image/png")]).run()
     assert not at.exception, at.exception
     assert len(at.get("image")) == shown(images=1, models=2)
     assert any("notes.png is not an image" in e.value for e in at.error)
     assert any(m.value.startswith("1. ") for m in at.markdown)  # top-5 lists
-    at.multiselect(key="cam_runs").set_value(at.multiselect(key="cam_runs").value[:1]).run()
+    at.pills(key="cam_runs").set_value(at.pills(key="cam_runs").value[:1]).run()
     assert len(at.get("image")) == shown(images=1, models=1)
     at.text_input(key="cam_cifar").set_value("0, 5").run()
     assert len(at.get("image")) == shown(images=3, models=1) and not at.exception

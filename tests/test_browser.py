@@ -314,7 +314,7 @@ def test_manage_a_run_follows_the_run_without_a_reload(browser, own_server):
     page.keyboard.type(run_id[-12:])  # the selectbox filters its options as one types
     page.keyboard.press("Enter")
     settle(page, 1)
-    page.get_by_role("button", name="Download best.pt").wait_for(timeout=240_000)  # no reload: the view followed
+    page.get_by_role("link", name="Download best.pt").wait_for(timeout=ms(240))  # no reload: the view followed
     assert page.get_by_text("No best.pt yet").count() == 0
     assert_no_exception(page)
     page.screenshot(path=str(ARTIFACTS / "manage-follows-1280.png"))

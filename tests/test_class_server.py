@@ -20,6 +20,7 @@ from conftest import PROJECT, open_app, python_env, read_status, serve_app_from,
 
 from effnet import ScalingSpec, checkpoint, files, jobs, locks, results, runs
 from effnet.access import Caller
+from views.widgets import plain
 
 # Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
 pytestmark = pytest.mark.slow
@@ -61,6 +62,7 @@ def test_stop_never_signals_a_process_named_by_a_hostile_status_file(sandbox):
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         run_dir = sandbox / "copied-in"
+        run_dir.mkdir()
         files.write_json(run_dir / runs.STATUS, {"state": "running", "pid": bystander.pid, "heartbeat": time.time()})
         files.write_json(run_dir / runs.JOB, {"config": tiny_config(sandbox).to_dict(), "queued_at": 1})
         assert jobs.stop("copied-in", sandbox) == "running"
@@ -192,7 +194,7 @@ def test_results_page_shows_why_runs_are_left_out(sandbox, finished_runs, monkey
     serve_app_from(monkeypatch, sandbox, cifar_dir)
     at = open_app("views/results.py")
     assert not at.exception, at.exception
-    assert any("broken" in m.value and "damaged: status.json" in m.value for m in at.markdown)
+    assert any("broken" in m.value and plain("damaged: status.json") in m.value for m in at.markdown)
     at.switch_page("views/train.py").run()
     assert not at.exception, at.exception
     assert any("damaged: status.json" in e.value for e in at.error)
@@ -357,6 +359,7 @@ def test_two_device_slots_train_two_runs_at_once_and_a_distributed_run_uses_both
 def test_a_run_for_a_device_the_server_lacks_fails_saying_so_instead_of_waiting(sandbox, cifar_dir, monkeypatch):
     monkeypatch.setenv("EFFNET_DEVICES", "cpu#0")
     run_dir = sandbox / "wants-gpu-7"
+    run_dir.mkdir()
     config = tiny_config(cifar_dir).replace(device="cuda:7")  # queued on another server, copied in
     files.write_json(run_dir / runs.JOB, {"config": config.to_dict(), "queued_at": 1, "generation": 1})
     files.write_json(run_dir / runs.STATUS, {"state": "queued", "generation": 1})

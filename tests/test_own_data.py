@@ -139,15 +139,16 @@ def zipped(members: dict[str, bytes]) -> bytes:
 def test_a_zip_of_class_folders_unpacks_and_hostile_zips_leave_nothing(tmp_path, digits):
     members = {f"digits/{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(digits.glob("digit-[01]/*.png"))[:40]}
     members |= {f"digits/digit-1/{p.name}": p.read_bytes() for p in sorted(digits.glob("digit-1/*.png"))[:5]}
-    root = unpack_zip(zipped(members), tmp_path / "upload")
-    assert sorted(p.name for p in root.iterdir()) == ["digit-0", "digit-1"]
+    added = unpack_zip(zipped(members), tmp_path / "data", "upload")  # one top folder: unwrapped
+    assert sorted(p.name for p in added.folder.iterdir() if not p.name.startswith(".")) == ["digit-0", "digit-1"]
     for hostile, why in ((members | {"../escape.png": b"x"}, "outside"), ({"/abs.png": b"x"}, "outside"),
                          ({"just-one/a.png": members[next(iter(members))]}, "class folder"),
                          (b"not a zip at all", "not a zip")):
-        target = tmp_path / "hostile"
         with pytest.raises(DataError, match=why):
-            unpack_zip(hostile if isinstance(hostile, bytes) else zipped(hostile), target)
-        assert not target.exists() and not (tmp_path / "escape.png").exists()
+            unpack_zip(hostile if isinstance(hostile, bytes) else zipped(hostile), tmp_path / "data", "hostile")
+        own = tmp_path / "data" / "own"
+        assert not (own / "hostile").exists() and not (tmp_path / "escape.png").exists()
+        assert not [p for p in own.iterdir() if p.name.startswith(".staging-") and p.is_dir()]
 
 
 def test_init_from_copies_the_backbone_and_makes_a_new_classifier(digits_run):
@@ -212,7 +213,7 @@ def test_the_app_trains_on_an_added_dataset_and_compresses_the_run(tmp_path, mon
     finished in the background, trade-off table shown. (Unpacking the uploaded zip is tested above.)"""
     data, root = tmp_path / "data", tmp_path / "checkpoints"
     members = {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(digits.glob("digit-*/*.png"))}
-    unpack_zip(zipped(members), data / "own" / "digits")
+    unpack_zip(zipped(members), data, "digits")
     serve_app_from(monkeypatch, root, data)
     at = open_app("views/train.py", timeout=180)
     at.button(key="preset_quick").click().run()

@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 from effnet import bundle, runs, study
 from effnet.card import model_card
 from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, ScalingSpec
+from views.widgets import plain
 
 # Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
 pytestmark = pytest.mark.slow
@@ -135,7 +136,10 @@ def test_a_run_travels_bitwise_through_a_bundle(methods_study, tmp_path):
     root, out = methods_study
     run_dir = study.load(out, root).runs[0].info.path
     zipped = tmp_path / "run.zip"
-    assert cli("effnet.runs", "export", str(run_dir), str(zipped)).returncode == 0
+    assert cli("effnet.runs", "export", str(run_dir), str(zipped), "--resumable").returncode == 0
+    light = tmp_path / "light.zip"
+    assert cli("effnet.bundle", "export", str(run_dir), str(light)).returncode == 0
+    assert light.stat().st_size < 0.6 * zipped.stat().st_size  # by default no last.pt (optimizer state) travels
     elsewhere = tmp_path / "other"
     done = cli("effnet.runs", "import", str(zipped), "--checkpoints", str(elsewhere))
     assert done.returncode == 0, done.stderr
@@ -287,7 +291,7 @@ def test_study_page_shows_the_comparison_and_the_methods_cams(monkeypatch, metho
     table = at.dataframe[0].value
     assert list(table["method"]) == ["compound", "depth only", "width only", "resolution only"]
     assert len(at.get("plotly_chart")) == 1
-    assert any(m.value.startswith("#### test #0") for m in at.markdown)  # a CAM strip per chosen image
+    assert any(m.value.startswith(f"#### {plain('test #0')}") for m in at.markdown)  # a CAM strip per chosen image
     captions = [c.value for c in at.caption]
     assert any("Test top-1" in c and "one line per method" in c for c in captions)
 

@@ -97,7 +97,7 @@ def start_form() -> None:
             out = study.new_study_dir(root, "grid")
             made = study.queue_grid(config, out, step=float(step), tolerance=float(tolerance),
                                     max_points=int(points), ranges=ranges, root=root, caller=who)
-    except (ValueError, TypeError, PermissionError) as exc:
+    except (ValueError, TypeError, PermissionError, RuntimeError) as exc:  # RuntimeError: Slurm not answering
         refused(exc, feedback)
         return
     st.session_state.s_open = out.name

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from effnet import OFFICIAL, ScalingSpec, jobs, runs
+from effnet import OFFICIAL, ScalingSpec, jobs, runs, slurm
 from effnet.access import limits, nickname, readonly
 from effnet.charts import training_curves
 from effnet.config import AUGMENTATIONS, CIFAR_VAL_SIZE, QUICK_DEMO, SCHEDULES, TrainConfig, normalization_for
@@ -49,7 +49,18 @@ has_gpu = slots[0].startswith("cuda")
 st.title("Train")
 
 warn_if_no_cifar()
-if has_gpu:
+if slurm.backend() == "slurm":
+    cluster = slurm.settings()
+    down = slurm.reachable()
+    if down:
+        st.warning(f"**Runs go to a Slurm cluster, and Slurm is not answering now:** {plain(down)} Nothing can be "
+                   "started until it does; everything else on these pages works.")
+    else:
+        st.info(f"**Runs train on the Slurm cluster** (partition {plain(cluster.partition or 'default')}, "
+                f"{cluster.gpus} GPU(s) and {cluster.cpus} CPUs per run"
+                + (f", {cluster.minutes} min per job, requeued before the limit" if cluster.minutes else "")
+                + "): each run is one Slurm job; its state and reason show on its card.")
+elif has_gpu:
     st.success("A CUDA GPU is available: runs use it (bf16, channels_last, data and augmentation on the GPU).")
 else:
     st.info("**No GPU here: training runs on the CPU, which is slow.** B0 trains at roughly 30-50 images/s on two "
@@ -224,7 +235,7 @@ if start:
         # All or none: every run is checked (settings, memory, disk) before the first is queued.
         started = jobs.submit_many(fitted([config_for(spec) for spec in specs]), root, caller=who,
                                    distributed=bool(st.session_state.get("t_distributed")))
-    except (ValueError, TypeError, PermissionError) as exc:
+    except (ValueError, TypeError, PermissionError, slurm.SlurmError) as exc:
         refused(exc, feedback)
     else:
         at_once = "one at a time" if len(slots) == 1 else f"up to {len(slots)} at once, one per device"
@@ -273,6 +284,9 @@ def run_card(info: runs.RunInfo) -> None:
     with st.container(border=True):
         head, bar, buttons = st.columns([2, 4, 2], vertical_alignment="center")
         where = f" · {info.status['slot']}" if info.status.get("slot") and info.active else ""
+        on_cluster = slurm.detail(info.status)
+        if on_cluster and (info.active or info.state == "queued" or info.state == "failed"):
+            where = f" · {on_cluster}"
         owner = " · yours" if info.owner is not None and info.owner == who.owner else ""
         head.markdown(f"**{plain(info.label)}**  \n`{info.run_id}` · {info.state}{plain(where)}{owner}")
         stopping = info.active and st.session_state.get(f"stopping_{info.run_id}")
