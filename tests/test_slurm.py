@@ -5,6 +5,8 @@ Jobs ask for CPUs only (EFFNET_SLURM_GPUS=0: the test node has no GPU), and the 
 
 from __future__ import annotations
 
+import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -117,7 +119,8 @@ def test_a_distributed_run_is_one_job_of_two_tasks(on_slurm, cifar_dir, monkeypa
 def test_slurm_down_or_missing_is_said_where_start_was_pressed_and_nothing_is_written(on_slurm, cifar_dir,
                                                                                       monkeypatch, tmp_path):
     broken = tmp_path / "broken.conf"
-    broken.write_text(open(__import__("os").environ["SLURM_CONF"]).read().replace("SlurmctldPort=", "SlurmctldPort=1"))
+    conf = pathlib.Path(os.environ["SLURM_CONF"]).read_text()
+    broken.write_text(conf.replace("SlurmctldPort=", "SlurmctldPort=1"))
     monkeypatch.setenv("SLURM_CONF", str(broken))  # a controller that does not answer
     with pytest.raises(slurm.SlurmError, match="Slurm refused sinfo"):
         jobs.submit(tiny_config(cifar_dir), on_slurm)
