@@ -31,9 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from effnet import access, checkpoint, files, locks, runs, slurm
+from effnet import access, checkpoint, files, locks, runs, slurm, specs
 from effnet.access import MAX_QUEUED_ENV, Caller, max_queued, readonly
-from effnet.card import model_card
 from effnet.config import TrainConfig
 from effnet.devices import DEVICES_ENV, check_memory, device_lock, device_slots, slot_device
 from effnet.humanize import slug
@@ -54,7 +53,7 @@ def check_fits(config: TrainConfig) -> None:
     if slurm.backend() == "slurm":
         return
     device = config.device if config.device != "auto" else slot_device(device_slots()[0])
-    check_memory(model_card(config.spec), config.batch_size, device)
+    check_memory(specs.card(config.spec), config.batch_size, device)
     _check_cpu_time(config)
 
 
@@ -97,7 +96,7 @@ def _check_cpu_time(config: TrainConfig) -> None:
     seconds = cpu_seconds(config.spec, images)
     if seconds > MAX_CPU_EPOCH_S:
         raise ValueError(f"phi: {config.spec.name} would take about {seconds / 3600:,.0f} hours per epoch of "
-                         f"{images:,} images on this CPU (estimated from its {model_card(config.spec).macs / 1e9:.1f} G "
+                         f"{images:,} images on this CPU (estimated from its {specs.card(config.spec).macs / 1e9:.1f} G "
                          "multiply-adds per image); choose a smaller model or fewer images, or train on a GPU server")
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effnet import schemas
+from effnet import schemas, specs
 from effnet.checkpoint import CheckpointError, load_checkpoint
 from effnet.config import TrainConfig
 from effnet.files import Damaged, load_json, loads, read_file, read_tail
@@ -99,15 +99,13 @@ def load_job(run_dir: Path) -> dict[str, Any] | None:
 
 def load_config(run_dir: Path) -> tuple[Any, TrainConfig | None]:
     """(spec, settings) the trainer started with, from ``config.json``; (None, None) when absent."""
-    from effnet.scaling import ScalingSpec
-
     data = load_json(run_dir / CONFIG)
     if data is None:
         return None, None
     try:
         if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
             raise ValueError("spec: missing")
-        spec = ScalingSpec.from_dict(data["spec"])
+        spec = specs.from_dict(data["spec"])
         train = TrainConfig.from_dict(data["train"]) if "train" in data else None
     except (ValueError, TypeError) as exc:
         raise Damaged(f"{CONFIG}: {exc}") from exc
@@ -220,7 +218,6 @@ def load_model(run_dir: Path, checkpoint: Path | None = None) -> tuple[Any, Any]
     plus this function is all anyone needs to use a model.
     """
     from effnet.model import build_model
-    from effnet.scaling import ScalingSpec
 
     path = checkpoint or shown_checkpoint(run_dir)
     if path is None:
@@ -230,7 +227,7 @@ def load_model(run_dir: Path, checkpoint: Path | None = None) -> tuple[Any, Any]
         spec_dict = state.get("spec") or (load_json(run_dir / CONFIG) or {}).get("spec")
         if not isinstance(spec_dict, dict):
             raise CheckpointError(f"{path} does not say which model it holds (no spec)")
-        spec = ScalingSpec.from_dict(spec_dict)
+        spec = specs.from_dict(spec_dict)
         model = build_model(spec)
     except (Damaged, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: its spec cannot be used ({exc})") from exc

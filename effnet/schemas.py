@@ -200,7 +200,7 @@ class Manifest(Strict):
     """bundle.json: what a bundle says it holds."""
 
     format: Literal[1]
-    kind: Literal["run", "study"]
+    kind: Literal["run", "runs", "study"]
     runs: Annotated[list[str], Field(min_length=1)]
     study: StudyFile | None = None
 

@@ -144,6 +144,14 @@ def queue(kind: str, configs: list[TrainConfig], fields: list[dict[str, Any]], o
         raise ValueError(f"out: {out} already holds a study; choose a new folder")
     root = runs.checkpoints_dir(root).resolve()
     ids = jobs.submit_many(configs, root, labels, caller)
+    return record(kind, configs, ids, fields, out, root, **settings)
+
+
+def record(kind: str, configs: list[TrainConfig], ids: list[str], fields: list[dict[str, Any]], out: Path,
+           root: str | os.PathLike | None = None, **settings: Any) -> dict[str, Any]:
+    """Write ``out/study.json`` for runs already queued (``ids``, one per config); returns the study as written."""
+    root = runs.checkpoints_dir(root).resolve()
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [_row(c.spec, root / rid, out, **f) for c, rid, f in zip(configs, ids, fields, strict=True)]
     study = {"kind": kind, "runs": rows, "created_at": time.time(), "settings": settings}

@@ -45,9 +45,9 @@ from effnet.checkpoint import CheckpointError, check_disk, load_checkpoint, save
 from effnet.config import AUGMENTATIONS, DATASETS, PRECISIONS, SCHEDULES, TrainConfig, normalization_for, val_count
 from effnet.data import Cifar100, DataError, Split, data_dir, load_cifar100, split_train_val
 from effnet.evaluate import PRECISE_BN_IMAGES, evaluate, precise_bn
-from effnet.model import EfficientNet, build_model, load_pretrained
-from effnet.scaling import ScalingSpec
+from effnet.model import build_model, head_prefix, load_pretrained
 from effnet.spec_flags import add_spec_arguments, spec_from_args
+from effnet.specs import Spec
 from effnet.step import EMA, lr_at, make_optimizer, step_seed, train_step
 
 # With --config, the file is the whole config; only where to write and where to run may be given beside it.
@@ -93,7 +93,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
 
 
-def config_from_args(args: argparse.Namespace, spec: ScalingSpec) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, spec: Spec) -> TrainConfig:
     """The ``TrainConfig`` of ``add_training_arguments``' flags around ``spec``."""
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("spec", "device")]
     return TrainConfig(spec=spec, device=args.device or "auto", **{n: getattr(args, n) for n in names})
@@ -282,7 +282,7 @@ def load_data(config: TrainConfig, device: torch.device, data: Cifar100 | None =
                 data.test.take(torch.arange(len(data.test))[:n_eval]).to(device), classes)
 
 
-def weights_from_run(spec: ScalingSpec, run_dir: Path) -> EfficientNet:
+def weights_from_run(spec: Spec, run_dir: Path) -> nn.Module:
     """A new model for ``spec`` holding a finished run's weights: every tensor whose name and shape match.
 
     The classifier is new when the class count differs (fine-tuning a CIFAR-100 run on your own classes);
@@ -291,7 +291,7 @@ def weights_from_run(spec: ScalingSpec, run_dir: Path) -> EfficientNet:
     source, source_spec = runs.load_model(run_dir)  # weights_only=True
     model = build_model(spec)
     theirs, ours = source.state_dict(), model.state_dict()
-    head = {k for k in ours if k.startswith("classifier.")}
+    head = {k for k in ours if k.startswith(head_prefix(spec))}
     differ = sorted(k for k in ours if k not in head and (k not in theirs or theirs[k].shape != ours[k].shape))
     if differ or source_spec.normalization != spec.normalization:
         raise ValueError(f"init_from: {run_dir.name} holds {source_spec.name} ({source_spec.resolution} px, "
@@ -305,7 +305,7 @@ def weights_from_run(spec: ScalingSpec, run_dir: Path) -> EfficientNet:
     return model
 
 
-def initial_model(config: TrainConfig, fresh: bool) -> EfficientNet:
+def initial_model(config: TrainConfig, fresh: bool) -> nn.Module:
     """The model a run starts from: ImageNet weights, a finished run's, or random. A resumed run takes every
     weight from its own checkpoint later, so it needs neither (and works offline)."""
     if fresh and config.pretrained:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from effnet import ScalingSpec, build_model
-from effnet.cam import METHODS, explain, overlay, target_layer_index
+from effnet.cam import METHODS, explain, overlay, target_layer
 from effnet.images import decode_image
 from effnet.preprocess import to_model_input
 
@@ -102,8 +102,8 @@ def test_cam_never_changes_a_training_models_mode(object_model):
 
 def test_target_layer_is_never_a_1x1_map():
     paper_at_32 = ScalingSpec.official("b0", geometry="imagenet", base_resolution=32)
-    assert target_layer_index(paper_at_32) == 3  # stage 3 ends at 4x4; later maps are 2x2 and 1x1
-    assert target_layer_index(ScalingSpec.official("b0")) == 8  # the head: 4x4 in the cifar geometry
+    assert target_layer(paper_at_32).module == "features.3"  # stage 3 ends at 4x4; later maps are 2x2 and 1x1
+    assert target_layer(ScalingSpec.official("b0")).module == "features.8"  # the head: 4x4 in the cifar geometry
 
 
 def encoded(img: Image.Image, fmt: str, **kwargs) -> bytes:

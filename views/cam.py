@@ -4,7 +4,17 @@ import numpy as np
 import streamlit as st
 
 from effnet import runs
-from effnet.cam import METHOD_NAMES, METHOD_NOTES, METHODS, colour_bar, default_device, imagenet_model
+from effnet.cam import (
+    LAYER_RULES,
+    METHOD_NAMES,
+    METHOD_NOTES,
+    METHODS,
+    ROAD_NOTE,
+    colour_bar,
+    default_device,
+    imagenet_model,
+    randomised,
+)
 from effnet.data import DataError
 from effnet.images import UPLOAD_TYPES
 from effnet.scaling import OFFICIAL, ScalingSpec
@@ -28,8 +38,16 @@ def cached_imagenet_model(variant: str):
 
 
 st.title("Class activation maps")
-st.caption("Where does each model look? The map is computed on the last feature map of at least 4x4 "
-           "and drawn over the whole image (viridis: bright = strong evidence).")
+st.caption("Where does each model look? The map is computed on a feature map of the model (by default the last "
+           "one of at least 4x4) and drawn over the whole image (viridis: bright = strong evidence).")
+LAYERS = {"last": "last map of at least 4x4 (default)", "finer": "finer: last map of at least 8x8",
+          "finest": "finest: last map of at least 16x16"}
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def cached_randomised(key: str, _model):
+    """The randomised copy of a loaded model (``key`` names which), shared by every session like the model."""
+    return randomised(_model)
 
 usable = [i for i in runs.list_runs() if not i.damaged and runs.shown_checkpoint(i.path) is not None]
 by_id = {i.run_id: i for i in usable}
@@ -44,6 +62,13 @@ with controls:
     method = st.selectbox("Method", list(METHODS), key="cam_method",
                           format_func=lambda m: METHOD_NAMES[m] + (" (slow)" if m == "scorecam" else ""))
     st.caption(METHOD_NOTES[method])
+    layer = st.radio("Layer", list(LAYER_RULES), format_func=LAYERS.get, key="cam_layer", horizontal=True,
+                     help="An earlier stage has a finer map (more cells) but sees less of the image at once.")
+    road = st.toggle("Faithfulness score (ROAD)", value=True, key="cam_road", help=ROAD_NOTE)
+    sanity = st.toggle("Sanity check: add each model with randomised weights", key="cam_sanity",
+                       help="Adebayo et al. (2018): a map that stays the same when the weights are random shows the "
+                            "image's edges, not what the model learned. A faithful method's map should change, and "
+                            "its ROAD score fall to about 0.")
     alpha = st.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha",
                       help="0: the image alone; 1: the map alone. Lower it to see the object under the map.")
     if method == "scorecam":
@@ -59,6 +84,10 @@ for variant in chosen_imagenet:
         models.append((f"{variant} (ImageNet)", model, spec, names))
     except RuntimeError as exc:
         controls.error(f"{variant} ImageNet weights are unavailable here. {exc}")
+
+if sanity:
+    models += [(f"{label} · randomised weights", cached_randomised(f"{label}|{id(model)}", model), spec, names)
+               for label, model, spec, names in list(models)]
 
 with controls:
     # The classes of the first trained run (CIFAR-100's, or the names of your own class folders).
@@ -109,6 +138,8 @@ if len(images) > MAX_CAM_IMAGES:  # one rerun's work stays bounded on a shared s
 
 bar, legend = st.columns([2, 3], vertical_alignment="center")
 bar.image(colour_bar(), width="stretch")
+if road:
+    st.caption(ROAD_NOTE)
 legend.caption("Colour scale of every map: dark purple = no evidence for the explained class, yellow = strongest "
                "evidence. The left image of each row is the original.")
 
@@ -120,4 +151,4 @@ def target_for(spec: ScalingSpec, names: list[str]) -> int | None:
 
 
 for name, raw in images:
-    cam_strip(name, raw, models, method, alpha, target_for)
+    cam_strip(name, raw, models, method, alpha, target_for, layer=layer, road=road)

@@ -4,8 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from effnet import OFFICIAL, ScalingSpec, model_card
-from effnet.card import official_vs_formula, scaling_methods
-from effnet.charts import network_picture, scaling_sweep
+from effnet.card import official_vs_formula, scaling_methods, side_by_side
+from effnet.charts import METHOD_NAMES, network_picture, scaling_sweep
 from effnet.devices import check_memory
 from effnet.humanize import si
 from effnet.scaling import (
@@ -20,6 +20,16 @@ from effnet.scaling import (
     PHI_RANGE,
 )
 from views.widgets import chart, linked_number
+
+
+def differences(frame: pd.DataFrame) -> pd.DataFrame:
+    """The style of the compare table: B's cells that differ from A's, in bold on amber."""
+    style = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    for column in frame.columns:
+        if column.endswith(" B"):
+            a = frame[column.removesuffix(" B") + " A"]
+            style.loc[(frame[column] != a) & a.notna(), column] = "background-color: #ffe08a; font-weight: bold"
+    return style
 
 st.title("Compound scaling explorer")
 st.caption("Every number here is computed analytically from the spec: no model is built, so each move is instant.")
@@ -104,8 +114,9 @@ with st.expander("The formulas", expanded=False):
                 "constraint each step of φ roughly doubles the FLOPs.")
 
 # Lazy tabs: only the open one runs, so a rerun builds one tab's figures, not four tabs' worth.
-stages_tab, curves_tab, methods_tab, speed_tab = st.tabs(
-    ["Stages", "Scaling curves", "Scaling methods", "Speed on this machine"], key="explorer_tab", on_change="rerun")
+stages_tab, compare_tab, curves_tab, methods_tab, speed_tab = st.tabs(
+    ["Stages", "Compare two specs", "Scaling curves", "Scaling methods", "Speed on this machine"],
+    key="explorer_tab", on_change="rerun")
 
 with stages_tab:
     if stages_tab.open:
@@ -120,6 +131,27 @@ with stages_tab:
         st.dataframe(table, hide_index=True, width="stretch",
                      column_config={"params": st.column_config.NumberColumn(format="localized"),
                                     "MACs": st.column_config.NumberColumn(format="localized")})
+
+with compare_tab:
+    if compare_tab.open:
+        cols = st.columns([1, 1, 2])
+        other_variant = cols[0].selectbox("B: variant", [v.upper() for v in OFFICIAL], index=3, key="cmp_variant")
+        other_method = cols[1].selectbox("B: scaled by", list(METHOD_NAMES), format_func=METHOD_NAMES.get,
+                                         index=1, key="cmp_method")
+        other = ScalingSpec.official(other_variant.lower(), **common).with_scaling(other_method)
+        cols[2].markdown(f"**A** = {spec.name} (the spec on the left), **B** = {other_variant} scaled by "
+                         f"{METHOD_NAMES[other_method]}. Cells where B differs from A are highlighted.")
+        try:
+            rows = side_by_side(card, model_card(other))
+        except ValueError as exc:
+            st.error(f"B cannot be built: {exc}")
+        else:
+            frame = pd.DataFrame(rows).set_index("stage")
+            st.dataframe(frame.style.apply(differences, axis=None).format(thousands=",", na_rep=""),
+                         width="stretch", height=390)
+            st.caption("Per stage: input and output side of its feature maps (px), repeats, output channels, "
+                       "params and multiply-adds. Look for where each spec spends its budget: compound grows every "
+                       "column a little, one dimension alone grows one column a lot.")
 
 with curves_tab:
     if curves_tab.open:

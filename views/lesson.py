@@ -5,8 +5,11 @@ import streamlit as st
 
 from effnet import ScalingSpec, model_card, results, runs
 from effnet.card import scaling_methods
+from effnet.charts import imagenet_figure1
 from effnet.humanize import si
 from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
+from effnet.zoo import SOURCE, imagenet_models
+from views.widgets import chart
 
 st.title("Lesson")
 st.caption("Compound scaling in six steps, about 45 minutes. Each step says what to look for and links to the page "
@@ -19,6 +22,9 @@ st.markdown(
     "higher **resolution**. Each helps at first, then saturates: a very deep network is hard to train, a very wide "
     "shallow one misses high-level features, and big images need more layers to see their larger patterns. The "
     "EfficientNet paper's answer: grow all three together, in a fixed balance.")
+chart(imagenet_figure1(imagenet_models()), "figure1",
+      note=f"The paper's Figure 1, redrawn from {SOURCE}. Look for the EfficientNet line sitting above ResNet, "
+           "DenseNet and MobileNet: more ImageNet accuracy for the same number of parameters.")
 
 st.header("2. The rule: one coefficient, three dimensions")
 st.latex(r"d = \alpha^{\phi},\quad w = \beta^{\phi},\quad r = \gamma^{\phi},\qquad "

@@ -4,7 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from effnet import files, results, runs
-from effnet.charts import accuracy_vs_size, confusion_heatmap, training_curves, val_vs_test
+from effnet.charts import accuracy_vs_size, confusion_heatmap, imagenet_figure1, training_curves, val_vs_test
+from effnet.zoo import SOURCE, imagenet_models
 from views.widgets import chart, plain
 
 st.title("Results")
@@ -45,12 +46,16 @@ if no_val:
 
 scored = [(r.label, r.at_selected("test_top1"), r.at_selected("val_top1"), r) for r in found]
 left, right = st.columns(2)
-chart(accuracy_vs_size([(lab, r.params, t) for lab, t, _, r in scored], "params"), "acc_params", left,
-      note="One point per run: test top-1 at its selected epoch (best validation) against parameters (log scale). "
-           "Look for accuracy rising with size, and which run gives the most accuracy per parameter.")
-chart(accuracy_vs_size([(lab, r.macs, t) for lab, t, _, r in scored], "macs"), "acc_macs", right,
+chart(accuracy_vs_size([(lab, r.params, t, r.series) for lab, t, _, r in scored], "params"), "acc_params", left,
+      note="One point per run: test top-1 at its selected epoch (best validation) against parameters (log scale); "
+           "EfficientNets on one line, baselines (ResNet, MobileNetV2, DenseNet) as diamonds. Look for accuracy "
+           "rising with size, and which run gives the most accuracy per parameter.")
+chart(accuracy_vs_size([(lab, r.macs, t, r.series) for lab, t, _, r in scored], "macs"), "acc_macs", right,
       note="The same against multiply-adds per image (the paper's FLOPs). Look for the runs that buy their "
            "accuracy with the fewest FLOPs.")
+chart(imagenet_figure1(imagenet_models()), "figure1",
+      note=f"For comparison, the paper's Figure 1 on ImageNet, redrawn from {SOURCE}: the same shape your runs "
+           "above should show, EfficientNet's line above the conventional networks'.")
 pairs = [(lab, v, t) for lab, t, v, _ in scored if v is not None]
 left, right = st.columns(2)
 chart(val_vs_test(pairs, results.pearson([p[1] for p in pairs], [p[2] for p in pairs])), "val_test", left,

@@ -158,7 +158,7 @@ def scale_with(alpha: float, beta: float, gamma: float, phi: float, page: str) -
     no official variant beside it), then open ``page``."""
     state = st.session_state
     state.update(mode="Custom φ, α, β, γ", phi=phi, alpha=alpha, beta=beta, gamma=gamma, t_custom=True,
-                 t_variants=[], t_c_phi=phi, t_c_alpha=alpha, t_c_beta=beta, t_c_gamma=gamma)
+                 t_variants=[], t_baselines=[], t_c_phi=phi, t_c_alpha=alpha, t_c_beta=beta, t_c_gamma=gamma)
     for key in ("phi", "alpha", "beta", "gamma"):  # the linked slider and box take the new value
         state.pop(f"{key}_slider", None)
         state.pop(f"{key}_input", None)

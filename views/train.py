@@ -6,8 +6,11 @@ import streamlit as st
 
 from effnet import OFFICIAL, ScalingSpec, jobs, runs, slurm
 from effnet.access import limits, nickname, readonly
+from effnet.baselines import MODELS as BASELINES
+from effnet.baselines import BaselineSpec
 from effnet.charts import training_curves
 from effnet.config import AUGMENTATIONS, CIFAR_VAL_SIZE, QUICK_DEMO, SCHEDULES, TrainConfig, normalization_for
+from effnet.config import SEED_STUDY as SEED
 from effnet.data import DataError, data_dir
 from effnet.devices import device_slots
 from effnet.folder import count_classes, delete_dataset, own_datasets, unpack_zip
@@ -19,18 +22,20 @@ from views.widgets import caller, chart, fit_to_data, plain, refused, tidy_now, 
 VARIANTS = [v.upper() for v in OFFICIAL]
 CIFAR = "CIFAR-100"
 STARTS = ["from scratch", "from ImageNet weights (fine-tune)", "from a finished run (fine-tune)"]
-DEFAULTS = {"variants": ["B0"], "custom": False, "c_phi": -3.0, "c_alpha": PAPER_ALPHA, "c_beta": PAPER_BETA,
+DEFAULTS = {"variants": ["B0"], "baselines": [], "custom": False, "c_phi": -3.0, "c_alpha": PAPER_ALPHA, "c_beta": PAPER_BETA,
             "c_gamma": PAPER_GAMMA,
             "scaling": "compound", "geometry": "cifar", "start": "from scratch", "epochs": 3, "batch": 64,
             "lr": 0.05, "subset": 0, "eval_subset": 0, "val_size": None, "device": "auto", "momentum": 0.9,
             "nesterov": True, "wd": 5e-4, "smoothing": 0.0, "schedule": "cosine", "warmup": 1.0, "ema": 0.0,
             "augment": "standard", "seed": 0, "compile": False, "dataset": CIFAR, "init": None}
-QUICK_CPU = {"variants": [], "custom": True, "c_phi": -3.0, "geometry": "cifar", "epochs": QUICK_DEMO["epochs"],
+QUICK_CPU = {"variants": [], "baselines": [], "custom": True, "c_phi": -3.0, "geometry": "cifar", "epochs": QUICK_DEMO["epochs"],
              "batch": QUICK_DEMO["batch_size"], "lr": QUICK_DEMO["lr"], "subset": QUICK_DEMO["subset"],
              "eval_subset": QUICK_DEMO["eval_subset"], "val_size": QUICK_DEMO["val_size"]}
-SEED_STUDY = {"variants": VARIANTS, "custom": False, "scaling": "compound", "start": "from scratch", "epochs": 200,
-              "batch": 128, "lr": 0.1, "momentum": 0.9, "nesterov": False, "smoothing": 0.0, "schedule": "cosine",
-              "wd": 5e-4, "subset": 0, "eval_subset": 0, "val_size": CIFAR_VAL_SIZE, "ema": 0.0}
+SEED_STUDY = {"variants": VARIANTS, "baselines": [], "custom": False, "scaling": "compound", "start": "from scratch",
+              "epochs": SEED["epochs"], "batch": SEED["batch_size"], "lr": SEED["lr"], "momentum": SEED["momentum"],
+              "nesterov": SEED["nesterov"], "smoothing": SEED["label_smoothing"], "schedule": SEED["schedule"],
+              "wd": SEED["weight_decay"], "subset": SEED["subset"] or 0, "eval_subset": SEED["eval_subset"] or 0,
+              "val_size": SEED["val_size"], "ema": SEED["ema"]}
 
 for name, value in DEFAULTS.items():
     st.session_state.setdefault(f"t_{name}", value)
@@ -136,6 +141,10 @@ with st.form("new_runs"):
                "the button.")
     with models:
         st.multiselect("Official variants (one run each)", VARIANTS, key="t_variants", bind="query-params")
+        st.multiselect("Conventional networks to compare (one run each, same recipe)", list(BASELINES),
+                       key="t_baselines", format_func=lambda m: BASELINES[m][0], bind="query-params",
+                       help="torchvision's ResNet, MobileNetV2 and DenseNet, the networks the paper compares with; "
+                            "the cifar geometry gives them a 3x3 stride-1 stem without max-pool.")
         st.checkbox("Add a custom spec", key="t_custom", bind="query-params")
         cols = st.columns(4)
         cols[0].number_input("φ", step=0.5, key="t_c_phi", bind="query-params")
@@ -190,7 +199,7 @@ with st.form("new_runs"):
     feedback, feedback_note = st.empty(), st.empty()
 
 
-def planned_specs() -> list[ScalingSpec]:
+def planned_specs() -> list[ScalingSpec | BaselineSpec]:
     """The specs the form describes; ValueError (naming the field) when one cannot be built."""
     s = st.session_state
     common = dict(geometry=s.t_geometry, num_classes=100 if s.t_dataset == CIFAR else count_classes(own[s.t_dataset]),
@@ -200,6 +209,7 @@ def planned_specs() -> list[ScalingSpec]:
             raise ValueError("init_from: choose the finished run to start from")
         common["normalization"] = finished[s.t_init].spec.normalization  # the inputs its weights saw
     specs = [ScalingSpec.official(v.lower(), **common).with_scaling(s.t_scaling) for v in s.t_variants]
+    specs += [BaselineSpec(model=m, **common) for m in s.t_baselines]
     if s.t_custom:
         specs.append(ScalingSpec(phi=s.t_c_phi, alpha=s.t_c_alpha, beta=s.t_c_beta, gamma=s.t_c_gamma,
                                  scaling=s.t_scaling, **common))
@@ -212,7 +222,7 @@ def fitted(configs: list[TrainConfig]) -> list[TrainConfig]:
     return fit_to_data(configs, None if dataset == CIFAR else own[dataset], feedback_note)
 
 
-def config_for(spec: ScalingSpec) -> TrainConfig:
+def config_for(spec: ScalingSpec | BaselineSpec) -> TrainConfig:
     s = st.session_state
     return TrainConfig(
         spec=spec, epochs=int(s.t_epochs), batch_size=int(s.t_batch), lr=float(s.t_lr),

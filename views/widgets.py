@@ -228,6 +228,7 @@ def test_images_source(config=None) -> str | None:
     return "CIFAR-100" if dataset_present() else None
 
 
+ROAD_MAX_RESOLUTION = 64  # ROAD on the page only for small inputs: ~0.1 s per 32-px map, ~5 s per 224-px map (CPU)
 MAX_CAM_IMAGES = 6  # images explained per rerun of a page (each costs one CAM per chosen model)
 
 
@@ -277,16 +278,17 @@ def _heatmap(key: tuple, compute: Callable[[], object]) -> object:
 
 
 def cam_strip(name: str, raw: object, models: Sequence[tuple[str, object, object, list[str]]], method: str,
-              alpha: float, target_for: Callable[[object, list[str]], int | None] = lambda spec, names: None) -> None:
+              alpha: float, target_for: Callable[[object, list[str]], int | None] = lambda spec, names: None,
+              layer: str = "last", road: bool = False) -> None:
     """One image: the original, then each model's map over it with its top-5, side by side, each captioned with the
-    run, the explained class and the method."""
+    run, the explained class and the method (and with ``road`` the map's faithfulness score)."""
     import hashlib
 
     from effnet.cam import METHOD_NAMES, SHOWN_MIN_SIDE, explain, for_display, image_size, load_image, overlay
 
     st.markdown(f"#### {plain(name)}")
     try:
-        size = image_size(raw)  # the file's own size: what is shown below may be shrunk to 1,024 px
+        size = image_size(raw, name)  # the file's own size: what is shown below may be shrunk to 1,024 px
         picture = load_image(raw, name)  # a 12-MP photo is shrunk while it is decoded
     except ValueError as exc:
         st.error(plain(exc))
@@ -298,13 +300,20 @@ def cam_strip(name: str, raw: object, models: Sequence[tuple[str, object, object
                   output_format=fmt)
     for col, (label, model, spec, names) in zip(cols[1:], models, strict=True):
         target = target_for(spec, names)
+        scored = road and spec.resolution <= ROAD_MAX_RESOLUTION
         try:
-            result = _heatmap((id(model), spec.name, digest, method, target),
-                              lambda m=model, s=spec, t=target: explain(m, s, picture, method=method, target_class=t))
+            result = _heatmap((id(model), spec.name, digest, method, target, layer, scored),
+                              lambda m=model, s=spec, t=target, r=scored: explain(m, s, picture, method=method,
+                                                                                  target_class=t, layer=layer, road=r))
         except ValueError as exc:
             col.error(f"{plain(label)}: {plain(exc)}")
             continue
         col.image(for_display(overlay(picture, result.heatmap, alpha)), width="stretch", output_format=fmt,
                   caption=f"{plain(label)}: where it sees '{plain(names[result.target_class])}' "
-                          f"({METHOD_NAMES[method]})")
+                          f"({METHOD_NAMES[method]}, {result.layer})")
+        if result.road is not None:
+            col.markdown(f"**Faithfulness (ROAD): {result.road:+.2f}**")
+        elif road:
+            col.caption(f"ROAD is not computed here at {spec.resolution} px (seconds per map on a shared server); "
+                        "`python -m effnet.cam` computes it.")
         col.markdown("\n".join(f"{k + 1}. {plain(names[c])} {100 * p:.1f}%" for k, (c, p) in enumerate(result.top5)))
