@@ -1,29 +1,28 @@
 #!/usr/bin/env bash
-# The whole GPU benchmark in one go: under 5 minutes, no downloads, PyTorch >= 2.4, synthetic data.
-#   bash bench/gpu.sh            # results as JSON in $OUT (the device tool) or bench/, summary on stdout
-# Runs our training step against the torchvision + DataLoader baseline for B0 and B3 (cifar geometry),
-# plus B0 with torch.compile, and prints seconds per 45k-image CIFAR-100 epoch for each.
+# The one prepared device check (issue 19): bench/gpu_check.py, whose docstring says what it measures.
+#   DEVICE=cuda OUT=/tmp/out bash bench/gpu.sh    # a GPU machine (the device tool sets OUT): under 8 minutes
+#   DEVICE=cpu DRY_RUN=1 bash bench/gpu.sh        # toy sizes on a CPU: the suite runs this, so it cannot rot
+# Reads DEVICE (default cuda), DRY_RUN (1: toy sizes) and OUT (default bench/); writes $OUT/gpu.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-bench}"
-device="${DEVICE:-cuda}"
-steps="${STEPS:-30}"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 DEVICE="${DEVICE:-cuda}" DRY_RUN="${DRY_RUN:-0}" OUT="${OUT:-bench}"
+python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
+'| GPU:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
+python bench/gpu_check.py
 python - <<'PY'
-import torch, torchvision
-print("torch", torch.__version__, "torchvision", torchvision.__version__)
-if torch.cuda.is_available():
-    print("GPU:", torch.cuda.get_device_name(0))
-PY
-run() { python bench/train_throughput.py --device "$device" --steps "$steps" --rounds 3 --images 16384 "$@"; }
-run --variant b0 --batch-size 256 --json "$out/gpu_b0.json"
-run --variant b3 --batch-size 256 --json "$out/gpu_b3.json"
-run --variant b0 --batch-size 256 --compile --json "$out/gpu_b0_compile.json"
-python - "$out" <<'PY'
-import json, sys
+import json, os
 from pathlib import Path
-for name in ("gpu_b0", "gpu_b3", "gpu_b0_compile"):
-    r = json.loads((Path(sys.argv[1]) / f"{name}.json").read_text())
-    print(f"{name:<15} {r['device']}: baseline {r['baseline_img_s']:.0f} img/s, ours {r['ours_img_s']:.0f} img/s, "
-          f"ratio {r['ratio']:.2f}x, epoch {r['ours_epoch_s']:.1f} s (baseline {r['baseline_epoch_s']:.1f} s)")
+report = json.loads((Path(os.environ["OUT"]) / "gpu.json").read_text())
+base = {c["variant"]: c["img_s"] for c in report["cases"] if c["mode"] == "baseline"}
+print(f"\n{report['device']} (torch {report['torch']}{', dry run' if report['dry_run'] else ''})")
+for c in report["cases"]:
+    if "skipped" in c:
+        print(f"  {c['variant']:<4} batch {c['batch_size']:<4} {c['mode']:<9} skipped: {c['skipped']}")
+    else:
+        print(f"  {c['variant']:<4} batch {c['batch_size']:<4} {c['mode']:<9} {c['img_s']:9.1f} img/s  "
+              f"{c['epoch_s']:8.1f} s/epoch  {c['img_s'] / base[c['variant']]:5.2f}x baseline")
+e = report["end_to_end"]
+print(f"  end to end: epochs {e.get('epochs')}, test top-1 {e.get('test_top1')}, killed mid-epoch "
+      f"{e.get('killed_mid_epoch')}, resumed {e.get('resumed')}, max weight difference {e.get('max_weight_difference')}"
+      f", queued run {e.get('queued_run')}, CAM ROAD {e.get('cam_road')}")
 PY

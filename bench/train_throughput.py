@@ -64,6 +64,22 @@ def baseline_model(spec: ScalingSpec) -> torch.nn.Module:
     return model
 
 
+def baseline_setup(spec: ScalingSpec, images_np: np.ndarray, labels_np: np.ndarray, batch: int,
+                   device: torch.device, workers: int | None = None) -> tuple[torch.nn.Module, object]:
+    """The baseline as a user would write it: torchvision's model and a DataLoader with PIL transforms."""
+    mean, std = STATS[spec.normalization]
+    pipeline = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+    if spec.resolution != 32:
+        pipeline.append(transforms.Resize(spec.resolution))
+    pipeline += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    workers = workers if workers is not None else (8 if device.type == "cuda" else 0)
+    loader = torch.utils.data.DataLoader(PilCifar(images_np, labels_np, transforms.Compose(pipeline)),
+                                         batch_size=batch, shuffle=True, drop_last=True,
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=workers > 0)
+    return baseline_model(spec).to(device), iter(itertools.chain.from_iterable(itertools.repeat(loader)))
+
+
 def time_baseline(model, loader_iter, optimizer, device, steps: int) -> float:
     model.train()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -117,18 +133,8 @@ def main() -> None:
     images_np = rng.integers(0, 256, (args.images, 3, 32, 32), dtype=np.uint8)
     labels_np = rng.integers(0, 100, args.images)
 
-    mean, std = STATS[spec.normalization]
-    pipeline = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
-    if spec.resolution != 32:
-        pipeline.append(transforms.Resize(spec.resolution))
-    pipeline += [transforms.ToTensor(), transforms.Normalize(mean, std)]
     workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
-    loader = torch.utils.data.DataLoader(PilCifar(images_np, labels_np, transforms.Compose(pipeline)),
-                                         batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=workers > 0)
-    loader_iter = iter(itertools.chain.from_iterable(itertools.repeat(loader)))
-    base = baseline_model(spec).to(device)
+    base, loader_iter = baseline_setup(spec, images_np, labels_np, args.batch_size, device, workers)
     base_opt = torch.optim.SGD(base.parameters(), lr=0.01, momentum=0.9, nesterov=True)
 
     config = TrainConfig(spec=spec, batch_size=args.batch_size, channels_last=args.channels_last,

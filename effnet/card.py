@@ -242,25 +242,18 @@ def official_vs_formula(spec: ScalingSpec) -> list[dict[str, object]]:
     return rows
 
 
-COMPARED = (("input", "input_size"), ("output", "output_size"), ("repeats", "repeats"),
-            ("channels", "out_channels"), ("params", "params"), ("MACs", "macs"))
+COMPARED = (("output", "output_size"), ("repeats", "repeats"), ("channels", "out_channels"), ("params", "params"),
+            ("MACs", "macs"))
 
 
 def side_by_side(a: ModelCard, b: ModelCard) -> list[dict[str, object]]:
-    """Two cards stage by stage (same stage names: two EfficientNets), ``<measure> A`` beside ``<measure> B``
-    for each of ``COMPARED``, plus a totals row; the explorer highlights the cells that differ."""
+    """Two cards stage by stage (same stage names: two EfficientNets): per stage, ``(A's, B's)`` for each measure
+    of ``COMPARED``, plus a totals row (None where a total means nothing); the explorer highlights differences."""
     if [r.name for r in a.stages] != [r.name for r in b.stages]:
         raise ValueError("spec: only two EfficientNets share their stages; compare a baseline by its totals")
-    rows = []
-    for ra, rb in zip(a.stages, b.stages, strict=True):
-        row: dict[str, object] = {"stage": ra.name}
-        for label, key in COMPARED:
-            row[f"{label} A"], row[f"{label} B"] = getattr(ra, key), getattr(rb, key)
-        rows.append(row)
-    total: dict[str, object] = {"stage": "total"}
-    for label, key in COMPARED:
-        total[f"{label} A"] = total[f"{label} B"] = None
-        if key in ("repeats", "params", "macs"):
-            total[f"{label} A"] = sum(getattr(r, key) for r in a.stages)
-            total[f"{label} B"] = sum(getattr(r, key) for r in b.stages)
-    return [*rows, total]
+    rows: list[dict[str, object]] = [{"stage": ra.name, **{label: (getattr(ra, key), getattr(rb, key))
+                                                           for label, key in COMPARED}}
+                                     for ra, rb in zip(a.stages, b.stages, strict=True)]
+    totals = {label: (sum(getattr(r, key) for r in a.stages), sum(getattr(r, key) for r in b.stages))
+              if key in ("repeats", "params", "macs") else None for label, key in COMPARED}
+    return [*rows, {"stage": "total", **totals}]

@@ -207,11 +207,13 @@ def accuracy_vs_size(points: Sequence[tuple[str, float, float, str]], size: str)
     axis = {"params": "parameters", "macs": "multiply-adds (paper's FLOPs)"}[size]
     fig = go.Figure()
     series = sorted({p[3] for p in points}, key=lambda name: name != EFFICIENTNET_SERIES)
+    where = dict(zip(map(tuple, points), _alternating(points), strict=True))  # over all points: labels interleave
     for i, name in enumerate(series):
         group = sorted((p for p in points if p[3] == name), key=lambda p: p[1])
         line = name == EFFICIENTNET_SERIES and len(group) > 1
         fig.add_scatter(x=[p[1] for p in group], y=[p[2] for p in group], text=[_text(p[0]) for p in group],
-                        mode="lines+markers+text" if line else "markers+text", textposition=_alternating(group),
+                        mode="lines+markers+text" if line else "markers+text",
+                        textposition=[where[tuple(p)] for p in group],
                         marker={"size": 13, "color": PALETTE[i % len(PALETTE)],
                                 "symbol": "circle" if name == EFFICIENTNET_SERIES else "diamond"},
                         textfont={"size": 14}, name=_text(name))
@@ -258,8 +260,11 @@ def _alternating(points: Sequence[tuple[str, float, float]]) -> list[str]:
     """Labels above and below in turn along x, so neighbours' labels do not print over each other."""
     order = sorted(range(len(points)), key=lambda i: points[i][1])
     positions = [""] * len(points)
+    last = len(points) - 1
     for rank, i in enumerate(order):
-        positions[i] = ("top center", "bottom center")[rank % 2]
+        # The outermost labels grow inwards, so a long run label is not cut off at the plot's edge.
+        side = "right" if rank == 0 and last else "left" if rank == last and last else "center"
+        positions[i] = f"{('top', 'bottom')[rank % 2]} {side}"
     return positions
 
 

@@ -48,8 +48,9 @@ from effnet.evaluate import PRECISE_BN_IMAGES, evaluate, precise_bn
 from effnet.model import build_model, head_prefix, load_pretrained
 from effnet.spec_flags import add_spec_arguments, spec_from_args
 from effnet.specs import Spec
-from effnet.step import EMA, lr_at, make_optimizer, step_seed, train_step
+from effnet.step import EMA, StaticStep, lr_at, make_optimizer, step_seed, train_step
 
+GRAPHS_ENV = "EFFNET_CUDA_GRAPHS"
 # With --config, the file is the whole config; only where to write and where to run may be given beside it.
 CONFIG_COMPANIONS = ("--config", "--out", "--resume", "--device", "--data-dir")
 
@@ -400,6 +401,10 @@ class Run:
             self.step_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if config.compile:
             self.step_model = torch.compile(self.step_model)
+        # Whole-step CUDA graphs (step.StaticStep) on one GPU without DDP or compile; EFFNET_CUDA_GRAPHS=0: off.
+        self.graphs = (device.type == "cuda" and world == 1 and not config.compile
+                       and os.environ.get(GRAPHS_ENV, "1") != "0")
+        self.static: StaticStep | None = None
         self.steps = max(1, len(data.train) // (config.batch_size * world))
         self.total_steps = self.steps * config.epochs
         self.warmup = min(int(config.warmup_epochs * self.steps), self.total_steps // 2)
@@ -455,6 +460,27 @@ class Run:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
+    def _one_step(self, images: Tensor, labels: Tensor, lr: float, augment_seed: int) -> tuple[Tensor, Tensor]:
+        """The training step: through CUDA graphs where they apply, else eagerly (the same body, ``StaticStep``)."""
+        if self.graphs:
+            if self.static is None:
+                self.static = StaticStep(self.step_model, self.optimizer, self.config, images, labels, self.amp,
+                                         capture=True)
+            captured = self.static.graph is not None
+            out = self.static(images, labels, lr, augment_seed)
+            if not captured and (self.static.graph is not None or self.static.fallback):
+                print("CUDA graphs: " + ("the whole step is captured and replayed" if self.static.graph is not None
+                                         else f"not used, the step stays eager ({self.static.fallback})"), flush=True)
+                self.graphs = self.static.graph is not None
+            return out
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        gen = torch.Generator(device=self.device).manual_seed(augment_seed)
+        return train_step(self.step_model, self.optimizer, images, labels, self.config, gen, self.amp)
+
     def _stopped(self) -> bool:
         self.save()
         if self.main:
@@ -476,12 +502,9 @@ class Run:
             step = self.step
             idx = order[step * global_batch : (step + 1) * global_batch][self.rank :: self.world]
             torch.manual_seed(step_seed(seed, epoch, step, self.rank))
-            gen = torch.Generator(device=self.device).manual_seed(step_seed(seed, epoch, step, self.rank, 1))
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(epoch * self.steps + step, self.total_steps, self.warmup, config.lr, config.schedule)
+            lr = lr_at(epoch * self.steps + step, self.total_steps, self.warmup, config.lr, config.schedule)
             y = self.data.train.labels[idx]
-            loss, logits = train_step(self.step_model, self.optimizer, self.data.train.images[idx], y, config, gen,
-                                      self.amp)
+            loss, logits = self._one_step(self.data.train.images[idx], y, lr, step_seed(seed, epoch, step, self.rank, 1))
             if self.ema is not None:
                 self.ema.update()
             for sums in (self.acc, self.live.window):
@@ -541,7 +564,7 @@ class Run:
             "val_top1": val["top1"] if val else None, "val_top5": val["top5"] if val else None,
             "test_top1": test["top1"], "test_top5": test["top5"],
             "val_loss": val["loss"] if val else None, "test_loss": test["loss"],
-            "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds["epoch"],
+            "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_seconds": seconds["epoch"],
             "images_per_second": seen / max(1e-9, seconds["train"]),
         }
 

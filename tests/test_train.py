@@ -1,5 +1,6 @@
 """Real training runs on a generated archive: files, metrics, kill -9 and resume, SIGTERM, bad checkpoints, DDP."""
 
+import copy
 import json
 import math
 import os
@@ -252,3 +253,32 @@ def test_accelerator_path_runs_on_the_cpu(tmp_path, cifar_dir):
     assert all(v.dtype == b[k].dtype for k, v in a.items())  # autocast computes in bf16, keeps fp32 weights
     assert not all(torch.equal(a[k], b[k]) for k in a), "bf16 autocast changed nothing: the branch did not run"
     assert metrics(fast)[0]["train_loss"] != metrics(plain)[0]["train_loss"]
+
+
+@pytest.mark.parametrize("augment, momentum", [("standard", 0.9), ("cutout", 0.0)])
+def test_the_static_buffer_step_gives_bitwise_the_eager_steps_weights(augment, momentum):
+    from effnet.step import StaticStep, make_optimizer, step_seed, train_step
+
+    spec = ScalingSpec(phi=-4, num_classes=10, dropout=0.2)
+    config = TrainConfig(spec=spec, lr=0.1, momentum=momentum, augment=augment, weight_decay=5e-4)
+    data = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 16, 3, 32, 32), dtype=torch.uint8, generator=data)
+    labels = torch.randint(0, 10, (6, 16), generator=data)
+    torch.manual_seed(0)
+    eager_model = build_model(spec).train()
+    static_model = copy.deepcopy(eager_model)
+    eager_opt, static_opt = make_optimizer(eager_model, config), make_optimizer(static_model, config)
+    static = StaticStep(static_model, static_opt, config, images[0], labels[0], amp=False, capture=True)
+    assert static.fallback == "CUDA graphs need a CUDA device, not cpu"
+    for step in range(6):
+        lr = lr_at(step, 6, 1.0, config.lr, "cosine")
+        torch.manual_seed(step_seed(0, 0, step))  # dropout and stochastic depth, as the trainer seeds them
+        for group in eager_opt.param_groups:
+            group["lr"] = lr
+        train_step(eager_model, eager_opt, images[step], labels[step], config,
+                   torch.Generator().manual_seed(step_seed(0, 0, step, 0, 1)), amp=False)
+        torch.manual_seed(step_seed(0, 0, step))
+        static(images[step], labels[step], lr, step_seed(0, 0, step, 0, 1))
+    ours, theirs = static_model.state_dict(), eager_model.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert not torch.equal(ours["classifier.1.weight"], build_model(spec).state_dict()["classifier.1.weight"])

@@ -65,7 +65,7 @@ with controls:
     layer = st.radio("Layer", list(LAYER_RULES), format_func=LAYERS.get, key="cam_layer", horizontal=True,
                      help="An earlier stage has a finer map (more cells) but sees less of the image at once.")
     road = st.toggle("Faithfulness score (ROAD)", value=True, key="cam_road", help=ROAD_NOTE)
-    sanity = st.toggle("Sanity check: add each model with randomised weights", key="cam_sanity",
+    sanity = st.toggle("Sanity check: randomised weights", key="cam_sanity",
                        help="Adebayo et al. (2018): a map that stays the same when the weights are random shows the "
                             "image's edges, not what the model learned. A faithful method's map should change, and "
                             "its ROAD score fall to about 0.")

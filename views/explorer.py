@@ -22,14 +22,21 @@ from effnet.scaling import (
 from views.widgets import chart, linked_number
 
 
-def differences(frame: pd.DataFrame) -> pd.DataFrame:
-    """The style of the compare table: B's cells that differ from A's, in bold on amber."""
-    style = pd.DataFrame("", index=frame.index, columns=frame.columns)
-    for column in frame.columns:
-        if column.endswith(" B"):
-            a = frame[column.removesuffix(" B") + " A"]
-            style.loc[(frame[column] != a) & a.notna(), column] = "background-color: #ffe08a; font-weight: bold"
-    return style
+def compared(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The compare table as text ("A → B" where they differ) and its style (differences in bold on amber)."""
+    def cell(measure: str, pair: tuple | None) -> str:
+        if pair is None:
+            return ""
+        a, b = (si(v) if measure in ("params", "MACs") else f"{v:,}" for v in pair)
+        if measure == "output":
+            a, b = f"{pair[0]}×{pair[0]}", f"{pair[1]}×{pair[1]}"
+        return a if pair[0] == pair[1] else f"{a} → {b}"
+
+    text = pd.DataFrame([{k: v if k == "stage" else cell(k, v) for k, v in r.items()} for r in rows]).set_index("stage")
+    style = pd.DataFrame([{k: "background-color: #ffe08a; font-weight: bold" if v is not None and v[0] != v[1]
+                           else "" for k, v in r.items() if k != "stage"} for r in rows], index=text.index)
+    return text, style
+
 
 st.title("Compound scaling explorer")
 st.caption("Every number here is computed analytically from the spec: no model is built, so each move is instant.")
@@ -146,11 +153,10 @@ with compare_tab:
         except ValueError as exc:
             st.error(f"B cannot be built: {exc}")
         else:
-            frame = pd.DataFrame(rows).set_index("stage")
-            st.dataframe(frame.style.apply(differences, axis=None).format(thousands=",", na_rep=""),
-                         width="stretch", height=390)
-            st.caption("Per stage: input and output side of its feature maps (px), repeats, output channels, "
-                       "params and multiply-adds. Look for where each spec spends its budget: compound grows every "
+            text, style = compared(rows)
+            st.dataframe(text.style.apply(lambda _: style, axis=None), width="stretch", height=390)
+            st.caption("Per stage: the side of its output feature map, repeats, output channels, params and "
+                       "multiply-adds; \"A → B\" where B differs. Look for where each spec spends its budget: compound grows every "
                        "column a little, one dimension alone grows one column a lot.")
 
 with curves_tab:
