@@ -235,21 +235,21 @@ def imagenet_figure1(models: Sequence[Any]) -> go.Figure:
 
     fig = go.Figure()
     others = [m for m in models if m.family != EFFICIENTNET and m.family not in CITED_FAMILIES]
-    fig.add_scatter(x=[m.params / 1e6 for m in others], y=[m.top1 for m in others], mode="markers",
-                    text=[m.name for m in others], hovertemplate="%{text}: %{y:.1f}%, %{x:.1f} M<extra></extra>",
+    fig.add_scatter(x=[m.params for m in others], y=[m.top1 for m in others], mode="markers",
+                    text=[m.name for m in others], hovertemplate="%{text}: %{y:.1f}%, %{x:.3s} params<extra></extra>",
                     marker={"size": 8, "color": "#bbbbbb"}, name="other torchvision models")
     for i, fam in enumerate(CITED_FAMILIES, start=1):
         group = [m for m in models if m.family == fam]
-        fig.add_scatter(x=[m.params / 1e6 for m in group], y=[m.top1 for m in group], mode="markers+text",
+        fig.add_scatter(x=[m.params for m in group], y=[m.top1 for m in group], mode="markers+text",
                         text=[m.name for m in group], textposition=_alternating([(m.name, m.params) for m in group]),
-                        marker={"size": 11, "color": PALETTE[i], "symbol": "diamond"}, textfont={"size": 12},
+                        marker={"size": 11, "color": PALETTE[i], "symbol": "diamond"}, textfont={"size": 14},
                         name=fam)
     eff = [m for m in models if m.family == EFFICIENTNET]
-    fig.add_scatter(x=[m.params / 1e6 for m in eff], y=[m.top1 for m in eff], mode="lines+markers+text",
+    fig.add_scatter(x=[m.params for m in eff], y=[m.top1 for m in eff], mode="lines+markers+text",
                     text=[m.name.removeprefix("efficientnet_").upper() for m in eff], textposition="top left",
                     marker={"size": 12, "color": PALETTE[0]}, line={"width": 3}, textfont={"size": 14},
                     name="EfficientNet B0-B7")
-    fig.update_xaxes(title="parameters (millions, log scale)", type="log")
+    fig.update_xaxes(title="parameters (log scale)", **_log_axis([m.params for m in models]))
     fig.update_yaxes(title="ImageNet top-1 (%)")
     return _layout(fig, "ImageNet top-1 vs parameters (torchvision's measurements)",
                    legend={"orientation": "h", "y": -0.25})

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet import specs
+from effnet.baselines import BaselineSpec
 from effnet.scaling import ScalingSpec
 from effnet.schemas import check_value
 
@@ -163,9 +164,12 @@ class TrainConfig:
                                  f"{self.spec.name} ({self.spec.resolution} px, {self.spec.normalization} inputs)")
         if not self.pretrained:
             return
-        if not (self.spec.is_official or getattr(self.spec, "has_imagenet_weights", False)):
-            raise ValueError(f"pretrained: ImageNet weights exist for the official variants B0-B7 and the baselines "
-                             f"in the imagenet geometry; {self.spec.name} has none (train it from scratch)")
+        if isinstance(self.spec, BaselineSpec) and not self.spec.has_imagenet_weights:
+            raise ValueError(f"pretrained: torchvision's ImageNet weights fit {self.spec.name} only in the imagenet "
+                             "geometry (its cifar stem is new); choose geometry imagenet or train it from scratch")
+        if not isinstance(self.spec, BaselineSpec) and not self.spec.is_official:
+            raise ValueError(f"pretrained: ImageNet weights exist only for the official variants B0-B7 (and the "
+                             f"baselines); {self.spec.name} is a custom spec (train it from scratch)")
         if self.spec.normalization != normalization_for(pretrained=True):
             raise ValueError("pretrained: needs the spec's normalization='imagenet' (the statistics the weights "
                              "were trained with)")

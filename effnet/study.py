@@ -362,6 +362,9 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
         if args.scaling != "compound":
             raise ValueError("scaling: a methods study trains every method; leave --scaling out")
         spec = spec_from_args(args, num_classes=num_classes_from_args(args), normalization=norm)
+        if not isinstance(spec, ScalingSpec):
+            raise ValueError(f"model: a scaling-methods study scales an EfficientNet; {spec.name} has no φ to scale "
+                             "(train it beside them with python -m effnet.train --model ...)")
         config = config_from_args(args, spec)
         phis = _numbers(args.phis, "phis") if args.phis else None
         return queue_methods(spec, config, Path(args.out), phis, args.checkpoints)

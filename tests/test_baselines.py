@@ -179,3 +179,16 @@ def test_figure1_comes_from_torchvisions_metadata():
     effnets = [m for m in imagenet_models() if m.family == EFFICIENTNET]
     assert [m.name for m in effnets] == [f"efficientnet_b{i}" for i in range(8)]  # sorted by params = B0..B7
     assert {"ResNet", "DenseNet", "MobileNet"} <= {m.family for m in imagenet_models()}
+
+
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2"])
+def test_pruning_a_baseline_keeps_its_classifier_and_shrinks_the_rest(model):
+    from effnet.compress import prune
+
+    spec = BaselineSpec(model=model, num_classes=10, base_resolution=16)
+    net = build_model(spec).eval()
+    example = torch.zeros(1, 3, 16, 16)
+    pruned = prune(net, 0.3, example)
+    assert pruned(example).shape == (1, 10)
+    assert sum(p.numel() for p in pruned.parameters()) < 0.7 * sum(p.numel() for p in net.parameters())
+    assert [m.out_features for m in pruned.modules() if isinstance(m, nn.Linear)][-1] == 10

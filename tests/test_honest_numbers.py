@@ -83,7 +83,8 @@ def chart_points(at, key: str) -> list[float]:
     """The y values of the runs' points in a page's chart ``key``."""
     chart = next(c for c in at.get("plotly_chart") if json.loads(c.proto.spec)["layout"].get("title", {}).get(
         "text", "").startswith(key))
-    return [y for trace in json.loads(chart.proto.spec)["data"] if trace.get("name") == "runs" for y in trace["y"]]
+    return [y for trace in json.loads(chart.proto.spec)["data"] if trace.get("name") in ("runs", "EfficientNet")
+            for y in trace["y"]]
 
 
 def test_the_results_charts_and_the_lesson_show_the_selected_epoch(tmp_path, monkeypatch, cifar_dir):

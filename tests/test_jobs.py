@@ -96,7 +96,7 @@ def test_a_dead_run_is_reported_failed_with_its_log(root):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     run_dir = root / "crashed"
-    run_dir.mkdir()
+    run_dir.mkdir(parents=True)
     files.write_json(run_dir / runs.STATUS, {"state": "running", "pid": dead.pid, "heartbeat": time.time()})
     (run_dir / runs.LOG).write_text("epoch 1/3 ...\nKilled\n")
     files.write_json(run_dir / runs.CONFIG, {"spec": ScalingSpec.official("b1").to_dict()})
