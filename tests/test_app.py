@@ -108,6 +108,17 @@ def test_train_page_refuses_invalid_runs_before_anything_starts(app_env):
     assert runs.list_runs(app_env) == []
 
 
+def test_train_page_takes_a_baseline_and_says_why_its_cifar_stem_has_no_imagenet_weights(app_env):
+    at = open_page(PAGES[1])
+    at.multiselect(key="t_variants").set_value([])
+    at.multiselect(key="t_baselines").set_value(["resnet18"])
+    at.radio(key="t_start").set_value("from ImageNet weights (fine-tune)")
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert not at.exception, at.exception
+    assert any("ResNet-18 only in the imagenet" in e.value for e in at.error), [e.value for e in at.error]
+    assert runs.list_runs(app_env) == []
+
+
 @pytest.mark.parametrize("page", [PAGES[1], "views/study.py"])
 def test_pages_that_train_explain_missing_data(app_env, monkeypatch, tmp_path, page):
     monkeypatch.setenv("EFFNET_DATA", str(tmp_path / "nothing"))

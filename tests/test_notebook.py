@@ -53,3 +53,30 @@ def test_the_notebook_trains_resumes_instead_of_retraining_and_its_bundle_import
     assert imported.returncode == 0, imported.stderr
     [there] = runs.list_runs(tmp_path / "class")
     assert there.state == "finished" and runs.load_metrics(there.path) == runs.load_metrics(run.path)
+
+
+def test_a_run_killed_with_its_kernel_is_resumed_not_restarted(cifar_dir, tmp_path, monkeypatch):
+    """A notebook disconnect: the trainer dies mid-run; running the cells again resumes it from its checkpoint."""
+    import os
+    import signal
+
+    from conftest import read_status, tiny_config, wait_for
+
+    from effnet import campaign
+
+    for name, value in python_env().items():
+        monkeypatch.setenv(name, value)
+    root = tmp_path / "checkpoints"
+    config = tiny_config(cifar_dir, epochs=4)
+    first = campaign.ensure([config], root)
+    [run_id] = first.queued
+    run_dir = root / run_id
+    wait_for(lambda: (read_status(run_dir).get("epoch") or 0) >= 2 and (run_dir / runs.LAST).is_file(),
+             what="the second epoch")
+    os.kill(read_status(run_dir)["pid"], signal.SIGKILL)
+    wait_for(lambda: runs.read_run(run_dir).state == "failed", what="the run to show as failed")
+    again = campaign.ensure([config], root)
+    assert again.resumed == [run_id] and again.queued == [] and again.ids == [run_id]
+    [info] = campaign.wait(again.ids, root)
+    assert info.state == "finished", info.error
+    assert [r["epoch"] for r in runs.load_metrics(run_dir)] == [1, 2, 3, 4]  # each epoch once
