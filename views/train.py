@@ -1,5 +1,6 @@
 """Train page: configure runs, queue them, watch them live. Training is reached only through effnet.jobs."""
 
+from collections import Counter
 from pathlib import Path
 
 import streamlit as st
@@ -21,6 +22,7 @@ from views.widgets import caller, chart, fit_to_data, plain, refused, tidy_now, 
 
 VARIANTS = [v.upper() for v in OFFICIAL]
 CIFAR = "CIFAR-100"
+SHOWN_RUNS = 20  # run cards and curves on the page (every queued or training run is always among them)
 STARTS = ["from scratch", "from ImageNet weights (fine-tune)", "from a finished run (fine-tune)"]
 DEFAULTS = {"variants": ["B0"], "baselines": [], "custom": False, "c_phi": -3.0, "c_alpha": PAPER_ALPHA, "c_beta": PAPER_BETA,
             "c_gamma": PAPER_GAMMA,
@@ -382,11 +384,20 @@ def live_runs() -> None:
     if not infos:
         st.info("No runs yet: choose models above and press Start.")
         return
-    for info in reversed(infos):
+    # Every queued or training run, then the newest others: a term's 2,000 runs are one pick away in "Manage a
+    # run" and all on the Results page, not 2,000 cards and curves redrawn every 2 s.
+    pending = [i for i in infos if i.active or i.state == "queued"]
+    shown = pending + [i for i in reversed(infos) if not (i.active or i.state == "queued")][:max(0, SHOWN_RUNS
+                                                                                                - len(pending))]
+    shown.sort(key=infos.index)
+    if len(shown) < len(infos):
+        st.caption(f"Showing {len(shown)} of {len(infos)} runs: every queued or training one and the newest. "
+                   "Manage a run (below) reaches any of them; Results shows them all.")
+    for info in reversed(shown):
         run_card(info)
-    labels = [i.label for i in infos]
-    curves = [(i.label + (f" ({i.run_id[-4:]})" if labels.count(i.label) > 1 else ""),
-               runs.read_metrics(i.path) + runs.read_live(i.path)) for i in infos]
+    labels = Counter(i.label for i in shown)
+    curves = [(i.label + (f" ({i.run_id[-4:]})" if labels[i.label] > 1 else ""),
+               runs.read_metrics(i.path) + runs.read_live(i.path)) for i in shown]
     curves = [(label, rows) for label, rows in curves if rows]
     if curves:
         left, right = st.columns(2)

@@ -4,6 +4,7 @@ Examples::
 
     python -m effnet card b3 --geometry imagenet --num-classes 1000
     python -m effnet card --phi 1.5 --alpha 1.2 --beta 1.1 --gamma 1.15 --batch-size 64
+    python -m effnet card --model resnet18 --geometry cifar --num-classes 100 --json
 """
 
 from __future__ import annotations
@@ -12,20 +13,28 @@ import argparse
 import json
 import sys
 
-from effnet.card import ModelCard, model_card
+from effnet import specs
+from effnet.baselines import BaselineSpec
+from effnet.card import ModelCard
 from effnet.spec_flags import add_spec_arguments, spec_from_args
 
 
 def format_card(card: ModelCard, batch_size: int) -> str:
     """A plain-text card: the spec's multipliers, the per-stage table and the totals."""
     s = card.spec
-    lines = [
-        f"{s.name}  geometry={s.geometry} (output stride {s.stride})  classes={s.num_classes}",
-        f"depth x{s.depth_mult:.3f}  width x{s.width_mult:.3f}  resolution {s.resolution} px"
-        f"  (formula at phi={s.phi:g}: depth x{s.formula_depth_mult:.3f}, width x{s.formula_width_mult:.3f},"
-        f" {s.formula_resolution} px)",
-        f"alpha*beta^2*gamma^2 = {s.constraint:.3f}",
-        "",
+    if isinstance(s, BaselineSpec):
+        lines = [f"{s.name} (torchvision's {s.model})  geometry={s.geometry}  classes={s.num_classes}  "
+                 f"resolution {s.resolution} px", "per top-level module, counted once with FlopCounterMode", ""]
+    else:
+        lines = [
+            f"{s.name}  geometry={s.geometry} (output stride {s.stride})  classes={s.num_classes}",
+            f"depth x{s.depth_mult:.3f}  width x{s.width_mult:.3f}  resolution {s.resolution} px"
+            f"  (formula at phi={s.phi:g}: depth x{s.formula_depth_mult:.3f}, width x{s.formula_width_mult:.3f},"
+            f" {s.formula_resolution} px)",
+            f"alpha*beta^2*gamma^2 = {s.constraint:.3f}",
+            "",
+        ]
+    lines += [
         f"{'stage':<8} {'operator':<18} {'k':>2} {'s':>2} {'in':>5} {'out':>5} {'rep':>4} {'input':>9} {'output':>9}"
         f" {'params':>12} {'MACs':>15}",
     ]
@@ -63,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give the variant once: either 'card b3' or 'card --variant b3'")
         args.variant = args.name.lower()
     try:
-        card = model_card(spec_from_args(args))
+        card = specs.card(spec_from_args(args))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

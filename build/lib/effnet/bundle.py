@@ -2,6 +2,7 @@
 
     python -m effnet.bundle export checkpoints/<run> b0.zip         # a run
     python -m effnet.bundle export checkpoints/studies/<study> s.zip # a study and all its runs
+    python -m effnet.bundle export checkpoints/<a> checkpoints/<b> ab.zip  # several runs
     python -m effnet.bundle import b0.zip [--checkpoints DIR]        # prints the new run folder(s)
 
 (``python -m effnet.runs export|import`` is the same command under its older name.) A refused bundle
@@ -10,7 +11,7 @@ exits non-zero with the reason on stderr and writes nothing.
 Training CIFAR-100 takes a GPU for hours; the class sees the results on a laptop. A bundle carries
 what the pages read and nothing else:
 
-    bundle.json             {"format": 1, "kind": "run" | "study", "runs": [names], "study": {...}?}
+    bundle.json             {"format": 1, "kind": "run" | "runs" | "study", "runs": [names], "study": {...}?}
     runs/<name>/<file>      config.json, status.json, metrics.jsonl, confusion.json, job.json,
                             label.json, best.pt, last.pt (no logs: they hold paths of the other machine)
 
@@ -86,8 +87,19 @@ def _without_owner(path: Path) -> bytes:
     return files.dumps({**job, "owner": None, "config": {**config, "data_dir": None}}).encode()
 
 
-def _contents(path: Path, root: str | os.PathLike | None, resumable: bool) -> tuple[dict[str, Any], list[tuple]]:
-    """(manifest, [(file, run name)]) of the bundle of the run or study folder ``path``."""
+def _contents(path: Path | list[Path], root: str | os.PathLike | None,
+              resumable: bool) -> tuple[dict[str, Any], list[tuple]]:
+    """(manifest, [(file, run name)]) of the bundle of the run or study folder ``path``, or of several runs."""
+    if isinstance(path, list):
+        if len(path) == 1:
+            return _contents(path[0], root, resumable)
+        names = [p.name for p in path]
+        bad = [str(p) for p in path if not runs.is_run_folder(p) or p.is_symlink()]
+        if bad or len(set(names)) < len(names):
+            raise BundleError(f"{', '.join(bad) or 'two runs of the same name'}: several runs go in one bundle "
+                              "only as run folders of distinct names")
+        manifest = {"format": FORMAT, "kind": "runs", "runs": names}
+        return manifest, [(f, folder.name) for folder in path for f in _run_files(folder, resumable)]
     if (path / study.STUDY).is_file():
         try:
             loaded = study.load(path, root)
@@ -108,18 +120,23 @@ def _contents(path: Path, root: str | os.PathLike | None, resumable: bool) -> tu
     return manifest, [(f, folder.name) for folder in folders for f in _run_files(folder, resumable)]
 
 
-def export_size(path: str | os.PathLike, root: str | os.PathLike | None = None, resumable: bool = False) -> int:
+def export_size(path: str | os.PathLike | list[Path], root: str | os.PathLike | None = None, resumable: bool = False) -> int:
     """About how many bytes the bundle of ``path`` will have (its files' sizes: weights are stored as they are)."""
-    return sum(f.stat().st_size for f, _ in _contents(Path(path), root, resumable)[1])
+    return sum(f.stat().st_size for f, _ in _contents(_paths(path), root, resumable)[1])
 
 
-def export(path: str | os.PathLike, out: str | os.PathLike, root: str | os.PathLike | None = None,
+def _paths(path: str | os.PathLike | list[Any]) -> Path | list[Path]:
+    return [Path(p) for p in path] if isinstance(path, list | tuple) else Path(path)
+
+
+def export(path: str | os.PathLike | list[Any], out: str | os.PathLike, root: str | os.PathLike | None = None,
            resumable: bool = False) -> Path:
-    """Write the run folder or study folder ``path`` as the bundle ``out`` (atomically); returns ``out``.
+    """Write the run folder or study folder ``path`` (or a list of run folders) as the bundle ``out``
+    (atomically); returns ``out``.
 
     Owners stay behind (importing makes the importer the owner); ``resumable`` also carries last.pt.
     """
-    path, out = Path(path), Path(out)
+    path, out = _paths(path), Path(out)
     manifest, contents = _contents(path, root, resumable)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -380,17 +397,19 @@ def recover(root: str | os.PathLike | None = None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m effnet.bundle", description=__doc__.split("\n\n")[0])
     verbs = p.add_subparsers(dest="verb", required=True)
-    out = verbs.add_parser("export", help="a run folder or a study folder as one zip")
-    out.add_argument("path", help="a run folder, or a study folder (with study.json)")
+    out = verbs.add_parser("export", help="a run folder, several, or a study folder as one zip")
+    out.add_argument("path", nargs="+", help="a run folder (or several), or a study folder (with study.json)")
     out.add_argument("bundle", help="the zip to write")
     out.add_argument("--checkpoints", help="where a study's runs are (default: $EFFNET_CHECKPOINTS or ./checkpoints)")
+    out.add_argument("--resumable", action="store_true",
+                     help="also carry last.pt (the optimizer state: about 3x the size), so the runs can train on")
     into = verbs.add_parser("import", help="add a bundle's runs (and study) to this install")
     into.add_argument("bundle")
     into.add_argument("--checkpoints", help="default: $EFFNET_CHECKPOINTS or ./checkpoints")
     args = p.parse_args(argv)
     try:
         if args.verb == "export":
-            print(export(args.path, args.bundle, args.checkpoints))
+            print(export(args.path, args.bundle, args.checkpoints, resumable=args.resumable))
             return 0
         done = import_bundle(args.bundle, args.checkpoints)
     except (BundleError, OSError) as exc:

@@ -240,3 +240,20 @@ def official_vs_formula(spec: ScalingSpec) -> list[dict[str, object]]:
                      "resolution: released / formula": f"{s.resolution} / {formula.resolution} px",
                      "MACs released ÷ formula": round(card.macs / formula_macs, 2)})
     return rows
+
+
+COMPARED = (("output", "output_size"), ("repeats", "repeats"), ("channels", "out_channels"), ("params", "params"),
+            ("MACs", "macs"))
+
+
+def side_by_side(a: ModelCard, b: ModelCard) -> list[dict[str, object]]:
+    """Two cards stage by stage (same stage names: two EfficientNets): per stage, ``(A's, B's)`` for each measure
+    of ``COMPARED``, plus a totals row (None where a total means nothing); the explorer highlights differences."""
+    if [r.name for r in a.stages] != [r.name for r in b.stages]:
+        raise ValueError("spec: only two EfficientNets share their stages; compare a baseline by its totals")
+    rows: list[dict[str, object]] = [{"stage": ra.name, **{label: (getattr(ra, key), getattr(rb, key))
+                                                           for label, key in COMPARED}}
+                                     for ra, rb in zip(a.stages, b.stages, strict=True)]
+    totals = {label: (sum(getattr(r, key) for r in a.stages), sum(getattr(r, key) for r in b.stages))
+              if key in ("repeats", "params", "macs") else None for label, key in COMPARED}
+    return [*rows, {"stage": "total", **totals}]

@@ -196,18 +196,63 @@ def _pad_y(fig: go.Figure, values: Sequence[float]) -> None:
     fig.update_traces(cliponaxis=False)
 
 
+EFFICIENTNET_SERIES = "EfficientNet"
+
+
 @_memo
-def accuracy_vs_size(points: Sequence[tuple[str, float, float]], size: str) -> go.Figure:
-    """One labelled point per run: (label, size, top-1). ``size`` names the x axis ("params" or "macs")."""
+def accuracy_vs_size(points: Sequence[tuple[str, float, float, str]], size: str) -> go.Figure:
+    """One labelled point per run: (label, size, top-1, series). EfficientNet runs are joined by one line in
+    order of size (B0 to B7, the paper's Figure 1 shape); any other series (the baselines) are points.
+    ``size`` names the x axis ("params" or "macs")."""
     axis = {"params": "parameters", "macs": "multiply-adds (paper's FLOPs)"}[size]
     fig = go.Figure()
-    fig.add_scatter(x=[p[1] for p in points], y=[p[2] for p in points], text=[_text(p[0]) for p in points],
-                    mode="markers+text", textposition=_alternating(points), marker={"size": 13, "color": PALETTE[0]},
-                    textfont={"size": 14}, name="runs")
+    series = sorted({p[3] for p in points}, key=lambda name: name != EFFICIENTNET_SERIES)
+    where = dict(zip(map(tuple, points), _alternating(points), strict=True))  # over all points: labels interleave
+    for i, name in enumerate(series):
+        group = sorted((p for p in points if p[3] == name), key=lambda p: p[1])
+        line = name == EFFICIENTNET_SERIES and len(group) > 1
+        fig.add_scatter(x=[p[1] for p in group], y=[p[2] for p in group], text=[_text(p[0]) for p in group],
+                        mode="lines+markers+text" if line else "markers+text",
+                        textposition=[where[tuple(p)] for p in group],
+                        marker={"size": 13, "color": PALETTE[i % len(PALETTE)],
+                                "symbol": "circle" if name == EFFICIENTNET_SERIES else "diamond"},
+                        textfont={"size": 14}, name=_text(name))
     fig.update_xaxes(title=f"{axis} (log scale)", **_log_axis([p[1] for p in points]))
     fig.update_yaxes(title="test top-1 (%)")
     _pad_y(fig, [p[2] for p in points])
-    return _layout(fig, f"Accuracy vs {axis}", showlegend=False)
+    return _layout(fig, f"Accuracy vs {axis}", showlegend=len(series) > 1,
+                   legend={"orientation": "h", "y": -0.25})
+
+
+# The families the study cites, labelled on Figure 1; every other torchvision model is a grey point.
+CITED_FAMILIES = ("ResNet", "DenseNet", "MobileNet")
+
+
+@_memo
+def imagenet_figure1(models: Sequence[Any]) -> go.Figure:
+    """The paper's Figure 1 from torchvision's measurements (``effnet.zoo``): ImageNet top-1 vs parameters."""
+    from effnet.zoo import EFFICIENTNET
+
+    fig = go.Figure()
+    others = [m for m in models if m.family != EFFICIENTNET and m.family not in CITED_FAMILIES]
+    fig.add_scatter(x=[m.params for m in others], y=[m.top1 for m in others], mode="markers",
+                    text=[m.name for m in others], hovertemplate="%{text}: %{y:.1f}%, %{x:.3s} params<extra></extra>",
+                    marker={"size": 8, "color": "#bbbbbb"}, name="other torchvision models")
+    for i, fam in enumerate(CITED_FAMILIES, start=1):
+        group = [m for m in models if m.family == fam]
+        fig.add_scatter(x=[m.params for m in group], y=[m.top1 for m in group], mode="markers+text",
+                        text=[m.name for m in group], textposition=_alternating([(m.name, m.params) for m in group]),
+                        marker={"size": 11, "color": PALETTE[i], "symbol": "diamond"}, textfont={"size": 14},
+                        name=fam)
+    eff = [m for m in models if m.family == EFFICIENTNET]
+    fig.add_scatter(x=[m.params for m in eff], y=[m.top1 for m in eff], mode="lines+markers+text",
+                    text=[m.name.removeprefix("efficientnet_").upper() for m in eff], textposition="top left",
+                    marker={"size": 12, "color": PALETTE[0]}, line={"width": 3}, textfont={"size": 14},
+                    name="EfficientNet B0-B7")
+    fig.update_xaxes(title="parameters (log scale)", **_log_axis([m.params for m in models]))
+    fig.update_yaxes(title="ImageNet top-1 (%)")
+    return _layout(fig, "ImageNet top-1 vs parameters (torchvision's measurements)",
+                   legend={"orientation": "h", "y": -0.25})
 
 
 @_memo
@@ -215,8 +260,11 @@ def _alternating(points: Sequence[tuple[str, float, float]]) -> list[str]:
     """Labels above and below in turn along x, so neighbours' labels do not print over each other."""
     order = sorted(range(len(points)), key=lambda i: points[i][1])
     positions = [""] * len(points)
+    last = len(points) - 1
     for rank, i in enumerate(order):
-        positions[i] = ("top center", "bottom center")[rank % 2]
+        # The outermost labels grow inwards, so a long run label is not cut off at the plot's edge.
+        side = "right" if rank == 0 and last else "left" if rank == last and last else "center"
+        positions[i] = f"{('top', 'bottom')[rank % 2]} {side}"
     return positions
 
 

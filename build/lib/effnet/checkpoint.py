@@ -30,9 +30,9 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_bytes(config: TrainConfig) -> int:
     """Bytes of one checkpoint of the run: fp32 weights, SGD momentum and the EMA copy when there is one."""
-    from effnet.card import model_card
+    from effnet import specs
 
-    return 4 * model_card(config.spec).params * (2 + (config.ema > 0))
+    return 4 * specs.card(config.spec).params * (2 + (config.ema > 0))
 
 
 def check_disk(config: TrainConfig, folder: Path) -> None:

@@ -19,7 +19,7 @@ What was chosen, and why (measured on this 2-core AVX2 CPU, bench/RESULTS.md):
 - Pruning uses Torch-Pruning, which follows the dependencies a channel has in EfficientNet (depthwise
   convolutions, squeeze-excitation, residual sums) and removes whole channels: the pruned model is a
   smaller dense network, faster without sparse kernels. Channels go by their L2 magnitude, the
-  classifier is kept whole, then a short fine-tune (``--finetune-epochs``) recovers accuracy.
+  classifier (the model's last linear layer) is kept whole, then a short fine-tune (``--finetune-epochs``) recovers accuracy.
 - ``fp32`` is the run as trained, timed in eager PyTorch (what the rest of the lab runs); ``fp32-onnx``
   is the same weights in ONNX Runtime, so the speed int8 adds over ORT alone is visible too.
 """
@@ -245,7 +245,7 @@ def prune(model: nn.Module, ratio: float, example: Tensor) -> nn.Module:
     import torch_pruning as tp
 
     pruned = copy.deepcopy(model).eval()
-    head = [m for name, m in pruned.named_modules() if name.startswith("classifier") and isinstance(m, nn.Linear)]
+    head = [m for m in pruned.modules() if isinstance(m, nn.Linear)][-1:]  # the classifier (EfficientNet's or a baseline's)
     pruner = tp.pruner.MetaPruner(pruned, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                   pruning_ratio=ratio, ignored_layers=head, round_to=8)
     pruner.step()

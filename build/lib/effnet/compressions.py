@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from effnet import access, files, locks, runs, schemas
+from effnet.devices import cpu_locks
+from effnet.processes import is_process_of, spawn_detached
 
 COMPRESS = "compress.json"
 # A variant that loses more test top-1 than this against fp32 is called out on the page, with what to try.
@@ -56,20 +58,9 @@ def working(out: Path) -> bool:
     if status.get("state") in ("finished", "failed"):
         return False
     if status.get("pid") is not None:
-        return _is_compressor(status["pid"], out)
+        return is_process_of(status["pid"], "effnet.compress", str(out))
     heartbeat = status.get("heartbeat")  # started, but the process has not said who it is yet (importing torch)
     return isinstance(heartbeat, (int, float)) and time.time() - heartbeat < STARTUP_S
-
-
-def _is_compressor(pid: object, out: Path) -> bool:
-    """Whether ``pid`` is the compression process writing ``out`` (a status file can name any pid)."""
-    if not runs.pid_alive(pid):
-        return False
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"effnet.compress" in argv and str(out).encode() in argv
 
 
 def tidy(run_dir: Path) -> list[str]:
@@ -96,7 +87,7 @@ def stop_all(run_dir: Path, wait_s: float = 30.0) -> None:
     with locks.exclusive(run_dir / FOLDER / ".start.lock"):
         busy = [(out, (files.read_json(out / runs.STATUS) or {}).get("pid")) for out in outputs(run_dir) if working(out)]
         for out, pid in busy:
-            if pid is not None and _is_compressor(pid, out):
+            if pid is not None and is_process_of(pid, "effnet.compress", str(out)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + wait_s
@@ -125,8 +116,6 @@ def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[f
     holding the queue's CPU device locks: it waits for training on the CPU, and training waits for it.
 
     One compression of a run at a time: a second click, or a second student, is refused saying why."""
-    from effnet.jobs import cpu_locks, spawn_detached
-
     access.check(caller, runs.read_run(run_dir), "compress")
     check_settings(qat_epochs, ratios, finetune_epochs)
     if not int8 and not ratios:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effnet.card import model_card
+from effnet import specs
+from effnet.baselines import BaselineSpec
 from effnet.scaling import ScalingSpec
 from effnet.schemas import check_value
 
@@ -33,6 +34,10 @@ QUICK_DEMO = {"epochs": 3, "batch_size": 64, "lr": 0.05, "subset": 2000, "eval_s
 # Validation held out of the training images when val_size is not given: CIFAR-100's 5,000 (its usual 45k/5k
 # split), and a tenth of your own images (a folder of 100 images must still train).
 CIFAR_VAL_SIZE, VAL_FRACTION = 5000, 0.1
+# The study this lab grew from: B0-B7 from scratch on CIFAR-100, SGD with momentum, cross-entropy, 200 epochs.
+SEED_STUDY = {"epochs": 200, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "nesterov": False, "label_smoothing": 0.0,
+              "schedule": "cosine", "weight_decay": 5e-4, "subset": None, "eval_subset": None, "val_size": CIFAR_VAL_SIZE,
+              "ema": 0.0}
 MAX_EPOCHS = 1000  # the study trains 200; a bound keeps every run's metrics file small
 
 
@@ -45,7 +50,7 @@ def normalization_for(pretrained: bool) -> str:
 class TrainConfig:
     """Everything that decides a run: the model's spec and the training settings."""
 
-    spec: ScalingSpec = field(default_factory=lambda: ScalingSpec.official("b0"))
+    spec: specs.Spec = field(default_factory=lambda: ScalingSpec.official("b0"))
     epochs: int = 3
     batch_size: int = 128
     lr: float = 0.1
@@ -92,7 +97,7 @@ class TrainConfig:
         values = dict(data)
         if "spec" in values:
             try:
-                values["spec"] = ScalingSpec.from_dict(values["spec"])
+                values["spec"] = specs.from_dict(values["spec"])
             except TypeError as exc:
                 raise ValueError(f"spec: {exc}") from exc
         _check_types(values)
@@ -141,7 +146,7 @@ class TrainConfig:
         if self.dataset == "cifar100" and self.spec.num_classes < CIFAR100_CLASSES:
             raise ValueError(f"num_classes: CIFAR-100 labels go up to {CIFAR100_CLASSES - 1}, so "
                              f"{self.spec.num_classes} classes cannot fit")
-        model_card(self.spec)  # the size guard: too large to build is refused here, not after loading data
+        specs.card(self.spec)  # the size guard: too large to build is refused here, not after loading data
         if self.device.startswith("cuda"):
             import torch
 
@@ -159,21 +164,24 @@ class TrainConfig:
                                  f"{self.spec.name} ({self.spec.resolution} px, {self.spec.normalization} inputs)")
         if not self.pretrained:
             return
-        if not self.spec.is_official:
-            raise ValueError(f"pretrained: ImageNet weights exist only for the official variants B0-B7; "
-                             f"{self.spec.name} is a custom spec (train it from scratch)")
+        if isinstance(self.spec, BaselineSpec) and not self.spec.has_imagenet_weights:
+            raise ValueError(f"pretrained: torchvision's ImageNet weights fit {self.spec.name} only in the imagenet "
+                             "geometry (its cifar stem is new); choose geometry imagenet or train it from scratch")
+        if not isinstance(self.spec, BaselineSpec) and not self.spec.is_official:
+            raise ValueError(f"pretrained: ImageNet weights exist only for the official variants B0-B7 (and the "
+                             f"baselines); {self.spec.name} is a custom spec (train it from scratch)")
         if self.spec.normalization != normalization_for(pretrained=True):
             raise ValueError("pretrained: needs the spec's normalization='imagenet' (the statistics the weights "
                              "were trained with)")
 
 
-def _run_spec(run_dir: Path) -> ScalingSpec:
+def _run_spec(run_dir: Path) -> specs.Spec:
     """The spec in a run folder's config.json (read here without the run readers: they import this module)."""
     path = run_dir / "config.json"
     try:
         if run_dir.is_symlink() or path.is_symlink() or path.stat().st_size > 1 << 20:
             raise ValueError("refused")
-        return ScalingSpec.from_dict(json.loads(path.read_text())["spec"])
+        return specs.from_dict(json.loads(path.read_text())["spec"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"init_from: {run_dir} is not a finished run's folder ({exc})") from exc
 
@@ -223,7 +231,7 @@ def _check_types(values: dict[str, Any]) -> None:
     hints = _hints()
     for name, value in values.items():
         if name == "spec":
-            if not isinstance(value, ScalingSpec):
+            if not specs.is_spec(value):
                 raise ValueError(f"spec: expected a model spec, got {value!r}")
             continue
         check_value(name, hints[name], value)

@@ -9,9 +9,9 @@ Missing data is downloaded (md5 checked) where the network allows; the download 
 happen in a temporary folder that is renamed into place only when complete, so a broken download
 never leaves something that looks like data.
 
-Augmentation runs batched on whatever device holds the data (pad-4 random crop, horizontal flip,
-optional cutout), so on a GPU no DataLoader worker is ever the bottleneck; the same code runs on
-the CPU.
+Reading the files needs numpy only; torch is imported when the images become tensors, so counting a
+copy or naming the data folder (the queue, ``jobs list``) never pays for it. Augmentation is the
+training step's (``effnet.step.augment``).
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from effnet.config import AUGMENTATIONS
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE = "cifar-100-python.tar.gz"
@@ -115,6 +116,8 @@ def _require(d: dict[str, object], path: Path, *keys: str) -> None:
 
 
 def _labels(d: dict[str, object], key: str, n: int, limit: int, path: Path) -> Tensor:
+    import torch
+
     labels = np.asarray(d[key])
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: '{key}' must be {n} integers, got shape {labels.shape} of {labels.dtype}")
@@ -124,6 +127,8 @@ def _labels(d: dict[str, object], key: str, n: int, limit: int, path: Path) -> T
 
 
 def _read_split(path: Path) -> Split:
+    import torch
+
     d = _load_pickle(path)
     _require(d, path, "data", "fine_labels", "coarse_labels")
     data = d["data"]
@@ -255,44 +260,11 @@ def load_cifar100(root: str | os.PathLike | None = None, download: bool = True) 
 
 def split_train_val(n: int, val_size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Deterministic (train, val) indices: a seeded shuffle, the last ``val_size`` held out."""
+    import torch
+
     if val_size < 0:
         raise ValueError(f"val_size: must be 0 or more, got {val_size}")
     if n - val_size < 1:
         raise ValueError(f"val_size: holding out {val_size} of {n} training images leaves none to train on")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[: n - val_size].sort().values, order[n - val_size :].sort().values
-
-
-def augment(images: Tensor, generator: torch.Generator, policy: str = "standard") -> Tensor:
-    """Batched augmentation of uint8 images on their own device.
-
-    standard: 4-pixel zero padding, random 32x32 crop, random horizontal flip (the usual CIFAR recipe);
-    cutout: standard plus one 8x8 square zeroed at a random position; none: unchanged.
-    """
-    if policy == "none":
-        return images
-    if policy not in AUGMENTATIONS:
-        raise ValueError(f"augment: {policy!r} is not one of {', '.join(AUGMENTATIONS)}")
-    n, _, h, w = images.shape
-    dev = images.device
-    pad = 4
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=dev, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=dev, generator=generator)
-    flip = torch.rand(n, 1, 1, device=dev, generator=generator) < 0.5
-    rows = dy + torch.arange(h, device=dev).view(1, h, 1)
-    cols = torch.arange(w, device=dev).view(1, 1, w)
-    cols = dx + torch.where(flip, w - 1 - cols, cols)
-    batch = torch.arange(n, device=dev).view(n, 1, 1)
-    out = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
-    if policy == "cutout":
-        size = 8
-        cy = torch.randint(0, h, (n, 1, 1), device=dev, generator=generator)
-        cx = torch.randint(0, w, (n, 1, 1), device=dev, generator=generator)
-        ys = torch.arange(h, device=dev).view(1, h, 1)
-        xs = torch.arange(w, device=dev).view(1, 1, w)
-        oy, ox = ys - cy + size // 2, xs - cx + size // 2
-        hole = (oy >= 0) & (oy < size) & (ox >= 0) & (ox < size)
-        out = out * (~hole).unsqueeze(1)
-    return out.contiguous()
-

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 # A run may plan to use this share of the device's memory; the rest is the framework's and the system's.
 MEMORY_SHARE = 0.9
+DEVICES_ENV = "EFFNET_DEVICES"  # e.g. "cuda:0,cuda:1"; "cpu#0,cpu#1" simulates two slots on the CPU
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,32 @@ def check_memory(card: Any, batch_size: int, device: str) -> None:
             f"batch_size: {card.spec.name} at batch {batch_size} needs about {need / 1024**3:.1f} GiB to train; "
             f"{device_name(device)} has {have / 1024**3:.1f} GiB, of which a run may use "
             f"{MEMORY_SHARE * have / 1024**3:.1f} GiB. Lower the batch size or φ, or train on a larger GPU")
+
+
+# ----------------------------------------------------------------------------- the queue's device slots
+def device_slots() -> list[str]:
+    """Where the queue trains, one run per slot at a time: ``$EFFNET_DEVICES``, else each GPU, else the CPU.
+
+    A slot is a device name (``cuda:1``); ``cpu#0,cpu#1`` gives two CPU slots, which simulates a
+    two-GPU server on a machine without one (tests use it).
+    """
+    listed = [d.strip() for d in os.environ.get(DEVICES_ENV, "").split(",") if d.strip()]
+    if listed:
+        return listed
+    return [f"cuda:{g.index}" for g in gpus()] or ["cpu"]
+
+
+def slot_device(slot: str) -> str:
+    """The torch device of a slot: ``cpu#1`` -> ``cpu``."""
+    return slot.split("#")[0]
+
+
+def device_lock(root: Path, slot: str) -> Path:
+    """The lock a run holds while it trains on ``slot``."""
+    return root / f".device-{re.sub(r'[^A-Za-z0-9]+', '-', slot)}.lock"
+
+
+def cpu_locks(root: Path) -> list[Path]:
+    """The device locks of the queue's CPU slots: work that times the CPU (compression) holds them all, so
+    training and measuring never share the cores (each waits for the other)."""
+    return [device_lock(root, s) for s in device_slots() if slot_device(s) == "cpu"]

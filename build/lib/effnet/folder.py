@@ -24,9 +24,12 @@ import secrets
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from effnet import access, files, locks
 from effnet.access import Caller
@@ -101,6 +104,8 @@ def _fingerprint(listing: Listing, size: int) -> str:
 
 def _decode_all(items: list[tuple[Path, int]], size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(images, labels, skipped): every readable image squared to ``size``; unreadable ones counted."""
+    import torch
+
     images, labels, skipped = [], [], 0
     for path, label in items:
         try:
@@ -123,6 +128,8 @@ def _test_count(images: int) -> int:
 
 def _split_test(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class, a seeded ``TEST_FRACTION`` (at least one image) held out for the test split."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     train, test = [], []
     for c in labels.unique().tolist():
@@ -135,6 +142,8 @@ def _split_test(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Te
 
 
 def _check_counts(classes: list[str], labels: torch.Tensor, folder: Path, skipped: int) -> None:
+    import torch
+
     counts = torch.bincount(labels, minlength=len(classes)).tolist()
     thin = [f"{name} ({n})" for name, n in zip(classes, counts, strict=True) if n < MIN_PER_CLASS]
     if thin:
@@ -144,6 +153,8 @@ def _check_counts(classes: list[str], labels: torch.Tensor, folder: Path, skippe
 
 
 def _split(images: torch.Tensor, labels: torch.Tensor) -> Split:
+    import torch
+
     return Split(images, labels, torch.zeros_like(labels))
 
 
@@ -166,6 +177,8 @@ def _build(folder: Path, listing: Listing, size: int, seed: int) -> tuple[Cifar1
 
 def load_folder(folder: str | os.PathLike, size: int, seed: int = 0) -> tuple[Cifar100, int]:
     """(dataset, files skipped as unreadable) for the class folders in ``folder`` at ``size`` px, cached."""
+    import torch
+
     folder = Path(folder)
     listing = list_folder(folder)
     cache = folder / CACHE / f"{size}px-seed{seed}-{_fingerprint(listing, size)}.pt"
@@ -188,6 +201,8 @@ def load_folder(folder: str | os.PathLike, size: int, seed: int = 0) -> tuple[Ci
 
 def _from_cache(state: dict, classes: list[str]) -> tuple[Cifar100, int]:
     """A cache file is trusted no more than any other: shapes, types and labels are checked."""
+    import torch
+
     if state["classes"] != classes:
         raise ValueError("cache: other classes")
     splits = []

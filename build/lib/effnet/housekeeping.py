@@ -5,13 +5,17 @@
 - a compression whose process is gone (``compressions.tidy``): marked failed, so it can be deleted;
 - temporary files of atomic writes whose writer was killed, older than ``TEMP_AGE_S``.
 
+``python -m effnet.housekeeping [--root DIR]`` does the same from a terminal and says what it did.
+
 Each piece holds a lock while it works, so only what no living process owns is touched. ``tidy`` runs at
 most every ``EVERY_S`` per process: with thousands of runs, looking costs more than it finds.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -51,3 +55,19 @@ def tidy(root: str | os.PathLike | None, data_root: str | os.PathLike, force: bo
         if not info.damaged and (info.path / compressions.FOLDER).is_dir():
             done += compressions.tidy(info.path)
     return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    from effnet.data import data_dir
+
+    p = argparse.ArgumentParser(prog="python -m effnet.housekeeping", description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", help="the checkpoints folder (default: $EFFNET_CHECKPOINTS or ./checkpoints)")
+    p.add_argument("--data-dir", help="the data folder (default: $EFFNET_DATA or ./data)")
+    args = p.parse_args(argv)
+    for line in tidy(args.root, data_dir(args.data_dir), force=True) or ["nothing to clean up"]:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -104,6 +104,8 @@ def release_memory() -> None:
             ctypes.CDLL(name).malloc_trim(0)
 
 
-def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+def to_uint8_tensor(img: Image.Image) -> Any:
     """RGB image -> uint8 tensor (1, 3, H, W), the form ``effnet.preprocess.to_model_input`` takes."""
+    import torch  # here, not above: the upload checks and the queue read images without paying for torch
+
     return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).unsqueeze(0)

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import errno
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -32,29 +31,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from effnet import access, checkpoint, files, locks, runs
+from effnet import access, checkpoint, files, locks, runs, slurm, specs
 from effnet.access import MAX_QUEUED_ENV, Caller, max_queued, readonly
-from effnet.card import model_card
 from effnet.config import TrainConfig
-from effnet.devices import check_memory, gpus
+from effnet.devices import DEVICES_ENV, check_memory, device_lock, device_slots, slot_device
 from effnet.humanize import slug
-from effnet.locks import DEVICE_LOCK_ENV
+from effnet.locks import DEVICE_LOCK_ENV, QUEUE_LOCK, RUNNER_LOCK
 from effnet.measure import MAX_CPU_EPOCH_S, cpu_seconds
+from effnet.processes import PROJECT, is_process_of, spawn_detached
 from effnet.runs import ACTIVE, RunInfo, checkpoints_dir, list_runs, run_path
 from effnet.schemas import clean_label
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
-QUEUE_LOCK, RUNNER_LOCK = ".queue.lock", ".runner.lock"
-DEVICES_ENV = "EFFNET_DEVICES"  # e.g. "cuda:0,cuda:1"; "cpu#0,cpu#1" simulates two slots on the CPU
 POLL_S = 0.5
 
 
 # ----------------------------------------------------------------------------- checks before queueing
 def check_fits(config: TrainConfig) -> None:
     """Refuse a run that cannot work on its device: training memory over what it has (``devices.check_memory``),
-    or, on a CPU, an epoch that would take more than a day (φ=10 on two cores: months)."""
+    or, on a CPU, an epoch that would take more than a day (φ=10 on two cores: months). Runs for a Slurm cluster
+    are not measured against this machine (its nodes' devices are the cluster's)."""
+    if slurm.backend() == "slurm":
+        return
     device = config.device if config.device != "auto" else slot_device(device_slots()[0])
-    check_memory(model_card(config.spec), config.batch_size, device)
+    check_memory(specs.card(config.spec), config.batch_size, device)
     _check_cpu_time(config)
 
 
@@ -97,7 +96,7 @@ def _check_cpu_time(config: TrainConfig) -> None:
     seconds = cpu_seconds(config.spec, images)
     if seconds > MAX_CPU_EPOCH_S:
         raise ValueError(f"phi: {config.spec.name} would take about {seconds / 3600:,.0f} hours per epoch of "
-                         f"{images:,} images on this CPU (estimated from its {model_card(config.spec).macs / 1e9:.1f} G "
+                         f"{images:,} images on this CPU (estimated from its {specs.card(config.spec).macs / 1e9:.1f} G "
                          "multiply-adds per image); choose a smaller model or fewer images, or train on a GPU server")
 
 
@@ -127,6 +126,9 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
 
         config = config.replace(data_dir=str(Path(config.data_dir or data_dir()).resolve()))
         pinned.append(config)
+    on_slurm = slurm.backend() == "slurm"
+    if on_slurm and (why := slurm.reachable()) is not None:
+        raise slurm.SlurmError(why)  # said where Start was pressed; nothing is written
     ids = []
     with locks.exclusive(root / QUEUE_LOCK):
         _check_quota(root, caller, len(pinned))
@@ -140,7 +142,14 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
                                                  "resume": False, "distributed": distributed})
             files.write_json(run_dir / runs.STATUS, {"state": "queued", "generation": 1})
             ids.append(run_id)
-    if start_runner:
+    if on_slurm:
+        try:
+            slurm.submit([root / i for i in ids], root, distributed)
+        except slurm.SlurmError:
+            for run_id in ids:  # all or none
+                shutil.rmtree(root / run_id, ignore_errors=True)
+            raise
+    elif start_runner:
         ensure_runner(root)
     return ids
 
@@ -163,7 +172,12 @@ def resume(run_id: str, root: str | os.PathLike | None = None, caller: Caller | 
                                              "generation": generation})
         files.write_json(run_dir / runs.STATUS, {**info.status, "state": "queued", "error": None,
                                                 "generation": generation})
-    ensure_runner(root)
+    if info.status.get("slurm_job_id") or slurm.backend() == "slurm":
+        job = files.load_json(run_dir / runs.JOB) or {}
+        files.write_json(run_dir / runs.JOB, {k: v for k, v in job.items() if k != "stop_requested"})
+        slurm.submit([run_dir], root, bool(job.get("distributed")))  # a new job continues from the checkpoint
+    else:
+        ensure_runner(root)
 
 
 def resumable(info: RunInfo) -> bool:
@@ -173,16 +187,6 @@ def resumable(info: RunInfo) -> bool:
     return info.state in ("stopped", "failed") and (info.path / runs.LAST).is_file()
 
 
-def _is_trainer(pid: int, run_dir: Path) -> bool:
-    """Whether ``pid`` is a training process of this run (a status file can name any pid)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"effnet.train" in argv and any(a.decode(errors="replace").rstrip("/").endswith(run_dir.name)
-                                           for a in argv)
-
-
 def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | None = None) -> str:
     """Cancel a queued run, or ask a running one to checkpoint and exit (SIGTERM). Returns the new state."""
     root = checkpoints_dir(root).resolve()
@@ -190,11 +194,15 @@ def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | No
     with locks.exclusive(root / QUEUE_LOCK):
         info = runs.read_run(run_dir)
         access.check(caller, info, "stop")
+        if info.status.get("slurm_job_id") and (info.active or info.state == "queued"):
+            job = files.load_json(run_dir / runs.JOB) or {}
+            files.write_json(run_dir / runs.JOB, {**job, "stop_requested": time.time()})  # not a requeue
+            return slurm.stop(info)
         if info.state == "queued":
             files.write_json(run_dir / runs.STATUS, {**info.status, "state": "stopped"})
             return "stopped"
     pid = info.status.get("pid")
-    if info.active and isinstance(pid, int) and _is_trainer(pid, run_dir):
+    if info.active and isinstance(pid, int) and is_process_of(pid, "effnet.train", run_dir.name):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         return "stopping"
@@ -256,23 +264,6 @@ def rename(run_id: str, label: str, root: str | os.PathLike | None = None, calle
 
 
 # ----------------------------------------------------------------------------- devices and the runner
-def device_slots() -> list[str]:
-    """Where the queue trains, one run per slot at a time: ``$EFFNET_DEVICES``, else each GPU, else the CPU.
-
-    A slot is a device name (``cuda:1``); ``cpu#0,cpu#1`` gives two CPU slots, which simulates a
-    two-GPU server on a machine without one (tests use it).
-    """
-    listed = [d.strip() for d in os.environ.get(DEVICES_ENV, "").split(",") if d.strip()]
-    if listed:
-        return listed
-    return [f"cuda:{g.index}" for g in gpus()] or ["cpu"]
-
-
-def slot_device(slot: str) -> str:
-    """The torch device of a slot: ``cpu#1`` -> ``cpu``."""
-    return slot.split("#")[0]
-
-
 def _fits_slot(config: TrainConfig, slot: str) -> bool:
     """auto and cpu runs take any slot (a CPU run still occupies one); cuda needs a GPU, cuda:N that GPU."""
     wanted, device = config.device, slot_device(slot)
@@ -283,20 +274,14 @@ def heal(root: str | os.PathLike | None = None, infos: list[RunInfo] | None = No
     """Start a runner when queued runs wait and none is alive; True if one was started."""
     root = checkpoints_dir(root).resolve()
     infos = list_runs(root) if infos is None else infos
-    if not any(i.state == "queued" for i in infos) or locks.is_held(root / RUNNER_LOCK):
+    if any(i.status.get("slurm_job_id") and (i.active or i.state in ("queued", "stopped")) for i in infos):
+        slurm.sync(root)  # the pages show Slurm's news at once; the watcher records it when nobody looks
+        slurm.ensure_watcher(root)
+    if not any(i.state == "queued" and not i.status.get("slurm_job_id") for i in infos) \
+            or locks.is_held(root / RUNNER_LOCK):
         return False
     ensure_runner(root)
     return True
-
-
-def spawn_detached(module_args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-    """``python -m <module_args>`` in its own session (it outlives the app page or process that started it),
-    finding this project's code, its output appended to ``log_path``."""
-    path = os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))
-    with open(log_path, "ab") as log:
-        subprocess.Popen([sys.executable, "-m", *module_args], cwd=PROJECT_DIR,
-                         env={**os.environ, "PYTHONPATH": path, **(env or {})}, stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
 
 
 def ensure_runner(root: Path) -> None:
@@ -310,17 +295,6 @@ class _Started:
     proc: subprocess.Popen
     generation: int
     slots: list[str]
-
-
-def device_lock(root: Path, slot: str) -> Path:
-    """The lock a run holds while it trains on ``slot``."""
-    return root / f".device-{re.sub(r'[^A-Za-z0-9]+', '-', slot)}.lock"
-
-
-def cpu_locks(root: Path) -> list[Path]:
-    """The device locks of the queue's CPU slots: work that times the CPU (compression) holds them all, so
-    training and measuring never share the cores (each waits for the other)."""
-    return [device_lock(root, s) for s in device_slots() if slot_device(s) == "cpu"]
 
 
 def _command(info: RunInfo, job: dict, slots: list[str]) -> list[str]:
@@ -368,7 +342,8 @@ def _start_next(root: Path, running: list[_Started]) -> _Started | None:
         taken = {s for r in running for s in r.slots}
         slots = device_slots()
         free = [s for s in slots if s not in taken]
-        queued = [r for r in list_runs(root) if r.state == "queued" and _placeable(r, slots)]
+        queued = [r for r in list_runs(root) if r.state == "queued" and not r.status.get("slurm_job_id")
+                  and _placeable(r, slots)]
         picked = _pick(queued, free, slots)
         if picked is None:
             return None
@@ -377,7 +352,7 @@ def _start_next(root: Path, running: list[_Started]) -> _Started | None:
         generation = int(info.status.get("generation", job.get("generation", 0)))
         env = {**os.environ, DEVICE_LOCK_ENV: os.pathsep.join(str(device_lock(root, s)) for s in slots)}
         with open(info.path / runs.LOG, "ab") as log:
-            proc = subprocess.Popen(_command(info, job, slots), cwd=PROJECT_DIR, env=env,
+            proc = subprocess.Popen(_command(info, job, slots), cwd=PROJECT, env=env,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         files.write_json(info.path / runs.STATUS, {"state": "starting", "pid": proc.pid, "heartbeat": time.time(),
                                                   "generation": generation, "slot": ", ".join(slots)})
@@ -432,7 +407,7 @@ def run_queue(root: Path) -> None:
             _drain(root)
         # A job submitted while we were deciding to leave found the lock taken; look once more.
         with locks.exclusive(root / QUEUE_LOCK):
-            if not any(r.state == "queued" for r in list_runs(root)):
+            if not any(r.state == "queued" and not r.status.get("slurm_job_id") for r in list_runs(root)):
                 return
 
 
@@ -447,17 +422,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.root is not None and not Path(args.root).is_dir():
         parser.error(f"--root: {args.root} is not a folder")
-    from effnet.data import data_dir
-    from effnet.housekeeping import tidy
-
-    for line in tidy(args.root, data_dir(), force=True):
-        print(f"({line})", file=sys.stderr)
     infos = list_runs(args.root)
     if heal(args.root, infos):
         print("(queued runs had no runner: started one)", file=sys.stderr)
     for r in infos:
         state = r.error if r.damaged else r.state
-        print(f"{r.run_id:<48} {state:<10} {r.label}")
+        where = slurm.detail(r.status) if r.active or r.state in ("queued", "failed") else None
+        print(f"{r.run_id:<48} {state:<10} {r.label}" + (f"  [{where}]" if where else ""))
     return 0
 
 

@@ -14,6 +14,9 @@ from pathlib import Path
 
 # The queue names the device lock(s) a run must hold while it trains (os.pathsep-separated paths).
 DEVICE_LOCK_ENV = "EFFNET_DEVICE_LOCK"
+# Under the checkpoints folder: queue transitions (submit, stop, resume, pick next, a scheduler's news) happen
+# under QUEUE_LOCK; the local runner holds RUNNER_LOCK while it lives.
+QUEUE_LOCK, RUNNER_LOCK = ".queue.lock", ".runner.lock"
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from effnet.card import model_card
+from effnet import specs
 from effnet.devices import check_memory
 from effnet.scaling import ScalingSpec
 
@@ -36,7 +36,7 @@ MAX_CPU_EPOCH_S = 24 * 3600
 
 def cpu_seconds(spec: ScalingSpec, images: int) -> float:
     """Estimated seconds to train ``images`` images of ``spec`` on this kind of CPU (from the card, no model)."""
-    return 3 * model_card(spec).macs * images / CPU_TRAIN_MACS_PER_S
+    return 3 * specs.card(spec).macs * images / CPU_TRAIN_MACS_PER_S
 
 
 # Most calls ``measure_speed`` times: small models reach these long before the time budget.
@@ -77,7 +77,7 @@ def _timed(fn, budget_s: float, max_reps: int) -> float:
 
 def measure_speed(spec: ScalingSpec, batch_size: int = 32, device: str = "cpu", budget_s: float = 4.0) -> Speed:
     """Inference latency (batch 1) and training throughput (``batch_size``) of a fresh model."""
-    check_memory(model_card(spec), batch_size, device)
+    check_memory(specs.card(spec), batch_size, device)
     import torch
     import torch.nn.functional as F
 

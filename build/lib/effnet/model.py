@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from effnet.baselines import BaselineSpec
+from effnet.baselines import build as build_baseline
 from effnet.card import model_card
 from effnet.scaling import STOCHASTIC_DEPTH, Block, ScalingSpec
 
@@ -117,31 +120,51 @@ class EfficientNet(nn.Module):
         return self.classifier(x)
 
 
-def build_model(spec: ScalingSpec, device: torch.device | str | None = None) -> EfficientNet:
-    """A freshly initialised model for ``spec``; ``ValueError`` first if the card says it is too large.
+def build_model(spec: Any, device: torch.device | str | None = None) -> nn.Module:
+    """A freshly initialised model for ``spec`` (an EfficientNet, or a baseline: ``effnet.baselines``); ``ValueError``
+    first if the card says an EfficientNet is too large.
 
     With ``device=None`` the current default device applies (``with torch.device("meta")`` works).
     """
-    model_card(spec)  # the size guard: refuses before a single tensor is allocated
+    if isinstance(spec, BaselineSpec):
+        make = lambda: build_baseline(spec)  # noqa: E731
+    else:
+        model_card(spec)  # the size guard: refuses before a single tensor is allocated
+        make = lambda: EfficientNet(spec)  # noqa: E731
     if device is None:
-        return EfficientNet(spec)
+        return make()
     with torch.device(device):
-        return EfficientNet(spec)
+        return make()
 
 
 # torchvision's weight files are named <model>-<first hex digits of their sha256>.pth.
 WEIGHTS_HASH = re.compile(r"-([a-f0-9]{6,})\.pth$")
 
 
-def imagenet_state_dict(variant: str) -> dict[str, Tensor]:
-    """torchvision's ImageNet weights for ``variant``: downloaded once (sha256 checked) into torch's cache.
+def torchvision_name(spec: Any) -> str:
+    """torchvision's name of the model ``spec`` describes (``efficientnet_b3``, ``resnet18``)."""
+    if isinstance(spec, BaselineSpec):
+        return spec.model
+    if spec.variant is None:
+        raise ValueError("variant: ImageNet weights exist only for the official variants b0-b7 and the baselines")
+    return f"efficientnet_{spec.variant}"
+
+
+def head_prefix(spec: Any) -> str:
+    """The state-dict prefix of the classifier: new (not copied) when a model is fine-tuned on other classes."""
+    return f"{spec.head}." if isinstance(spec, BaselineSpec) else "classifier."
+
+
+def imagenet_state_dict(arch: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet weights for ``arch`` (torchvision's model name): downloaded once (sha256 checked)
+    into torch's cache.
 
     The file is loaded with ``weights_only=True``: a poisoned file in the cache cannot run code.
     ``RuntimeError`` saying where to put the file when it cannot be had (offline).
     """
     import torchvision.models as tvm
 
-    url = tvm.get_model_weights(f"efficientnet_{variant}").IMAGENET1K_V1.url
+    url = tvm.get_model_weights(arch).IMAGENET1K_V1.url
     path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
     if not path.is_file():
         try:
@@ -151,7 +174,7 @@ def imagenet_state_dict(variant: str) -> dict[str, Tensor]:
                                            progress=False)
         except Exception as exc:  # urllib/ssl/hash errors all mean: no usable weights here
             raise RuntimeError(
-                f"Could not get torchvision's ImageNet weights for {variant.upper()} ({exc.__class__.__name__}: "
+                f"Could not get torchvision's ImageNet weights for {arch} ({exc.__class__.__name__}: "
                 f"{exc}). They download from {url}; without internet, copy that file to {path}."
             ) from exc
     try:
@@ -164,23 +187,24 @@ def imagenet_state_dict(variant: str) -> dict[str, Tensor]:
     return state
 
 
-def load_pretrained(spec: ScalingSpec, device: torch.device | str | None = None) -> EfficientNet:
+def load_pretrained(spec: Any, device: torch.device | str | None = None) -> nn.Module:
     """``spec``'s model with torchvision's ImageNet weights (see ``imagenet_state_dict``).
 
-    Needs an official variant. With ``num_classes != 1000`` the classifier stays freshly
-    initialised (fine-tuning); everything else is loaded strictly.
+    Needs an official variant, or a baseline in the imagenet geometry. With ``num_classes != 1000`` the
+    classifier stays freshly initialised (fine-tuning); everything else is loaded strictly.
     """
-    if spec.variant is None:
-        raise ValueError("variant: ImageNet weights exist only for the official variants b0-b7")
+    if isinstance(spec, BaselineSpec) and not spec.has_imagenet_weights:
+        raise ValueError(f"geometry: ImageNet weights fit {spec.name} only in the imagenet geometry")
     if spec.normalization != "imagenet":
         raise ValueError("normalization: ImageNet weights expect normalization='imagenet' in the spec")
-    state = imagenet_state_dict(spec.variant)
+    state = imagenet_state_dict(torchvision_name(spec))
     model = build_model(spec, device)
+    head = head_prefix(spec)
     try:
         if spec.num_classes != 1000:
-            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+            state = {k: v for k, v in state.items() if not k.startswith(head)}
             missing, unexpected = model.load_state_dict(state, strict=False)
-            if unexpected or set(missing) != {"classifier.1.weight", "classifier.1.bias"}:
+            if unexpected or not missing or any(not k.startswith(head) for k in missing):
                 raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
         else:
             model.load_state_dict(state, strict=True)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effnet import files, runs
-from effnet.card import model_card
-from effnet.scaling import OFFICIAL, ScalingSpec
+from effnet import files, runs, specs
+from effnet.baselines import BaselineSpec
+from effnet.scaling import OFFICIAL
 
 PAPER_IMAGENET_TOP1 = {name.upper(): v.imagenet_top1 for name, v in OFFICIAL.items()}
 # The study this lab grew from: B0-B7 on CIFAR-100 from scratch, SGD+momentum, cross-entropy, 200 epochs.
@@ -37,16 +37,21 @@ class RunResult:
     path: Path
     label: str
     state: str
-    spec: ScalingSpec
+    spec: specs.Spec
     rows: list[dict[str, Any]]
 
     @property
     def params(self) -> int:
-        return model_card(self.spec).params
+        return specs.card(self.spec).params
 
     @property
     def macs(self) -> int:
-        return model_card(self.spec).macs
+        return specs.card(self.spec).macs
+
+    @property
+    def series(self) -> str:
+        """Which line or points it belongs to on the accuracy-vs-size charts: EfficientNet, or its baseline."""
+        return self.spec.name if isinstance(self.spec, BaselineSpec) else "EfficientNet"
 
     @property
     def selected(self) -> dict[str, Any]:
@@ -88,7 +93,7 @@ def gather(root: str | Path | None = None) -> Gathered:
             continue
         try:
             rows = runs.load_metrics(info.path)
-            model_card(info.spec)
+            specs.card(info.spec)
         except ValueError as exc:
             left_out.append((info.run_id, f"damaged: {exc}"))
             continue

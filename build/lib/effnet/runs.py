@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effnet import schemas
+from effnet import schemas, specs
 from effnet.checkpoint import CheckpointError, load_checkpoint
 from effnet.config import TrainConfig
 from effnet.files import Damaged, load_json, loads, read_file, read_tail
 from effnet.humanize import duration
+from effnet.processes import pid_alive
 from effnet.schemas import ACTIVE, ENDED, STATES, parse
 
 CONFIG, STATUS, METRICS, CONFUSION = "config.json", "status.json", "metrics.jsonl", "confusion.json"
@@ -98,15 +99,13 @@ def load_job(run_dir: Path) -> dict[str, Any] | None:
 
 def load_config(run_dir: Path) -> tuple[Any, TrainConfig | None]:
     """(spec, settings) the trainer started with, from ``config.json``; (None, None) when absent."""
-    from effnet.scaling import ScalingSpec
-
     data = load_json(run_dir / CONFIG)
     if data is None:
         return None, None
     try:
         if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
             raise ValueError("spec: missing")
-        spec = ScalingSpec.from_dict(data["spec"])
+        spec = specs.from_dict(data["spec"])
         train = TrainConfig.from_dict(data["train"]) if "train" in data else None
     except (ValueError, TypeError) as exc:
         raise Damaged(f"{CONFIG}: {exc}") from exc
@@ -219,7 +218,6 @@ def load_model(run_dir: Path, checkpoint: Path | None = None) -> tuple[Any, Any]
     plus this function is all anyone needs to use a model.
     """
     from effnet.model import build_model
-    from effnet.scaling import ScalingSpec
 
     path = checkpoint or shown_checkpoint(run_dir)
     if path is None:
@@ -229,7 +227,7 @@ def load_model(run_dir: Path, checkpoint: Path | None = None) -> tuple[Any, Any]
         spec_dict = state.get("spec") or (load_json(run_dir / CONFIG) or {}).get("spec")
         if not isinstance(spec_dict, dict):
             raise CheckpointError(f"{path} does not say which model it holds (no spec)")
-        spec = ScalingSpec.from_dict(spec_dict)
+        spec = specs.from_dict(spec_dict)
         model = build_model(spec)
     except (Damaged, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: its spec cannot be used ({exc})") from exc
@@ -335,22 +333,6 @@ def describe(spec: Any, config: TrainConfig | None = None) -> str:
             parts.append(f"from {_source_name(Path(config.init_from))}")
     label = " · ".join(parts)
     return schemas.clean_label(label if len(label) <= 80 else label[:79] + "…")
-
-
-def pid_alive(pid: object) -> bool:
-    """Whether a process with ``pid`` runs (a zombie, exited but not reaped, does not)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def log_tail(run_dir: Path, lines: int = 15) -> str:

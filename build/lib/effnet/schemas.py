@@ -89,6 +89,13 @@ class Status(Strict):
     device: str | None = None
     slot: str | None = None
     world_size: Count | None = None
+    slurm_job_id: str | None = None  # a run on the Slurm backend: its job (1234, or 1234_5 in an array)
+    slurm_batch: str | None = None
+    slurm_state: str | None = None
+    slurm_reason: str | None = None
+    slurm_node: str | None = None
+    slurm_requeues: Count | None = None
+    node: str | None = None
 
 
 class Job(Strict):
@@ -193,7 +200,7 @@ class Manifest(Strict):
     """bundle.json: what a bundle says it holds."""
 
     format: Literal[1]
-    kind: Literal["run", "study"]
+    kind: Literal["run", "runs", "study"]
     runs: Annotated[list[str], Field(min_length=1)]
     study: StudyFile | None = None
 

@@ -144,6 +144,14 @@ def queue(kind: str, configs: list[TrainConfig], fields: list[dict[str, Any]], o
         raise ValueError(f"out: {out} already holds a study; choose a new folder")
     root = runs.checkpoints_dir(root).resolve()
     ids = jobs.submit_many(configs, root, labels, caller)
+    return record(kind, configs, ids, fields, out, root, **settings)
+
+
+def record(kind: str, configs: list[TrainConfig], ids: list[str], fields: list[dict[str, Any]], out: Path,
+           root: str | os.PathLike | None = None, **settings: Any) -> dict[str, Any]:
+    """Write ``out/study.json`` for runs already queued (``ids``, one per config); returns the study as written."""
+    root = runs.checkpoints_dir(root).resolve()
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [_row(c.spec, root / rid, out, **f) for c, rid, f in zip(configs, ids, fields, strict=True)]
     study = {"kind": kind, "runs": rows, "created_at": time.time(), "settings": settings}
@@ -354,6 +362,9 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
         if args.scaling != "compound":
             raise ValueError("scaling: a methods study trains every method; leave --scaling out")
         spec = spec_from_args(args, num_classes=num_classes_from_args(args), normalization=norm)
+        if not isinstance(spec, ScalingSpec):
+            raise ValueError(f"model: a scaling-methods study scales an EfficientNet; {spec.name} has no φ to scale "
+                             "(train it beside them with python -m effnet.train --model ...)")
         config = config_from_args(args, spec)
         phis = _numbers(args.phis, "phis") if args.phis else None
         return queue_methods(spec, config, Path(args.out), phis, args.checkpoints)
@@ -375,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         study = _start(args)
     except ValueError as exc:
         p.error(str(exc))
+    except RuntimeError as exc:  # the Slurm backend could not submit (not installed, controller down)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"queued {len(study['runs'])} runs; study: {Path(args.out) / STUDY}")
     for row in study["runs"]:
         print(row["run"])

@@ -5,7 +5,7 @@ the run's bookkeeping, then ``Run`` (a run in progress, step by step) and ``trai
 
 Design choices, and why:
 - The data lives on the training device as uint8 and is augmented there in batches
-  (``effnet.data.augment``); preprocessing is the spec's one function (``effnet.preprocess``).
+  (``effnet.step.augment``); preprocessing is the spec's one function (``effnet.preprocess``).
 - Every random choice is a function of (seed, epoch, step): the epoch's shuffle comes from a
   generator seeded by (seed, epoch) and each step reseeds torch before augmenting and running
   the model (dropout, stochastic depth). A resumed run therefore replays exactly what an
@@ -45,11 +45,12 @@ from effnet.checkpoint import CheckpointError, check_disk, load_checkpoint, save
 from effnet.config import AUGMENTATIONS, DATASETS, PRECISIONS, SCHEDULES, TrainConfig, normalization_for, val_count
 from effnet.data import Cifar100, DataError, Split, data_dir, load_cifar100, split_train_val
 from effnet.evaluate import PRECISE_BN_IMAGES, evaluate, precise_bn
-from effnet.model import EfficientNet, build_model, load_pretrained
-from effnet.scaling import ScalingSpec
+from effnet.model import build_model, head_prefix, load_pretrained
 from effnet.spec_flags import add_spec_arguments, spec_from_args
-from effnet.step import EMA, lr_at, make_optimizer, step_seed, train_step
+from effnet.specs import Spec
+from effnet.step import EMA, StaticStep, lr_at, make_optimizer, step_seed, train_step
 
+GRAPHS_ENV = "EFFNET_CUDA_GRAPHS"
 # With --config, the file is the whole config; only where to write and where to run may be given beside it.
 CONFIG_COMPANIONS = ("--config", "--out", "--resume", "--device", "--data-dir")
 
@@ -93,7 +94,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
 
 
-def config_from_args(args: argparse.Namespace, spec: ScalingSpec) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, spec: Spec) -> TrainConfig:
     """The ``TrainConfig`` of ``add_training_arguments``' flags around ``spec``."""
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("spec", "device")]
     return TrainConfig(spec=spec, device=args.device or "auto", **{n: getattr(args, n) for n in names})
@@ -180,8 +181,11 @@ class Status:
         self.enabled = enabled
         self.lock = threading.Lock()
         # The queue's generation stays: it tells the runner this status belongs to the run it started.
-        kept = {k: v for k, v in (files.read_json(self.path) or {}).items() if k in ("generation", "slot")}
+        kept = {k: v for k, v in (files.read_json(self.path) or {}).items()
+                if k in ("generation", "slot", "slurm_job_id", "slurm_batch")}
         self.fields: dict[str, Any] = {**kept, "state": "starting", "pid": os.getpid(), "started": time.time()}
+        if os.environ.get("SLURM_JOB_ID"):  # a Slurm job: where it runs, for the pages (its pid is the node's)
+            self.fields |= {"slurm_state": "RUNNING", "node": os.environ.get("SLURMD_NODENAME", "?")}
         self.last_write = 0.0
         self._stop = threading.Event()
         if enabled:
@@ -279,7 +283,7 @@ def load_data(config: TrainConfig, device: torch.device, data: Cifar100 | None =
                 data.test.take(torch.arange(len(data.test))[:n_eval]).to(device), classes)
 
 
-def weights_from_run(spec: ScalingSpec, run_dir: Path) -> EfficientNet:
+def weights_from_run(spec: Spec, run_dir: Path) -> nn.Module:
     """A new model for ``spec`` holding a finished run's weights: every tensor whose name and shape match.
 
     The classifier is new when the class count differs (fine-tuning a CIFAR-100 run on your own classes);
@@ -288,7 +292,7 @@ def weights_from_run(spec: ScalingSpec, run_dir: Path) -> EfficientNet:
     source, source_spec = runs.load_model(run_dir)  # weights_only=True
     model = build_model(spec)
     theirs, ours = source.state_dict(), model.state_dict()
-    head = {k for k in ours if k.startswith("classifier.")}
+    head = {k for k in ours if k.startswith(head_prefix(spec))}
     differ = sorted(k for k in ours if k not in head and (k not in theirs or theirs[k].shape != ours[k].shape))
     if differ or source_spec.normalization != spec.normalization:
         raise ValueError(f"init_from: {run_dir.name} holds {source_spec.name} ({source_spec.resolution} px, "
@@ -302,7 +306,7 @@ def weights_from_run(spec: ScalingSpec, run_dir: Path) -> EfficientNet:
     return model
 
 
-def initial_model(config: TrainConfig, fresh: bool) -> EfficientNet:
+def initial_model(config: TrainConfig, fresh: bool) -> nn.Module:
     """The model a run starts from: ImageNet weights, a finished run's, or random. A resumed run takes every
     weight from its own checkpoint later, so it needs neither (and works offline)."""
     if fresh and config.pretrained:
@@ -321,23 +325,25 @@ class Live:
 
     Every ~1/``POINTS`` of an epoch: the running training loss and top-1 over the steps since the last point.
     Runs of ``EARLY_EPOCHS`` epochs or fewer (class demos) also evaluate a validation slice of ``EARLY_IMAGES``
-    every quarter epoch, on a measured copy of the model (``Run.measured_model``): the training state is not
-    touched, so a resumed run replays bit for bit. The points are kept in the checkpoint, so after a resume the
-    file holds each of them once.
+    every quarter of their first epoch, when the class is waiting for a first sign of learning (later epochs
+    have their full evaluation at the end), on a measured copy of the model (``Run.measured_model``): the
+    training state is not touched, so a resumed run replays bit for bit. The points are kept in the
+    checkpoint, so after a resume the file holds each of them once.
     """
 
-    POINTS, EARLY_EPOCHS, EARLY_IMAGES = 20, 5, 256
+    POINTS, EARLY_EPOCHS, EARLY_IMAGES, EARLY_STEPS = 20, 5, 128, 20  # 128 images: a slice, for the first points
 
     def __init__(self, run: Run, rows: list[dict[str, Any]] | None = None) -> None:
         self.rows = list(rows or [])
         self.window = run._zero_acc()
         self.every = max(1, run.steps // self.POINTS)
-        early = run.config.epochs <= self.EARLY_EPOCHS and len(run.data.val) > 0 and run.steps >= 8
+        # An epoch of fewer than EARLY_STEPS steps is over in moments: its end-of-epoch evaluation is early enough.
+        early = run.config.epochs <= self.EARLY_EPOCHS and len(run.data.val) > 0 and run.steps >= self.EARLY_STEPS
         self.quarters = {round(k * run.steps / 4) for k in (1, 2, 3)} if early else set()
         self.last_write = 0.0
 
     def after_step(self, run: Run) -> None:
-        if run.step % self.every and run.step not in self.quarters:
+        if run.step % self.every and (run.step not in self.quarters or run.epoch > 0):
             return
         seen = int(self.window["seen"].item())  # one host sync per point, not per step
         if seen:
@@ -348,7 +354,7 @@ class Live:
             self.rows.append({"epoch": run.epoch + 1, "step": run.step, "steps": run.steps, "train_loss": loss,
                               "train_top1": 100 * self.window["correct"].item() / seen})
             self.window = run._zero_acc()
-        if run.step in self.quarters and run.main:
+        if run.step in self.quarters and run.epoch == 0 and run.main:
             run.status.update(phase="evaluating a validation slice")
             measured = run.measured_model(self.EARLY_IMAGES)
             val = evaluate(measured, run.data.val.take(torch.arange(min(self.EARLY_IMAGES, len(run.data.val)))),
@@ -395,6 +401,10 @@ class Run:
             self.step_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if config.compile:
             self.step_model = torch.compile(self.step_model)
+        # Whole-step CUDA graphs (step.StaticStep) on one GPU without DDP or compile; EFFNET_CUDA_GRAPHS=0: off.
+        self.graphs = (device.type == "cuda" and world == 1 and not config.compile
+                       and os.environ.get(GRAPHS_ENV, "1") != "0")
+        self.static: StaticStep | None = None
         self.steps = max(1, len(data.train) // (config.batch_size * world))
         self.total_steps = self.steps * config.epochs
         self.warmup = min(int(config.warmup_epochs * self.steps), self.total_steps // 2)
@@ -450,6 +460,27 @@ class Run:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
+    def _one_step(self, images: Tensor, labels: Tensor, lr: float, augment_seed: int) -> tuple[Tensor, Tensor]:
+        """The training step: through CUDA graphs where they apply, else eagerly (the same body, ``StaticStep``)."""
+        if self.graphs:
+            if self.static is None:
+                self.static = StaticStep(self.step_model, self.optimizer, self.config, images, labels, self.amp,
+                                         capture=True)
+            captured = self.static.graph is not None
+            out = self.static(images, labels, lr, augment_seed)
+            if not captured and (self.static.graph is not None or self.static.fallback):
+                print("CUDA graphs: " + ("the whole step is captured and replayed" if self.static.graph is not None
+                                         else f"not used, the step stays eager ({self.static.fallback})"), flush=True)
+                self.graphs = self.static.graph is not None
+            return out
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        gen = torch.Generator(device=self.device).manual_seed(augment_seed)
+        return train_step(self.step_model, self.optimizer, images, labels, self.config, gen, self.amp)
+
     def _stopped(self) -> bool:
         self.save()
         if self.main:
@@ -471,12 +502,9 @@ class Run:
             step = self.step
             idx = order[step * global_batch : (step + 1) * global_batch][self.rank :: self.world]
             torch.manual_seed(step_seed(seed, epoch, step, self.rank))
-            gen = torch.Generator(device=self.device).manual_seed(step_seed(seed, epoch, step, self.rank, 1))
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(epoch * self.steps + step, self.total_steps, self.warmup, config.lr, config.schedule)
+            lr = lr_at(epoch * self.steps + step, self.total_steps, self.warmup, config.lr, config.schedule)
             y = self.data.train.labels[idx]
-            loss, logits = train_step(self.step_model, self.optimizer, self.data.train.images[idx], y, config, gen,
-                                      self.amp)
+            loss, logits = self._one_step(self.data.train.images[idx], y, lr, step_seed(seed, epoch, step, self.rank, 1))
             if self.ema is not None:
                 self.ema.update()
             for sums in (self.acc, self.live.window):
@@ -536,7 +564,7 @@ class Run:
             "val_top1": val["top1"] if val else None, "val_top5": val["top5"] if val else None,
             "test_top1": test["top1"], "test_top5": test["top5"],
             "val_loss": val["loss"] if val else None, "test_loss": test["loss"],
-            "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds["epoch"],
+            "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_seconds": seconds["epoch"],
             "images_per_second": seen / max(1e-9, seconds["train"]),
         }
 
@@ -577,6 +605,16 @@ def _open(config: TrainConfig, out: Path, resume: bool) -> tuple[TrainConfig, di
     return config, checkpoint
 
 
+def distributed_env() -> tuple[int, int, int]:
+    """(world size, rank, local rank) of this process: torchrun's variables, else Slurm's (``srun`` starting one task
+    per GPU, ``effnet.slurm``'s script exporting MASTER_ADDR and MASTER_PORT), else a single process."""
+    env = os.environ
+    if "WORLD_SIZE" not in env and int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        env["WORLD_SIZE"], env["RANK"] = env["SLURM_NTASKS"], env["SLURM_PROCID"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    return int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
+
+
 def _failure(exc: BaseException) -> dict[str, Any]:
     """The status fields of a failed run; a full disk says so (and that the last checkpoint is kept)."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -605,8 +643,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> list[dict[str
             files.write_status(out / runs.STATUS, {**(files.read_json(out / runs.STATUS) or {}), "state": "failed",
                                                    **_failure(exc)})
         raise
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local_rank = distributed_env()
     device = pick_device(config.device, local_rank)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -656,7 +693,7 @@ def _loop(run: Run, checkpoint: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     config, out, resume = parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = distributed_env()[1]
     try:
         train(config, out, resume)
     except (DataError, ValueError, CheckpointError) as exc:
