@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet.card import ModelCard, StageRow
+from effnet.files import atomic_write_bytes
 from effnet.scaling import DEFAULT_BASE_RESOLUTION, GEOMETRIES, MIN_RESOLUTION, NORMALIZATIONS
 
 # torchvision's name -> (what the pages call it, its classifier's module name)
@@ -207,9 +208,7 @@ def _stored(spec: BaselineSpec) -> list[dict[str, Any]]:
         cached[key] = _count(spec)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(cached))
-            os.replace(tmp, path)
+            atomic_write_bytes(path, json.dumps(cached).encode())
         except OSError:
             pass  # a read-only home: counted again next time, nothing worse
     return cached[key]

@@ -3,7 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from effnet import OFFICIAL, ScalingSpec, model_card
+from effnet import OFFICIAL, ScalingSpec, model_card, specs
+from effnet.baselines import MODELS as BASELINES
+from effnet.baselines import BaselineSpec
 from effnet.card import official_vs_formula, scaling_methods, side_by_side
 from effnet.charts import METHOD_NAMES, network_picture, scaling_sweep
 from effnet.devices import check_memory
@@ -158,6 +160,24 @@ with compare_tab:
             st.caption("Per stage: the side of its output feature map, repeats, output channels, params and "
                        "multiply-adds; \"A → B\" where B differs. Look for where each spec spends its budget: compound grows every "
                        "column a little, one dimension alone grows one column a lot.")
+        st.markdown("**Or against a conventional network** (torchvision's, counted once with FlopCounterMode): "
+                    "its own stages, and its totals beside A's.")
+        baseline = st.selectbox("Network", list(BASELINES), format_func=lambda m: BASELINES[m][0], key="cmp_baseline")
+        try:
+            other_card = specs.card(BaselineSpec(model=baseline, geometry=geometry, num_classes=int(num_classes),
+                                                 base_resolution=int(base_resolution)))
+        except ValueError as exc:
+            st.error(f"{BASELINES[baseline][0]} cannot be built here: {exc}")
+        else:
+            tiles = st.columns(3)
+            tiles[0].metric(f"{BASELINES[baseline][0]} params", si(other_card.params),
+                            f"×{other_card.params / card.params:.1f} of A", delta_color="off")
+            tiles[1].metric("MACs", si(other_card.macs), f"×{other_card.macs / card.macs:.1f} of A", delta_color="off")
+            side = min(r.output_size for r in other_card.stages if r.output_size > 1)  # before its pooling head
+            tiles[2].metric("Final feature map", f"{side}×{side}")
+            st.dataframe(pd.DataFrame([{"stage": r.name, "operator": r.operator, "output": f"{r.output_size}×"
+                                        f"{r.output_size}", "params": si(r.params), "MACs": si(r.macs)}
+                                       for r in other_card.stages]), hide_index=True, width="stretch", height=300)
 
 with curves_tab:
     if curves_tab.open:
