@@ -24,8 +24,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from effnet import ScalingSpec, build_model
-from effnet.cam import METHODS, explain, overlay
-from effnet.images import decode_image
+from effnet.analysis.cam import METHODS, explain, overlay
+from effnet.data.images import decode_image
 
 TARGET_S = 2.0
 

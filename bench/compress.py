@@ -4,7 +4,7 @@
     python bench/compress.py --run checkpoints/<run> [--data-dir DIR]
 
 Prints each variant (size, batch-1 and batch-32 latency, test top-1) and the ratios the targets ask
-for, all measured in one process (effnet.compress: interleaved latency rounds, same test images):
+for, all measured in one process (effnet.compression.compress: interleaved latency rounds, same test images):
 int8 size <= 0.3x fp32, int8 batch-1 >= 1.5x faster than fp32 eager, int8 top-1 within 2 points;
 pruned-0.3 batch-32 >= 1.3x faster than fp32, its accuracy drop reported.
 """
@@ -23,7 +23,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from effnet import compress  # noqa: E402
+from effnet.compression import compress  # noqa: E402
 
 
 def digits_folder(root: Path) -> Path:

@@ -6,12 +6,12 @@
 Writes ``$OUT/gpu.json``:
 
 - ``cases``: B0, B3, B7 (dry run: B0) x modes ``baseline`` (torchvision + DataLoader, bench/train_throughput),
-  ``eager`` (effnet.step.train_step), ``graphs`` (step.StaticStep captured as a CUDA graph) and ``compile``
+  ``eager`` (effnet.training.step.train_step), ``graphs`` (step.StaticStep captured as a CUDA graph) and ``compile``
   (torch.compile), each with images/s and seconds per 45k-image epoch, or ``skipped`` with the reason;
 - ``end_to_end``: ``python -m effnet.train`` on a generated CIFAR-format archive: two epochs with evaluation
   and checkpoints, SIGKILL mid-epoch 2, ``--resume`` to the end (each epoch once in metrics.jsonl), compared
   with an uninterrupted run (bitwise on a CPU; the largest difference is reported on a GPU); one run through
-  the queue (effnet.jobs + effnet.campaign) and one CAM on the device.
+  the queue (effnet.queue.jobs + effnet.queue.campaign) and one CAM on the device.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import train_throughput as tt  # noqa: E402
 from cifar_files import write_cifar_archive  # noqa: E402
 
 from effnet import ScalingSpec, build_model  # noqa: E402
-from effnet.config import TrainConfig  # noqa: E402
-from effnet.step import StaticStep, make_optimizer  # noqa: E402
+from effnet.training.config import TrainConfig  # noqa: E402
+from effnet.training.step import StaticStep, make_optimizer  # noqa: E402
 
 DEVICE = os.environ.get("DEVICE", "cuda")
 DRY = os.environ.get("DRY_RUN", "0") == "1"
@@ -132,9 +132,10 @@ def _status(run: Path) -> dict:
 
 def end_to_end(device: str, work: Path) -> dict:
     """Train, SIGKILL mid-epoch 2, resume; compare with an uninterrupted run; a queued run; a CAM."""
-    from effnet import campaign, runs
-    from effnet.cam import explain
-    from effnet.checkpoint import load_checkpoint
+    from effnet.analysis.cam import explain
+    from effnet.queue import campaign
+    from effnet.training import runs
+    from effnet.training.checkpoint import load_checkpoint
 
     data = work / "data"
     write_cifar_archive(data / "cifar-100-python.tar.gz", n_train=160 if DRY else 5000, n_test=50 if DRY else 1000)

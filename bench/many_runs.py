@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from fake_runs import fake_run, row  # noqa: E402
 
-from effnet import runs  # noqa: E402
+from effnet.training import runs  # noqa: E402
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from effnet import ScalingSpec
-from effnet.measure import measure_estimate_s, measure_speed
+from effnet.training.measure import measure_estimate_s, measure_speed
 
 CASES = [  # (label, spec, batch): the explorer's default, its speed tab's default batch, bigger models
     ("B0 cifar", ScalingSpec.official("b0"), 16),

@@ -6,7 +6,7 @@ a standard ``DataLoader`` over the same images with RandomCrop(32, padding=4), R
 ToTensor and Normalize (PIL per image, as ``torchvision.datasets.CIFAR100`` yields them);
 ``num_workers=0`` on the CPU (workers would take the two compute cores), 8 on a GPU.
 
-Ours: ``effnet.step.train_step`` as the trainer runs it: data on the device as uint8, batched
+Ours: ``effnet.training.step.train_step`` as the trainer runs it: data on the device as uint8, batched
 augmentation and preprocessing there, channels_last, bf16 autocast on CUDA, optional torch.compile.
 
 Same batch size, geometry and device; one process; the two alternate, several rounds, best of each.
@@ -34,9 +34,9 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from effnet import ScalingSpec, build_model, model_card
-from effnet.config import TrainConfig
-from effnet.preprocess import STATS
-from effnet.step import make_optimizer, train_step
+from effnet.arch.preprocess import STATS
+from effnet.training.config import TrainConfig
+from effnet.training.step import make_optimizer, train_step
 
 EPOCH_IMAGES = 45_000  # CIFAR-100 training split after holding out 5,000 for validation
 

@@ -13,10 +13,10 @@ import argparse
 import json
 import sys
 
-from effnet import specs
-from effnet.baselines import BaselineSpec
-from effnet.card import ModelCard
-from effnet.spec_flags import add_spec_arguments, spec_from_args
+from effnet.arch import specs
+from effnet.arch.baselines import BaselineSpec
+from effnet.arch.card import ModelCard
+from effnet.training.flags import add_spec_arguments, spec_from_args
 
 
 def format_card(card: ModelCard, batch_size: int) -> str:

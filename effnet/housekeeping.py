@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
-from effnet import bundle, compressions, folder, runs
+from effnet.compression import compressions
+from effnet.data import folder
+from effnet.experiments import bundle
+from effnet.training import runs
 
 EVERY_S, TEMP_AGE_S = 30.0, 3600.0
 _LAST: dict[tuple[str, str], float] = {}
@@ -58,7 +60,7 @@ def tidy(root: str | os.PathLike | None, data_root: str | os.PathLike, force: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from effnet.data import data_dir
+    from effnet.data.cifar import data_dir
 
     p = argparse.ArgumentParser(prog="python -m effnet.housekeeping", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", help="the checkpoints folder (default: $EFFNET_CHECKPOINTS or ./checkpoints)")
@@ -68,6 +70,3 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

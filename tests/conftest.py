@@ -45,7 +45,7 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // WORKERS)))
 
 from effnet import ScalingSpec  # noqa: E402
-from effnet.config import TrainConfig  # noqa: E402
+from effnet.training.config import TrainConfig  # noqa: E402
 
 # ----------------------------------------------------------------------------- timeouts that follow the machine
 REFERENCE_PROBE_S = 0.045  # the probe below on the project's 2-core machine, quiet
@@ -100,7 +100,7 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     lock; the others wait and use it): trained fixtures cost their minutes once."""
     import shutil
 
-    from effnet import locks
+    from effnet.base import locks
 
     base = tmp_path_factory.getbasetemp()
     shared_root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base

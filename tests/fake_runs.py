@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from effnet import files, runs
-from effnet.config import TrainConfig
-from effnet.scaling import ScalingSpec
+from effnet.arch.scaling import ScalingSpec
+from effnet.base import files
+from effnet.training import runs
+from effnet.training.config import TrainConfig
 
 
 def row(epoch: int, val: float | None, test: float, **extra: Any) -> dict[str, Any]:
@@ -34,8 +35,8 @@ def fake_run(root: Path, name: str, rows: list[dict[str, Any]], spec: ScalingSpe
     if job is not None:
         files.write_json(run_dir / runs.JOB, {"config": train.to_dict(), "queued_at": 1, "generation": 1, **job})
     if weights:
-        from effnet.checkpoint import save_checkpoint
-        from effnet.model import build_model
+        from effnet.arch.model import build_model
+        from effnet.training.checkpoint import save_checkpoint
 
         save_checkpoint(run_dir / runs.BEST, {"model": build_model(spec).state_dict(), "spec": spec.to_dict(),
                                               "epoch": len(rows)})

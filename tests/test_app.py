@@ -7,9 +7,11 @@ import pytest
 from conftest import open_app, serve_app_from, wait_for
 from streamlit.testing.v1 import AppTest
 
-from effnet import ScalingSpec, jobs, model_card, runs
-from effnet.config import TrainConfig
-from effnet.humanize import si
+from effnet import ScalingSpec, model_card
+from effnet.base.text import si
+from effnet.queue import jobs
+from effnet.training import runs
+from effnet.training.config import TrainConfig
 
 PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.py", "views/lesson.py", "views/study.py",
          "views/compress.py"]
@@ -148,7 +150,7 @@ def with_runs(app_env, finished_runs, monkeypatch):
 
 
 def test_results_page_shows_the_study_table_from_the_runs(with_runs):
-    from effnet import results
+    from effnet.analysis import results
 
     at = open_page(PAGES[2])
     assert not at.exception, at.exception

@@ -13,11 +13,13 @@ from PIL import Image
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from effnet import ScalingSpec, build_model, runs, specs
-from effnet.baselines import BaselineSpec
-from effnet.cam import LAST, explain, layer_choices, randomised, target_layer
-from effnet.config import TrainConfig
-from effnet.zoo import EFFICIENTNET, imagenet_models
+from effnet import ScalingSpec, build_model
+from effnet.analysis.cam import LAST, explain, layer_choices, randomised, target_layer
+from effnet.arch import specs
+from effnet.arch.baselines import BaselineSpec
+from effnet.arch.zoo import EFFICIENTNET, imagenet_models
+from effnet.training import runs
+from effnet.training.config import TrainConfig
 
 
 def adapted_reference(model: str, num_classes: int) -> nn.Module:
@@ -183,7 +185,7 @@ def test_figure1_comes_from_torchvisions_metadata():
 
 @pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2"])
 def test_pruning_a_baseline_keeps_its_classifier_and_shrinks_the_rest(model):
-    from effnet.compress import prune
+    from effnet.compression.compress import prune
 
     spec = BaselineSpec(model=model, num_classes=10, base_resolution=16)
     net = build_model(spec).eval()

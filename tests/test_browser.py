@@ -182,7 +182,7 @@ def test_explorer_tiles_are_not_cut_off_at_1280(browser, server):
 def test_the_measure_spinner_promises_the_models_own_estimate(browser, server):
     """Classroom item 14: not "a few seconds" for every model, but the estimate for this spec and batch."""
     from effnet import ScalingSpec
-    from effnet.measure import measure_estimate_s
+    from effnet.training.measure import measure_estimate_s
 
     page = projector_page(browser, server, "/explorer", "Compound scaling explorer")
     page.get_by_role("tab", name="Speed on this machine").click()
@@ -351,7 +351,8 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) ->
     from fake_runs import fake_run, row
     from test_hostile_student import class_zip
 
-    from effnet import files, folder
+    from effnet.base import files
+    from effnet.data import folder
 
     listener = Listener()
     root = tmp_path_factory.mktemp("hostile") / "checkpoints"

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from effnet import ScalingSpec, build_model
-from effnet.cam import METHODS, explain, overlay, target_layer
-from effnet.images import decode_image
-from effnet.preprocess import to_model_input
+from effnet.analysis.cam import METHODS, explain, overlay, target_layer
+from effnet.arch.preprocess import to_model_input
+from effnet.data.images import decode_image
 
 COLOURS = np.array([[230, 30, 30], [30, 200, 30], [40, 40, 230], [230, 230, 30]])
 BOX = 8

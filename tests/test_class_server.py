@@ -18,8 +18,12 @@ import pytest
 import torch
 from conftest import PROJECT, open_app, python_env, read_status, serve_app_from, tiny_config, train_cmd, wait_for
 
-from effnet import ScalingSpec, checkpoint, files, jobs, locks, results, runs
-from effnet.access import Caller
+from effnet import ScalingSpec
+from effnet.analysis import results
+from effnet.base import files, locks
+from effnet.base.access import Caller
+from effnet.queue import jobs
+from effnet.training import checkpoint, runs
 from views.widgets import plain
 
 # Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
@@ -105,7 +109,7 @@ def test_symlinked_files_in_a_run_are_refused_not_followed(sandbox, finished_run
 def test_a_poisoned_weights_file_in_the_torch_cache_never_runs(tmp_path, monkeypatch):
     import torchvision
 
-    from effnet.model import load_pretrained
+    from effnet.arch.model import load_pretrained
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     marker = tmp_path / "pwned"

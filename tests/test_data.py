@@ -9,8 +9,8 @@ import pytest
 import torch
 from cifar_files import py2_pickle, random_split, split_dict, write_cifar_archive, write_cifar_folder
 
-from effnet.data import DataError, data_dir, load_cifar100, read_folder, split_train_val
-from effnet.step import augment
+from effnet.data.cifar import DataError, data_dir, load_cifar100, read_folder, split_train_val
+from effnet.training.step import augment
 
 
 def test_generated_files_are_python2_pickles_that_load_both_ways(cifar_dir):

@@ -17,11 +17,14 @@ import pytest
 from conftest import PROJECT, open_app, python_env, serve_app_from
 from fake_runs import fake_run, row
 
-from effnet import files, results, runs, study
-from effnet.card import model_card
-from effnet.config import TrainConfig
-from effnet.devices import MEMORY_SHARE, check_memory, ram_bytes
-from effnet.scaling import ScalingSpec
+from effnet.analysis import results
+from effnet.arch.card import model_card
+from effnet.arch.scaling import ScalingSpec
+from effnet.base import files
+from effnet.experiments import study
+from effnet.training import runs
+from effnet.training.config import TrainConfig
+from effnet.training.devices import MEMORY_SHARE, check_memory, ram_bytes
 from views.widgets import plain
 
 
@@ -109,7 +112,7 @@ def test_a_studys_numbers_come_from_the_selected_epoch(tmp_path):
 def test_best_pt_is_the_last_epoch_without_a_validation_split(tmp_path, cifar_dir):
     from conftest import run_train
 
-    from effnet.checkpoint import load_checkpoint
+    from effnet.training.checkpoint import load_checkpoint
 
     done = run_train(tmp_path / "run", cifar_dir, "--epochs", "2", "--val-size", "0")
     assert done.returncode == 0, done.stderr
@@ -131,7 +134,7 @@ def test_a_small_folder_trains_with_the_default_validation_split(tmp_path):
 
 
 def test_a_split_too_large_is_refused_with_the_fix(tmp_path):
-    from effnet.config import val_count
+    from effnet.training.config import val_count
 
     with pytest.raises(ValueError, match=r"give --val-size 9 \(or 0"):
         val_count(TrainConfig(val_size=200, dataset="folder"), 96)
@@ -140,11 +143,11 @@ def test_a_split_too_large_is_refused_with_the_fix(tmp_path):
 def test_the_cpu_time_check_counts_the_folders_own_images(tmp_path, monkeypatch):
     from test_own_data import write_digits
 
-    from effnet import jobs
+    from effnet.queue import jobs
 
     folder = write_digits(tmp_path / "photos", per_class=12)
     config = TrainConfig(spec=ScalingSpec(phi=-3), dataset="folder", data_dir=str(folder))
-    from effnet.folder import split_sizes
+    from effnet.data.folder import split_sizes
 
     n_train = split_sizes(folder)[0]  # 122 files (two are not images) less a fifth of each class for testing
     assert n_train == 100 and jobs.training_images(config) == 90  # less a tenth held out for validation
@@ -188,8 +191,8 @@ def too_big_for_this_machine() -> tuple[ScalingSpec, int]:
 
 @pytest.mark.slow
 def test_explorer_queue_and_measure_refuse_by_the_same_rule(tmp_path, monkeypatch, cifar_dir):
-    from effnet import jobs
-    from effnet.measure import measure_speed
+    from effnet.queue import jobs
+    from effnet.training.measure import measure_speed
 
     spec, batch = too_big_for_this_machine()
     with pytest.raises(ValueError) as rule:
@@ -248,7 +251,7 @@ def test_the_log_tail_reads_only_the_tail(tmp_path):
 def test_every_run_file_refuses_nan_and_true_as_a_number(tmp_path, name, text, field):
     run_dir = fake_run(tmp_path, "r", [row(1, 50.0, 50.0)])
     (run_dir / name).write_text(text)
-    from effnet.files import Damaged
+    from effnet.base.files import Damaged
 
     with pytest.raises(Damaged, match=field):
         {"status.json": runs.load_status, "confusion.json": runs.load_confusion_file,
@@ -256,8 +259,8 @@ def test_every_run_file_refuses_nan_and_true_as_a_number(tmp_path, name, text, f
 
 
 def test_study_and_compress_files_follow_the_same_rules(tmp_path):
-    from effnet import compressions
-    from effnet.files import Damaged
+    from effnet.base.files import Damaged
+    from effnet.compression import compressions
 
     files.atomic_write_bytes(tmp_path / "study.json", b'{"kind": "grid", "runs": [{"run": "x", "macs": true, '
                                                       b'"params": 1, "alpha": 1, "beta": 1, "gamma": 1}]}')
@@ -314,7 +317,7 @@ def test_the_compress_page_offers_every_variant_for_download(tmp_path, monkeypat
 
 
 def test_one_si_formatter_and_one_slug():
-    from effnet.humanize import si, slug
+    from effnet.base.text import si, slug
 
     assert si(1_234_567) == "1.23 M" and si(1_500_000, decimals=None) == "1.5M" and si(12) == "12"
     assert slug("B0 · 3 ep · 2,000 img") == "b0-3-ep-2-000-img" and slug("···") == "run"

@@ -26,9 +26,15 @@ from conftest import PROJECT, cli, open_app, python_env, scaled, serve, serve_ap
 from fake_runs import fake_run, row
 from PIL import Image
 
-from effnet import access, bundle, compressions, files, folder, jobs, results, runs
-from effnet.access import Caller
-from effnet.data import DataError
+from effnet.analysis import results
+from effnet.base import access, files
+from effnet.base.access import Caller
+from effnet.compression import compressions
+from effnet.data import folder
+from effnet.data.cifar import DataError
+from effnet.experiments import bundle
+from effnet.queue import jobs
+from effnet.training import runs
 
 # Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
 pytestmark = pytest.mark.slow
@@ -190,7 +196,7 @@ def test_a_half_unpacked_dataset_is_invisible_and_a_crashed_one_is_removed(tmp_p
     (staging / "only-one-class").mkdir(parents=True)
     (staging / "only-one-class" / "0.png").write_bytes(png((1, 2, 3)))
     assert folder.own_datasets(data) == []
-    from effnet import locks
+    from effnet.base import locks
 
     busy = data / folder.OWN / ".staging-ba9876543210"
     busy.mkdir()
@@ -310,7 +316,7 @@ def test_deleting_a_run_stops_its_compression_and_nothing_comes_back(tmp_path, m
     run_dir = fake_run(tmp_path, "r", [row(1, 50.0, 50.0)], weights=True, job={"owner": STUDENT_A.owner})
     out = run_dir / compressions.FOLDER / "20261201-120000"
     out.mkdir(parents=True)
-    from effnet import locks
+    from effnet.base import locks
 
     device = tmp_path / ".device-cpu.lock"
     with locks.exclusive(device):  # a training run holds the CPU: the compression waits for it, alive

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT, tiny_config, wait_for
 
-from effnet import ScalingSpec, files, jobs, locks, runs
-from effnet.devices import device_lock
+from effnet import ScalingSpec
+from effnet.base import files, locks
+from effnet.queue import jobs
+from effnet.training import runs
+from effnet.training.devices import device_lock
 
 # Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 from effnet import ScalingSpec, build_model, model_card
-from effnet.preprocess import to_model_input
+from effnet.arch.preprocess import to_model_input
 
 VARIANTS = [f"b{i}" for i in range(8)]
 PAPER_GMACS = [0.386, 0.687, 0.994, 1.827, 4.394, 10.266, 19.068, 37.746]
@@ -156,7 +156,7 @@ def test_preprocessing_resizes_to_the_spec_and_normalises_by_its_statistics():
 def test_the_measure_estimate_follows_what_measure_speed_does():
     """The explorer's spinner promises this estimate (classroom item 14: "a few seconds" took 22 s): it grows with
     the model and the batch, counts the first imports, and a tiny model stops at its repetition caps."""
-    from effnet.measure import FIRST_IMPORT_S, measure_estimate_s
+    from effnet.training.measure import FIRST_IMPORT_S, measure_estimate_s
 
     tiny, b0, b4 = ScalingSpec(phi=-4), ScalingSpec.official("b0"), ScalingSpec.official("b4", geometry="imagenet")
     assert measure_estimate_s(tiny, 4, cold=False) < 2 < measure_estimate_s(b0, 16, cold=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import cli, python_env
 
-from effnet import runs
+from effnet.training import runs
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "train_on_colab.ipynb"
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_a_run_killed_with_its_kernel_is_resumed_not_restarted(cifar_dir, tmp_pa
 
     from conftest import read_status, tiny_config, wait_for
 
-    from effnet import campaign
+    from effnet.queue import campaign
 
     for name, value in python_env().items():
         monkeypatch.setenv(name, value)

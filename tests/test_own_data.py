@@ -14,12 +14,13 @@ import torch
 from conftest import built_once, cli, open_app, serve_app_from, shared, wait_for
 from PIL import Image
 
-from effnet import files, runs
-from effnet.data import DataError
-from effnet.devices import cpu_locks
-from effnet.folder import CACHE, NO_SUPERCLASS, load_folder, unpack_zip
-from effnet.scaling import ScalingSpec
-from effnet.train import weights_from_run
+from effnet.arch.scaling import ScalingSpec
+from effnet.base import files
+from effnet.data.cifar import DataError
+from effnet.data.folder import CACHE, NO_SUPERCLASS, load_folder, unpack_zip
+from effnet.training import runs
+from effnet.training.devices import cpu_locks
+from effnet.training.start import weights_from_run
 
 # Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
 pytestmark = pytest.mark.slow
@@ -252,7 +253,8 @@ def test_compression_waits_for_training_on_the_cpu_and_runs_one_at_a_time(tmp_pa
     import contextlib
     import shutil
 
-    from effnet import compressions, locks
+    from effnet.base import locks
+    from effnet.compression import compressions
 
     root = tmp_path / "checkpoints"
     run = shutil.copytree(digits_run, root / "digits")

@@ -7,8 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from effnet import ScalingSpec, files, model_card, results, runs
-from effnet.charts import network_picture, scaling_sweep, training_curves, val_vs_test
+from effnet import ScalingSpec, model_card
+from effnet.analysis import results
+from effnet.analysis.charts import network_picture, scaling_sweep, training_curves, val_vs_test
+from effnet.base import files
+from effnet.training import runs
 
 
 def test_study_table_and_csv_round_trip(finished_runs):

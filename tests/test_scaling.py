@@ -5,7 +5,7 @@ import math
 import pytest
 
 from effnet import OFFICIAL, ScalingSpec, model_card
-from effnet.scaling import round_channels, round_repeats, stage_strides
+from effnet.arch.scaling import round_channels, round_repeats, stage_strides
 
 CIFAR_RESOLUTIONS = {"b0": 32, "b1": 34, "b2": 37, "b3": 43, "b4": 54, "b5": 65, "b6": 75, "b7": 86}
 
@@ -152,7 +152,7 @@ def test_documented_phi_range_builds_analytically(geometry, phi):
                                   ScalingSpec(phi=2, geometry="imagenet")], ids=lambda s: f"{s.name}-{s.geometry}")
 def test_single_dimension_methods_are_solved_to_the_compound_models_actual_macs(spec):
     """The nominal 2^phi misses by up to 25% after rounding; the solved budgets land within a few percent."""
-    from effnet.card import at_equal_macs, scaling_methods
+    from effnet.arch.card import at_equal_macs, scaling_methods
 
     target = model_card(spec).macs
     for method in ("depth", "width", "resolution"):
@@ -168,7 +168,7 @@ def test_single_dimension_methods_are_solved_to_the_compound_models_actual_macs(
 
 
 def test_image_counts_are_cut_to_the_dataset_with_a_note():
-    from effnet.config import TrainConfig, fit_to_dataset
+    from effnet.training.config import TrainConfig, fit_to_dataset
 
     quick = TrainConfig(spec=ScalingSpec(phi=-3), subset=2000, eval_subset=500, val_size=1000)
     fitted, note = fit_to_dataset(quick, n_train=1437, n_test=300)

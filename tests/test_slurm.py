@@ -15,8 +15,12 @@ import pytest
 import torch
 from conftest import STUDY_TRAIN, cli, open_app, run_train, scaled, serve_app_from, tiny_config, wait_for
 
-from effnet import files, jobs, results, runs, slurm, study
-from effnet.checkpoint import load_checkpoint
+from effnet.analysis import results
+from effnet.base import files
+from effnet.experiments import study
+from effnet.queue import jobs, slurm
+from effnet.training import runs
+from effnet.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

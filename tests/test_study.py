@@ -17,9 +17,10 @@ import torch
 from conftest import STUDY_TRAIN, cli, open_app, serve_app_from
 from streamlit.testing.v1 import AppTest
 
-from effnet import bundle, runs, study
-from effnet.card import model_card
-from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, ScalingSpec
+from effnet.arch.card import model_card
+from effnet.arch.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, ScalingSpec
+from effnet.experiments import bundle, study
+from effnet.training import runs
 from views.widgets import plain
 
 # Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
@@ -207,7 +208,7 @@ def pickle_payload() -> bytes:
 
 def other_weights() -> bytes:
     """A valid checkpoint of a different model than the run declares."""
-    from effnet.model import build_model
+    from effnet.arch.model import build_model
 
     buf = io.BytesIO()
     torch.save({"format": 1, "model": build_model(ScalingSpec(phi=-1)).state_dict()}, buf)

@@ -15,10 +15,10 @@ import torch
 from conftest import PROJECT, python_env, read_status, run_train, train_cmd, wait_for
 
 from effnet import ScalingSpec, build_model
-from effnet.config import TrainConfig
-from effnet.runs import CheckpointError, load_checkpoint
-from effnet.step import lr_at
 from effnet.train import parse_args
+from effnet.training.config import TrainConfig
+from effnet.training.runs import CheckpointError, load_checkpoint
+from effnet.training.step import lr_at
 
 # Trains models, starts processes or servers: the full suite's, not the edit loop's (-m 'not slow').
 pytestmark = pytest.mark.slow
@@ -257,7 +257,7 @@ def test_accelerator_path_runs_on_the_cpu(tmp_path, cifar_dir):
 
 @pytest.mark.parametrize("augment, momentum", [("standard", 0.9), ("cutout", 0.0)])
 def test_the_static_buffer_step_gives_bitwise_the_eager_steps_weights(augment, momentum):
-    from effnet.step import StaticStep, make_optimizer, step_seed, train_step
+    from effnet.training.step import StaticStep, make_optimizer, step_seed, train_step
 
     spec = ScalingSpec(phi=-4, num_classes=10, dropout=0.2)
     config = TrainConfig(spec=spec, lr=0.1, momentum=momentum, augment=augment, weight_decay=5e-4)

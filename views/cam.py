@@ -3,8 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from effnet import runs
-from effnet.cam import (
+from effnet.analysis.cam import (
     LAYER_RULES,
     METHOD_NAMES,
     METHOD_NOTES,
@@ -15,9 +14,10 @@ from effnet.cam import (
     imagenet_model,
     randomised,
 )
-from effnet.data import DataError
-from effnet.images import UPLOAD_TYPES
-from effnet.scaling import OFFICIAL, ScalingSpec
+from effnet.arch.scaling import OFFICIAL, ScalingSpec
+from effnet.data.cifar import DataError
+from effnet.data.images import UPLOAD_TYPES
+from effnet.training import runs
 from views.widgets import (
     MAX_CAM_IMAGES,
     cam_strip,

@@ -5,10 +5,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from effnet import files, runs
-from effnet.access import readonly
-from effnet.charts import compression
-from effnet.compressions import COMPRESS, FOLDER, load_result, losing, outputs, start, working
+from effnet.analysis.charts import compression
+from effnet.base import files
+from effnet.base.access import readonly
+from effnet.compression.compressions import COMPRESS, FOLDER, load_result, losing, outputs, start, working
+from effnet.training import runs
 from views.routes import download_url
 from views.widgets import caller, chart, plain, refused
 

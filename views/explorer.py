@@ -3,14 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from effnet import OFFICIAL, ScalingSpec, model_card, specs
-from effnet.baselines import MODELS as BASELINES
-from effnet.baselines import BaselineSpec
-from effnet.card import official_vs_formula, scaling_methods, side_by_side
-from effnet.charts import METHOD_NAMES, network_picture, scaling_sweep
-from effnet.devices import check_memory
-from effnet.humanize import si
-from effnet.scaling import (
+from effnet import OFFICIAL, ScalingSpec, model_card
+from effnet.analysis.charts import METHOD_NAMES, network_picture, scaling_sweep
+from effnet.arch import specs
+from effnet.arch.baselines import MODELS as BASELINES
+from effnet.arch.baselines import BaselineSpec
+from effnet.arch.card import official_vs_formula, scaling_methods, side_by_side
+from effnet.arch.scaling import (
     COEFFICIENT_RANGE,
     CONSTRAINT_TARGET,
     DEFAULT_BASE_RESOLUTION,
@@ -21,6 +20,8 @@ from effnet.scaling import (
     PAPER_GAMMA,
     PHI_RANGE,
 )
+from effnet.base.text import si
+from effnet.training.devices import check_memory
 from views.widgets import chart, linked_number
 
 
@@ -204,7 +205,7 @@ with speed_tab:
                 "Time this model here (one image, and a training step).")
     measure_batch = st.number_input("Training batch to time", 1, 512, 16, key="measure_batch")
     if st.button("Measure on this machine", key="measure"):
-        from effnet.measure import measure_estimate_s, measure_speed
+        from effnet.training.measure import measure_estimate_s, measure_speed
 
         estimate = measure_estimate_s(spec, int(measure_batch))
         with st.spinner(f"Timing on this machine: about {estimate:.0f} s (one measurement at a time on this "

@@ -3,12 +3,14 @@
 import pandas as pd
 import streamlit as st
 
-from effnet import ScalingSpec, model_card, results, runs
-from effnet.card import scaling_methods
-from effnet.charts import imagenet_figure1
-from effnet.humanize import si
-from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
-from effnet.zoo import SOURCE, imagenet_models
+from effnet import ScalingSpec, model_card
+from effnet.analysis import results
+from effnet.analysis.charts import imagenet_figure1
+from effnet.arch.card import scaling_methods
+from effnet.arch.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
+from effnet.arch.zoo import SOURCE, imagenet_models
+from effnet.base.text import si
+from effnet.training import runs
 from views.widgets import chart
 
 st.title("Lesson")

@@ -3,9 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from effnet import files, results, runs
-from effnet.charts import accuracy_vs_size, confusion_heatmap, imagenet_figure1, training_curves, val_vs_test
-from effnet.zoo import SOURCE, imagenet_models
+from effnet.analysis import results
+from effnet.analysis.charts import accuracy_vs_size, confusion_heatmap, imagenet_figure1, training_curves, val_vs_test
+from effnet.arch.zoo import SOURCE, imagenet_models
+from effnet.base import files
+from effnet.training import runs
 from views.widgets import chart, plain
 
 st.title("Results")

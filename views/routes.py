@@ -24,9 +24,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from effnet import access, bundle, runs, study
-from effnet.compressions import FOLDER as COMPRESSED
-from effnet.files import Damaged
+from effnet.base import access
+from effnet.base.files import Damaged
+from effnet.compression.compressions import FOLDER as COMPRESSED
+from effnet.experiments import bundle, study
+from effnet.training import runs
 
 PREFIX = "/effnet"
 LIMITER = access.GuessLimiter()

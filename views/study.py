@@ -8,15 +8,18 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from effnet import OFFICIAL, ScalingSpec, bundle, jobs, runs, study
-from effnet.access import readonly
-from effnet.cam import colour_bar
-from effnet.charts import METHOD_NAMES, grid_search, methods_comparison
-from effnet.config import QUICK_DEMO, TrainConfig
-from effnet.data import DataError
-from effnet.devices import device_slots
-from effnet.images import UPLOAD_TYPES
-from effnet.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
+from effnet import OFFICIAL, ScalingSpec
+from effnet.analysis.cam import colour_bar
+from effnet.analysis.charts import METHOD_NAMES, grid_search, methods_comparison
+from effnet.arch.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
+from effnet.base.access import readonly
+from effnet.data.cifar import DataError
+from effnet.data.images import UPLOAD_TYPES
+from effnet.experiments import bundle, study
+from effnet.queue import jobs
+from effnet.training import runs
+from effnet.training.config import QUICK_DEMO, TrainConfig
+from effnet.training.devices import device_slots
 from views.routes import bundle_url
 from views.widgets import (
     MAX_CAM_IMAGES,

@@ -1,22 +1,24 @@
-"""Train page: configure runs, queue them, watch them live. Training is reached only through effnet.jobs."""
+"""Train page: configure runs, queue them, watch them live. Training is reached only through effnet.queue.jobs."""
 
 from collections import Counter
 from pathlib import Path
 
 import streamlit as st
 
-from effnet import OFFICIAL, ScalingSpec, jobs, runs, slurm
-from effnet.access import limits, nickname, readonly
-from effnet.baselines import MODELS as BASELINES
-from effnet.baselines import BaselineSpec
-from effnet.charts import training_curves
-from effnet.config import AUGMENTATIONS, CIFAR_VAL_SIZE, QUICK_DEMO, SCHEDULES, TrainConfig, normalization_for
-from effnet.config import SEED_STUDY as SEED
-from effnet.data import DataError, data_dir
-from effnet.devices import device_slots
-from effnet.folder import count_classes, delete_dataset, own_datasets, unpack_zip
-from effnet.humanize import si
-from effnet.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
+from effnet import OFFICIAL, ScalingSpec
+from effnet.analysis.charts import training_curves
+from effnet.arch.baselines import MODELS as BASELINES
+from effnet.arch.baselines import BaselineSpec
+from effnet.arch.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
+from effnet.base.access import limits, nickname, readonly
+from effnet.base.text import si
+from effnet.data.cifar import DataError, data_dir
+from effnet.data.folder import count_classes, delete_dataset, own_datasets, unpack_zip
+from effnet.queue import jobs, slurm
+from effnet.training import runs
+from effnet.training.config import AUGMENTATIONS, CIFAR_VAL_SIZE, QUICK_DEMO, SCHEDULES, TrainConfig, normalization_for
+from effnet.training.config import SEED_STUDY as SEED
+from effnet.training.devices import device_slots
 from views.routes import download_url
 from views.widgets import caller, chart, fit_to_data, plain, refused, tidy_now, warn_if_no_cifar
 

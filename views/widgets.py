@@ -11,8 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from effnet import runs
-from effnet.access import (
+from effnet.base.access import (
     OWNER_COOKIE,
     TEACHER_COOKIE,
     Caller,
@@ -25,7 +24,8 @@ from effnet.access import (
     teacher_password,
     valid_owner_token,
 )
-from effnet.checkpoint import CheckpointError
+from effnet.training import runs
+from effnet.training.checkpoint import CheckpointError
 
 
 def linked_number(label: str, key: str, low: float, high: float, step: float, default: float,
@@ -121,7 +121,7 @@ def teacher_sign_in(who: Caller) -> None:
 
 def tidy_now(root: Path) -> None:
     """Clean up what crashes left (``effnet.housekeeping``; at most every 30 s per server) and say what was done."""
-    from effnet.data import data_dir
+    from effnet.data.cifar import data_dir
     from effnet.housekeeping import tidy
 
     for line in tidy(root, data_dir()):
@@ -138,7 +138,7 @@ def chart(figure, key: str, where=st, *, note: str) -> None:
 @st.cache_resource(max_entries=8, show_spinner="Loading the model...")
 def cached_run_model(path: str, mtime: float):
     """A run's model, loaded once per checkpoint version and shared by every session (``mtime`` renews it)."""
-    from effnet.cam import default_device, run_model
+    from effnet.analysis.cam import default_device, run_model
 
     return run_model(Path(path), default_device())
 
@@ -146,7 +146,7 @@ def cached_run_model(path: str, mtime: float):
 @st.cache_data(show_spinner="Counting the dataset's images...", ttl=600)
 def dataset_sizes(folder: str) -> tuple[int, int] | None:
     """(training, test) images of the CIFAR-100 copy in ``folder``, or None when there is none to read."""
-    from effnet.data import DataError, load_cifar100
+    from effnet.data.cifar import DataError, load_cifar100
 
     try:
         data = load_cifar100(folder, download=False)
@@ -159,9 +159,9 @@ def fit_to_data(configs: Sequence, own_folder: Path | None, where=st) -> list:
     """The configs with their image counts cut to what the dataset has (CIFAR-100 in the data folder, or an own
     folder); each change is said in ``where``: a preset written for 50,000 images must not silently ask a small
     copy for more than it has."""
-    from effnet.config import fit_to_dataset
-    from effnet.data import data_dir, dataset_present
-    from effnet.folder import split_sizes
+    from effnet.data.cifar import data_dir, dataset_present
+    from effnet.data.folder import split_sizes
+    from effnet.training.config import fit_to_dataset
 
     if own_folder is not None:
         sizes = split_sizes(own_folder)
@@ -180,7 +180,7 @@ def fit_to_data(configs: Sequence, own_folder: Path | None, where=st) -> list:
 
 def warn_if_no_cifar() -> None:
     """Before a form that trains on CIFAR-100: say it is missing and how to fix it, instead of runs that fail."""
-    from effnet.data import data_dir, dataset_present, missing_data_message
+    from effnet.data.cifar import data_dir, dataset_present, missing_data_message
 
     if not dataset_present():
         st.warning("**CIFAR-100 is not here yet.** Runs try to download it (169 MB) when they start; without "
@@ -196,7 +196,7 @@ def refused(exc: Exception, where=st) -> None:
 @st.cache_resource(show_spinner="Reading CIFAR-100...")
 def cifar_test():
     """The CIFAR-100 copy in the data folder, read once per server (its test images feed the CAM strips)."""
-    from effnet.data import load_cifar100
+    from effnet.data.cifar import load_cifar100
 
     return load_cifar100(download=False)
 
@@ -204,14 +204,14 @@ def cifar_test():
 @st.cache_resource(max_entries=4, show_spinner="Reading the dataset...")
 def folder_test(folder: str, size: int, seed: int):
     """A folder dataset as a run saw it (its own cache makes this quick after training)."""
-    from effnet.folder import load_folder
+    from effnet.data.folder import load_folder
 
     return load_folder(folder, size, seed)[0]
 
 
 def run_dataset(config=None):
     """The dataset a run was trained on (CIFAR-100 unless ``config`` says a folder of your own images)."""
-    from effnet.data import data_dir
+    from effnet.data.cifar import data_dir
 
     if config is not None and config.dataset == "folder":
         return folder_test(str(data_dir(config.data_dir)), config.spec.resolution, config.seed)
@@ -221,7 +221,7 @@ def run_dataset(config=None):
 def test_images_source(config=None) -> str | None:
     """What to call the test images a run's pages can show ("CIFAR-100", or "its dataset" for your own class
     folders), or None when there are none here (CIFAR-100 not downloaded)."""
-    from effnet.data import dataset_present
+    from effnet.data.cifar import dataset_present
 
     if config is not None and config.dataset == "folder":
         return "its dataset"
@@ -284,7 +284,7 @@ def cam_strip(name: str, raw: object, models: Sequence[tuple[str, object, object
     run, the explained class and the method (and with ``road`` the map's faithfulness score)."""
     import hashlib
 
-    from effnet.cam import METHOD_NAMES, SHOWN_MIN_SIDE, explain, for_display, image_size, load_image, overlay
+    from effnet.analysis.cam import METHOD_NAMES, SHOWN_MIN_SIDE, explain, for_display, image_size, load_image, overlay
 
     st.markdown(f"#### {plain(name)}")
     try:

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effnet.config import TrainConfig
-from effnet.data import Split
-from effnet.preprocess import to_model_input
-from effnet.step import step_seed
+from effnet.arch.preprocess import to_model_input
+from effnet.data.cifar import Split
+from effnet.training.config import TrainConfig
+from effnet.training.step import step_seed
 
 # 256 images measure the statistics as well as 512 or 1,024 (a 1-epoch digits run: 69.5-70.0% validation top-1 with
 # 256 over three draws, 68-70% with 512) at half the cost of each evaluation.

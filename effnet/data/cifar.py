@@ -11,7 +11,7 @@ never leaves something that looks like data.
 
 Reading the files needs numpy only; torch is imported when the images become tensors, so counting a
 copy or naming the data folder (the queue, ``jobs list``) never pays for it. Augmentation is the
-training step's (``effnet.step.augment``).
+training step's (``effnet.training.step.augment``).
 """
 
 from __future__ import annotations

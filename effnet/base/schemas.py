@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from effnet.files import Damaged
+from effnet.base.files import Damaged
 
 ACTIVE = ("starting", "waiting", "loading data", "running")
 ENDED = ("stopped", "finished", "failed")

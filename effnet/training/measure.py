@@ -12,9 +12,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from effnet import specs
-from effnet.devices import check_memory
-from effnet.scaling import ScalingSpec
+from effnet.arch import specs
+from effnet.arch.scaling import ScalingSpec
+from effnet.training.devices import check_memory
 
 _LOCK = threading.Lock()
 
@@ -58,7 +58,7 @@ def measure_estimate_s(spec: ScalingSpec, batch_size: int, budget_s: float = 4.0
     then the timed loops as ``_timed`` runs them (a forward pass is about a third of a step)."""
     step, infer = cpu_seconds(spec, batch_size), cpu_seconds(spec, 1) / 3
     if cold is None:
-        cold = "effnet.model" not in sys.modules
+        cold = "effnet.arch.model" not in sys.modules
     return (FIRST_IMPORT_S * cold + 1.0 + _timed_estimate_s(infer, budget_s / 2, INFER_REPS)
             + _timed_estimate_s(step, budget_s / 2, STEP_REPS))
 
@@ -81,7 +81,7 @@ def measure_speed(spec: ScalingSpec, batch_size: int = 32, device: str = "cpu", 
     import torch
     import torch.nn.functional as F
 
-    from effnet.model import build_model
+    from effnet.arch.model import build_model
 
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

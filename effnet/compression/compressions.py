@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from effnet import access, files, locks, runs, schemas
-from effnet.devices import cpu_locks
-from effnet.processes import is_process_of, spawn_detached
+from effnet.base import access, files, locks, schemas
+from effnet.base.processes import is_process_of, spawn_detached
+from effnet.training import runs
+from effnet.training.devices import cpu_locks
 
 COMPRESS = "compress.json"
 # A variant that loses more test top-1 than this against fp32 is called out on the page, with what to try.

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from effnet.scaling import ScalingSpec
+from effnet.arch.scaling import ScalingSpec
 
 # Per-channel mean and std of the training images (RGB, in [0, 1]).
 STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {

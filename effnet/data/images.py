@@ -105,7 +105,7 @@ def release_memory() -> None:
 
 
 def to_uint8_tensor(img: Image.Image) -> Any:
-    """RGB image -> uint8 tensor (1, 3, H, W), the form ``effnet.preprocess.to_model_input`` takes."""
+    """RGB image -> uint8 tensor (1, 3, H, W), the form ``effnet.arch.preprocess.to_model_input`` takes."""
     import torch  # here, not above: the upload checks and the queue read images without paying for torch
 
     return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).unsqueeze(0)

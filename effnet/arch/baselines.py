@@ -1,7 +1,7 @@
 """The conventional networks the study cites, beside EfficientNet: ResNet, MobileNetV2, DenseNet (torchvision's).
 
 A ``BaselineSpec`` names one and goes through the same machinery as a ``ScalingSpec``: the trainer, the queue,
-studies, bundles, Results, CAMs and compression all take either (``effnet.specs``).
+studies, bundles, Results, CAMs and compression all take either (``effnet.arch.specs``).
 
 - ``geometry="imagenet"``: torchvision's model as it is, so ``--pretrained`` loads its ImageNet weights strictly.
 - ``geometry="cifar"``: the standard adaptation for 32 px images: the first convolution becomes 3x3 with
@@ -24,9 +24,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from effnet.card import ModelCard, StageRow
-from effnet.files import atomic_write_bytes
-from effnet.scaling import DEFAULT_BASE_RESOLUTION, GEOMETRIES, MIN_RESOLUTION, NORMALIZATIONS
+from effnet.arch.card import ModelCard, StageRow
+from effnet.arch.scaling import DEFAULT_BASE_RESOLUTION, GEOMETRIES, MIN_RESOLUTION, NORMALIZATIONS
+from effnet.base.files import atomic_write_bytes
 
 # torchvision's name -> (what the pages call it, its classifier's module name)
 MODELS: dict[str, tuple[str, str]] = {

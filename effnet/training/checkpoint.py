@@ -16,8 +16,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from effnet.config import TrainConfig
-from effnet.files import atomic_write_bytes
+from effnet.base.files import atomic_write_bytes
+from effnet.training.config import TrainConfig
 
 CHECKPOINT_FORMAT = 1
 # Checkpoints on disk at once (last.pt, its temporary copy, best.pt, its copy) and a margin for the rest.
@@ -30,7 +30,7 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_bytes(config: TrainConfig) -> int:
     """Bytes of one checkpoint of the run: fp32 weights, SGD momentum and the EMA copy when there is one."""
-    from effnet import specs
+    from effnet.arch import specs
 
     return 4 * specs.card(config.spec).params * (2 + (config.ema > 0))
 

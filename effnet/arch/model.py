@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from effnet.baselines import BaselineSpec
-from effnet.baselines import build as build_baseline
-from effnet.card import model_card
-from effnet.scaling import STOCHASTIC_DEPTH, Block, ScalingSpec
+from effnet.arch.baselines import BaselineSpec
+from effnet.arch.baselines import build as build_baseline
+from effnet.arch.card import model_card
+from effnet.arch.scaling import STOCHASTIC_DEPTH, Block, ScalingSpec
 
 
 class ConvBNAct(nn.Sequential):
@@ -121,7 +121,7 @@ class EfficientNet(nn.Module):
 
 
 def build_model(spec: Any, device: torch.device | str | None = None) -> nn.Module:
-    """A freshly initialised model for ``spec`` (an EfficientNet, or a baseline: ``effnet.baselines``); ``ValueError``
+    """A freshly initialised model for ``spec`` (an EfficientNet, or a baseline: ``effnet.arch.baselines``); ``ValueError``
     first if the card says an EfficientNet is too large.
 
     With ``device=None`` the current default device applies (``with torch.device("meta")`` works).

@@ -409,7 +409,7 @@ def _whole_number(name: str, value: object) -> int:
 def _validate(spec: ScalingSpec) -> None:
     """Raise ``ValueError`` naming the offending field.
 
-    Whether the model is small enough to build is the model card's question (``effnet.card``):
+    Whether the model is small enough to build is the model card's question (``effnet.arch.card``):
     it needs the per-layer counts, and this module stays below the card.
     """
     low, high = COEFFICIENT_RANGE

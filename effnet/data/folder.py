@@ -3,7 +3,7 @@
     photos/cat/1.jpg, photos/dog/7.png, ...            -> a seeded, per-class test split is held out
     photos/train/cat/..., photos/test/cat/...          -> the given split is used
 
-Every file goes through the upload decoder (``effnet.images``: bounded, any format Pillow reads, bombs
+Every file goes through the upload decoder (``effnet.data.images``: bounded, any format Pillow reads, bombs
 refused); files that are not readable images are skipped and counted, never fatal. Each image is
 decoded once, squared (resized, not cropped: a CAM maps back onto the whole picture) to the
 resolution asked for, and kept as the uint8 ``(N, 3, S, S)`` tensors the trainer already uses for
@@ -31,11 +31,11 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from effnet import access, files, locks
-from effnet.access import Caller
-from effnet.data import Cifar100, DataError, Split
-from effnet.images import decode_image
-from effnet.safezip import UnsafeZip, check_zip, extract_member
+from effnet.base import access, files, locks
+from effnet.base.access import Caller
+from effnet.data.cifar import Cifar100, DataError, Split
+from effnet.data.images import decode_image
+from effnet.base.safezip import UnsafeZip, check_zip, extract_member
 
 TEST_FRACTION = 0.2
 MIN_PER_CLASS = 2  # one to train on and one to test: fewer and the class cannot be learned or measured
@@ -242,7 +242,7 @@ def _readable(path: Path) -> bool:
     """Whether ``path`` opens as an image the upload decoder accepts (its header only: quick for 50,000 files)."""
     from PIL import Image, UnidentifiedImageError
 
-    from effnet.images import FORMATS
+    from effnet.data.images import FORMATS
 
     try:
         with Image.open(path, formats=FORMATS) as img:

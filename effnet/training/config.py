@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effnet import specs
-from effnet.baselines import BaselineSpec
-from effnet.scaling import ScalingSpec
-from effnet.schemas import check_value
+from effnet.arch import specs
+from effnet.arch.baselines import BaselineSpec
+from effnet.arch.scaling import ScalingSpec
+from effnet.base.schemas import check_value
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 AUGMENTATIONS = ("none", "standard", "cutout")
 # auto: bf16 autocast on CUDA, fp32 elsewhere. bf16 on the CPU runs the accelerator path where no GPU is.
 PRECISIONS = ("auto", "bf16", "fp32")
-# cifar100: the study's data; folder: your own images, one subfolder per class (effnet.folder).
+# cifar100: the study's data; folder: your own images, one subfolder per class (effnet.data.folder).
 DATASETS = ("cifar100", "folder")
 CIFAR100_CLASSES = 100
 # The quick CPU demo's training settings (Train and Study pages): a few minutes on a laptop.

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effnet import files, runs, specs
-from effnet.baselines import BaselineSpec
-from effnet.scaling import OFFICIAL
+from effnet.arch import specs
+from effnet.arch.baselines import BaselineSpec
+from effnet.arch.scaling import OFFICIAL
+from effnet.base import files
+from effnet.training import runs
 
 PAPER_IMAGENET_TOP1 = {name.upper(): v.imagenet_top1 for name, v in OFFICIAL.items()}
 # The study this lab grew from: B0-B7 on CIFAR-100 from scratch, SGD+momentum, cross-entropy, 200 epochs.

@@ -1,7 +1,7 @@
 """One training step and what decides it: the learning-rate schedule, the per-step seeds, SGD, the EMA.
 
 The step works on uint8 images already on the training device: augmentation (``augment``, below) and
-preprocessing (``effnet.preprocess``) run there in batches, then forward, loss, backward and the update. It
+preprocessing (``effnet.arch.preprocess``) run there in batches, then forward, loss, backward and the update. It
 returns the loss and logits as device tensors, so no step waits for the host. Every random choice of a step
 is decided by ``step_seed(seed, epoch, step, rank)``: a resumed run replays exactly what an uninterrupted one
 would have done.
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from effnet.config import AUGMENTATIONS, TrainConfig
-from effnet.preprocess import to_model_input
+from effnet.arch.preprocess import to_model_input
+from effnet.training.config import AUGMENTATIONS, TrainConfig
 
 
 def lr_at(step: int, total: int, warmup: int, base_lr: float, schedule: str) -> float:

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effnet import jobs, runs
-from effnet.config import TrainConfig
+from effnet.queue import jobs
+from effnet.training import runs
+from effnet.training.config import TrainConfig
 
 POLL_S = 2.0
 # Where a run lives and what it runs on may change between two sessions of the same notebook.

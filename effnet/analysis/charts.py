@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from effnet.card import ModelCard, model_card, official_cards, sweep
-from effnet.humanize import si
-from effnet.scaling import ScalingSpec
+from effnet.arch.card import ModelCard, model_card, official_cards, sweep
+from effnet.arch.scaling import ScalingSpec
+from effnet.base.text import si
 
 # Okabe & Ito (2008): blue, orange, bluish green, vermillion, reddish purple, sky blue, yellow, black.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -230,8 +230,8 @@ CITED_FAMILIES = ("ResNet", "DenseNet", "MobileNet")
 
 @_memo
 def imagenet_figure1(models: Sequence[Any]) -> go.Figure:
-    """The paper's Figure 1 from torchvision's measurements (``effnet.zoo``): ImageNet top-1 vs parameters."""
-    from effnet.zoo import EFFICIENTNET
+    """The paper's Figure 1 from torchvision's measurements (``effnet.arch.zoo``): ImageNet top-1 vs parameters."""
+    from effnet.arch.zoo import EFFICIENTNET
 
     fig = go.Figure()
     others = [m for m in models if m.family != EFFICIENTNET and m.family not in CITED_FAMILIES]

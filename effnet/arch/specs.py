@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from effnet.baselines import BaselineSpec
-from effnet.baselines import card as baseline_card
-from effnet.card import ModelCard, model_card
-from effnet.scaling import ScalingSpec
+from effnet.arch.baselines import BaselineSpec
+from effnet.arch.baselines import card as baseline_card
+from effnet.arch.card import ModelCard, model_card
+from effnet.arch.scaling import ScalingSpec
 
 Spec = ScalingSpec | BaselineSpec
 

@@ -1,7 +1,7 @@
 """The model card: per-stage shapes, parameters and multiply-adds, computed analytically.
 
 Nothing is built or traced: the card walks the spec's stages with the same rules the model
-uses (``effnet.scaling``) and counts what each layer holds and computes. Tests check it
+uses (``effnet.arch.scaling``) and counts what each layer holds and computes. Tests check it
 against ``torch.utils.flop_counter.FlopCounterMode`` (which counts 2 FLOPs per multiply-add;
 the paper's "FLOPs" are multiply-adds) and ``sum(p.numel())`` of the built model.
 
@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from effnet.scaling import OFFICIAL, SCALINGS, Block, ScalingSpec
+from effnet.arch.scaling import OFFICIAL, SCALINGS, Block, ScalingSpec
 
 BYTES_FP32 = 4
 # Weights, their gradients and SGD's momentum buffer: three fp32 copies while training.
