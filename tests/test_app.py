@@ -114,7 +114,7 @@ def test_train_page_takes_a_baseline_and_says_why_its_cifar_stem_has_no_imagenet
     at = open_page(PAGES[1])
     at.multiselect(key="t_variants").set_value([])
     at.multiselect(key="t_baselines").set_value(["resnet18"])
-    at.radio(key="t_start").set_value("from ImageNet weights (fine-tune)")
+    at.radio(key="t_start").set_value("imagenet")
     next(b for b in at.button if b.label == "Start").click().run()
     assert not at.exception, at.exception
     assert any("ResNet-18 only in the imagenet" in e.value for e in at.error), [e.value for e in at.error]

@@ -22,6 +22,7 @@ from effnet.arch.scaling import (
 )
 from effnet.base.text import si
 from effnet.training.devices import check_memory
+from views.prefill import CUSTOM_MODE, OFFICIAL_MODE, TABS
 from views.widgets import chart, linked_number
 
 
@@ -46,8 +47,8 @@ st.caption("Every number here is computed analytically from the spec: no model i
 
 controls, main = st.columns([1, 2.2], gap="large")
 with controls:
-    mode = st.radio("Model", ["Official B0-B7", "Custom φ, α, β, γ"], horizontal=True, key="mode")
-    if mode == "Official B0-B7":
+    mode = st.radio("Model", [OFFICIAL_MODE, CUSTOM_MODE], horizontal=True, key="mode")
+    if mode == OFFICIAL_MODE:
         variant = st.select_slider("Variant", options=[v.upper() for v in OFFICIAL], key="variant")
     else:
         phi = linked_number("φ (compound coefficient)", "phi", PHI_RANGE[0], PHI_RANGE[1], 0.1, 1.0,
@@ -65,7 +66,7 @@ with controls:
 
 try:
     common = dict(geometry=geometry, num_classes=int(num_classes), base_resolution=int(base_resolution))
-    if mode == "Official B0-B7":
+    if mode == OFFICIAL_MODE:
         spec = ScalingSpec.official(variant.lower(), **common)
     else:
         spec = ScalingSpec(phi=phi, alpha=alpha, beta=beta, gamma=gamma, **common)
@@ -125,8 +126,7 @@ with st.expander("The formulas", expanded=False):
 
 # Lazy tabs: only the open one runs, so a rerun builds one tab's figures, not four tabs' worth.
 stages_tab, compare_tab, curves_tab, methods_tab, speed_tab = st.tabs(
-    ["Stages", "Compare two specs", "Scaling curves", "Scaling methods", "Speed on this machine"],
-    key="explorer_tab", on_change="rerun")
+    list(TABS), key="explorer_tab", on_change="rerun")
 
 with stages_tab:
     if stages_tab.open:

@@ -11,6 +11,7 @@ from effnet.arch.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
 from effnet.arch.zoo import SOURCE, imagenet_models
 from effnet.base.text import si
 from effnet.training import runs
+from views.prefill import EXPLORER, METHODS_TAB, Prefill, open_page
 from views.widgets import chart
 
 st.title("Lesson")
@@ -58,13 +59,8 @@ st.markdown("The same budget reached by scaling only depth, only width, only res
 st.dataframe(pd.DataFrame(scaling_methods(ScalingSpec(phi=max(phi, 1.0)))), hide_index=True, width="stretch")
 st.markdown("**Look for:** the column of FLOPs against φ=0: a fair comparison needs the same *actual* cost, and "
             "rounding moves each method's cost differently.")
-def open_methods_tab() -> None:
-    st.session_state.explorer_tab = "Scaling methods"  # the explorer opens on that tab, not on Stages
-
-
-if st.button("Go deeper: the explorer's Scaling methods tab", icon=":material/tune:", on_click=open_methods_tab,
-             key="lesson_methods"):
-    st.switch_page("views/explorer.py")
+if st.button("Go deeper: the explorer's Scaling methods tab", icon=":material/tune:", key="lesson_methods"):
+    open_page(EXPLORER, Prefill(explorer_tab=METHODS_TAB))  # the explorer opens on that tab, not on Stages
 st.page_link("views/study.py", label="Train the comparison: a scaling-methods study (four runs at one cost, their "
              "accuracy and CAMs), or the grid search that found α, β, γ", icon=":material/science:")
 
@@ -82,7 +78,8 @@ if found:
     columns, table = results.study_table(found)
     right.markdown(f"**Your runs** ({len(found)}): validation and test top-1 at each run's selected epoch (its best "
                    "validation epoch)")
-    right.dataframe(pd.DataFrame(table[1:3]).set_index(""), width="stretch")
+    summary = [r for r in table if r[""] in (results.VAL_AT_SELECTED, results.TEST_AT_SELECTED)]
+    right.dataframe(pd.DataFrame(summary).set_index(""), width="stretch")
     right.caption(results.OPTIMISTIC_NOTE)
     st.page_link("views/results.py", label="Go deeper: Results (Table 1, accuracy vs size, validation vs test)",
                  icon=":material/leaderboard:")

@@ -20,6 +20,7 @@ from effnet.queue import jobs
 from effnet.training import runs
 from effnet.training.config import QUICK_DEMO, TrainConfig
 from effnet.training.devices import device_slots
+from views.prefill import EXPLORER, TRAIN, Prefill, open_page
 from views.routes import bundle_url
 from views.widgets import (
     MAX_CAM_IMAGES,
@@ -156,18 +157,6 @@ def rows_table(s: study.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def scale_with(alpha: float, beta: float, gamma: float, phi: float, page: str) -> None:
-    """Prefill the explorer and the Train page with exactly this spec (the winner's coefficients at the study's φ, and
-    no official variant beside it), then open ``page``."""
-    state = st.session_state
-    state.update(mode="Custom φ, α, β, γ", phi=phi, alpha=alpha, beta=beta, gamma=gamma, t_custom=True,
-                 t_variants=[], t_baselines=[], t_c_phi=phi, t_c_alpha=alpha, t_c_beta=beta, t_c_gamma=gamma)
-    for key in ("phi", "alpha", "beta", "gamma"):  # the linked slider and box take the new value
-        state.pop(f"{key}_slider", None)
-        state.pop(f"{key}_input", None)
-    st.switch_page(page)
-
-
 def show_grid(s: study.Study) -> None:
     scored = [(r.row["alpha"], r.row["beta"], r.row["gamma"], r.best_val) for r in s.runs if r.best_val is not None]
     best = s.best
@@ -185,9 +174,9 @@ def show_grid(s: study.Study) -> None:
     cols = st.columns(2)
     phi = float(s.data.get("settings", {}).get("phi") or 1.0)
     if cols[0].button("Scale with the winner: open the explorer", key="win_explorer"):
-        scale_with(*win, phi, "views/explorer.py")
+        open_page(EXPLORER, Prefill(phi, *win))
     if cols[1].button("Scale with the winner: train with it", key="win_train"):
-        scale_with(*win, phi, "views/train.py")
+        open_page(TRAIN, Prefill(phi, *win))
 
 
 def show_methods(s: study.Study) -> None:

@@ -13,10 +13,10 @@ from effnet.arch.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
 from effnet.base.access import limits, nickname, readonly
 from effnet.base.text import si
 from effnet.data.cifar import DataError, data_dir
-from effnet.data.folder import count_classes, delete_dataset, own_datasets, unpack_zip
+from effnet.data.folder import delete_dataset, own_datasets, unpack_zip
 from effnet.queue import jobs, slurm
-from effnet.training import runs
-from effnet.training.config import AUGMENTATIONS, CIFAR_VAL_SIZE, QUICK_DEMO, SCHEDULES, TrainConfig, normalization_for
+from effnet.training import plan, runs
+from effnet.training.config import AUGMENTATIONS, CIFAR_VAL_SIZE, QUICK_DEMO, QUICK_DEMO_PHI, SCHEDULES, TrainConfig
 from effnet.training.config import SEED_STUDY as SEED
 from effnet.training.devices import device_slots
 from views.routes import download_url
@@ -25,21 +25,34 @@ from views.widgets import caller, chart, fit_to_data, plain, refused, tidy_now, 
 VARIANTS = [v.upper() for v in OFFICIAL]
 CIFAR = "CIFAR-100"
 SHOWN_RUNS = 20  # run cards and curves on the page (every queued or training run is always among them)
-STARTS = ["from scratch", "from ImageNet weights (fine-tune)", "from a finished run (fine-tune)"]
-DEFAULTS = {"variants": ["B0"], "baselines": [], "custom": False, "c_phi": -3.0, "c_alpha": PAPER_ALPHA, "c_beta": PAPER_BETA,
-            "c_gamma": PAPER_GAMMA,
-            "scaling": "compound", "geometry": "cifar", "start": "from scratch", "epochs": 3, "batch": 64,
-            "lr": 0.05, "subset": 0, "eval_subset": 0, "val_size": None, "device": "auto", "momentum": 0.9,
-            "nesterov": True, "wd": 5e-4, "smoothing": 0.0, "schedule": "cosine", "warmup": 1.0, "ema": 0.0,
-            "augment": "standard", "seed": 0, "compile": False, "dataset": CIFAR, "init": None}
-QUICK_CPU = {"variants": [], "baselines": [], "custom": True, "c_phi": -3.0, "geometry": "cifar", "epochs": QUICK_DEMO["epochs"],
-             "batch": QUICK_DEMO["batch_size"], "lr": QUICK_DEMO["lr"], "subset": QUICK_DEMO["subset"],
-             "eval_subset": QUICK_DEMO["eval_subset"], "val_size": QUICK_DEMO["val_size"]}
-SEED_STUDY = {"variants": VARIANTS, "baselines": [], "custom": False, "scaling": "compound", "start": "from scratch",
-              "epochs": SEED["epochs"], "batch": SEED["batch_size"], "lr": SEED["lr"], "momentum": SEED["momentum"],
-              "nesterov": SEED["nesterov"], "smoothing": SEED["label_smoothing"], "schedule": SEED["schedule"],
-              "wd": SEED["weight_decay"], "subset": SEED["subset"] or 0, "eval_subset": SEED["eval_subset"] or 0,
-              "val_size": SEED["val_size"], "ema": SEED["ema"]}
+# The form's widgets (t_<name>) that are TrainConfig fields; their defaults and the presets come from effnet.
+FIELDS = {"epochs": "epochs", "batch": "batch_size", "lr": "lr", "momentum": "momentum", "nesterov": "nesterov",
+          "wd": "weight_decay", "smoothing": "label_smoothing", "schedule": "schedule", "warmup": "warmup_epochs",
+          "ema": "ema", "augment": "augment", "seed": "seed", "compile": "compile", "device": "device",
+          "subset": "subset", "eval_subset": "eval_subset", "val_size": "val_size"}
+ALL_IMAGES = ("subset", "eval_subset")  # None in TrainConfig ("all images") is 0 in the form
+
+
+def widget_values(settings: dict) -> dict:
+    """TrainConfig fields -> the form's widget values (only those given)."""
+    return {w: (settings[f] or 0 if w in ALL_IMAGES else settings[f]) for w, f in FIELDS.items() if f in settings}
+
+
+def form_settings() -> dict:
+    """The form's widget values -> TrainConfig fields, typed as TrainConfig types them."""
+    s, d = st.session_state, TrainConfig()
+    typed = {f: (None if s[f"t_{w}"] is None else type(getattr(d, f) if getattr(d, f) is not None else 0)(s[f"t_{w}"]))
+             for w, f in FIELDS.items()}
+    return typed | {f: typed[f] or None for f in ALL_IMAGES}
+
+
+DEFAULTS = {"variants": ["B0"], "baselines": [], "custom": False, "c_phi": QUICK_DEMO_PHI, "c_alpha": PAPER_ALPHA,
+            "c_beta": PAPER_BETA, "c_gamma": PAPER_GAMMA, "scaling": "compound", "geometry": "cifar",
+            "start": "scratch", "dataset": CIFAR, "init": None, **widget_values(TrainConfig().to_dict())}
+QUICK_CPU = {"variants": [], "baselines": [], "custom": True, "c_phi": QUICK_DEMO_PHI, "geometry": "cifar",
+             **widget_values(QUICK_DEMO)}
+SEED_STUDY = {"variants": VARIANTS, "baselines": [], "custom": False, "scaling": "compound", "start": "scratch",
+              **widget_values(SEED)}
 
 for name, value in DEFAULTS.items():
     st.session_state.setdefault(f"t_{name}", value)
@@ -74,8 +87,9 @@ elif has_gpu:
 else:
     st.info("**No GPU here: training runs on the CPU, which is slow.** B0 trains at roughly 30-50 images/s on two "
             "cores, so one epoch of the 45k training images takes 15-25 minutes, and evaluating the 10k test "
-            "images about 2 minutes. For a demo in minutes, use the quick CPU setting (φ=-3, 2,000 training "
-            "images, 500 evaluation images, 3 epochs).")
+            f"images about 2 minutes. For a demo in minutes, use the quick CPU setting (φ={QUICK_DEMO_PHI:g}, "
+            f"{QUICK_DEMO['subset']:,} training images, {QUICK_DEMO['eval_subset']:,} evaluation images, "
+            f"{QUICK_DEMO['epochs']} epochs).")
 
 presets = st.columns(3)
 presets[0].button("Quick CPU demo", on_click=apply, args=(QUICK_CPU,), key="preset_quick",
@@ -160,7 +174,7 @@ with st.form("new_runs"):
         st.radio("Geometry", GEOMETRIES, horizontal=True, key="t_geometry", bind="query-params")
         st.selectbox("Dataset", [CIFAR, *own], key="t_dataset",
                      help="CIFAR-100, or your own images (add them above); the class count follows the dataset.")
-        st.radio("Start", STARTS, horizontal=True, key="t_start",
+        st.radio("Start", list(plan.STARTS), format_func=plan.STARTS.get, horizontal=True, key="t_start",
                  help="ImageNet weights: downloaded for official variants (internet needed). A finished run: its "
                       "backbone, with a new classifier when the classes differ; the model must be the same.")
         st.selectbox("Finished run to start from", list(finished), key="t_init", index=None,
@@ -204,20 +218,17 @@ with st.form("new_runs"):
 
 
 def planned_specs() -> list[ScalingSpec | BaselineSpec]:
-    """The specs the form describes; ValueError (naming the field) when one cannot be built."""
+    """The specs the form describes (``plan.specs``); ValueError (naming the field) when one cannot be built."""
     s = st.session_state
-    common = dict(geometry=s.t_geometry, num_classes=100 if s.t_dataset == CIFAR else count_classes(own[s.t_dataset]),
-                  normalization=normalization_for(s.t_start == STARTS[1]))
-    if s.t_start == STARTS[2]:
-        if s.t_init not in finished:
-            raise ValueError("init_from: choose the finished run to start from")
-        common["normalization"] = finished[s.t_init].spec.normalization  # the inputs its weights saw
-    specs = [ScalingSpec.official(v.lower(), **common).with_scaling(s.t_scaling) for v in s.t_variants]
-    specs += [BaselineSpec(model=m, **common) for m in s.t_baselines]
-    if s.t_custom:
-        specs.append(ScalingSpec(phi=s.t_c_phi, alpha=s.t_c_alpha, beta=s.t_c_beta, gamma=s.t_c_gamma,
-                                 scaling=s.t_scaling, **common))
-    return specs
+    init = str(finished[s.t_init].path) if s.t_start == "run" and s.t_init in finished else None
+    custom = plan.Custom(s.t_c_phi, s.t_c_alpha, s.t_c_beta, s.t_c_gamma) if s.t_custom else None
+    return plan.specs(s.t_variants, s.t_baselines, custom, scaling=s.t_scaling, geometry=s.t_geometry,
+                      num_classes=plan.class_count(dataset_kind(), own.get(s.t_dataset)),
+                      normalization=plan.input_statistics(s.t_start, init))
+
+
+def dataset_kind() -> str:
+    return "cifar100" if st.session_state.t_dataset == CIFAR else "folder"
 
 
 def fitted(configs: list[TrainConfig]) -> list[TrainConfig]:
@@ -226,20 +237,10 @@ def fitted(configs: list[TrainConfig]) -> list[TrainConfig]:
     return fit_to_data(configs, None if dataset == CIFAR else own[dataset], feedback_note)
 
 
-def config_for(spec: ScalingSpec | BaselineSpec) -> TrainConfig:
+def planned_configs(specs: list[ScalingSpec | BaselineSpec]) -> list[TrainConfig]:
     s = st.session_state
-    return TrainConfig(
-        spec=spec, epochs=int(s.t_epochs), batch_size=int(s.t_batch), lr=float(s.t_lr),
-        momentum=float(s.t_momentum), nesterov=bool(s.t_nesterov), weight_decay=float(s.t_wd),
-        label_smoothing=float(s.t_smoothing), warmup_epochs=float(s.t_warmup), schedule=s.t_schedule,
-        ema=float(s.t_ema), augment=s.t_augment, subset=int(s.t_subset) or None,
-        eval_subset=int(s.t_eval_subset) or None, val_size=None if s.t_val_size is None else int(s.t_val_size),
-        seed=int(s.t_seed),
-        device=s.t_device, compile=bool(s.t_compile), pretrained=s.t_start == STARTS[1],
-        dataset="cifar100" if s.t_dataset == CIFAR else "folder",
-        data_dir=None if s.t_dataset == CIFAR else str(own[s.t_dataset]),
-        init_from=str(finished[s.t_init].path) if s.t_start == STARTS[2] else None)
-
+    return plan.configs(specs, form_settings(), start=s.t_start, dataset=dataset_kind(), folder=own.get(s.t_dataset),
+                        init_from=finished[s.t_init].path if s.t_start == "run" else None)
 
 if start:
     try:
@@ -247,7 +248,7 @@ if start:
         if not specs:
             raise ValueError("variants: choose at least one variant or add a custom spec")
         # All or none: every run is checked (settings, memory, disk) before the first is queued.
-        started = jobs.submit_many(fitted([config_for(spec) for spec in specs]), root, caller=who,
+        started = jobs.submit_many(fitted(planned_configs(specs)), root, caller=who,
                                    distributed=bool(st.session_state.get("t_distributed")))
     except (ValueError, TypeError, PermissionError, slurm.SlurmError) as exc:
         refused(exc, feedback)

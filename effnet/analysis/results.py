@@ -122,6 +122,10 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
+# The rows a short summary shows (the Lesson): validation and test top-1 at each run's selected epoch.
+VAL_AT_SELECTED, TEST_AT_SELECTED = "val top-1 at the selected epoch (%)", "test top-1 at the selected epoch (%)"
+
+
 def study_table(results: list[RunResult]) -> tuple[list[str], list[dict[str, Any]]]:
     """(column labels, rows): one column per run as in the seed study's Table 1, rows = measures."""
     columns = [r.label for r in results]
@@ -131,8 +135,8 @@ def study_table(results: list[RunResult]) -> tuple[list[str], list[dict[str, Any
 
     return columns, [
         row(SELECTED_EPOCH, [r.selected["epoch"] for r in results]),
-        row("val top-1 at the selected epoch (%)", [_round(r.at_selected("val_top1")) for r in results]),
-        row("test top-1 at the selected epoch (%)", [_round(r.at_selected("test_top1")) for r in results]),
+        row(VAL_AT_SELECTED, [_round(r.at_selected("val_top1")) for r in results]),
+        row(TEST_AT_SELECTED, [_round(r.at_selected("test_top1")) for r in results]),
         row("seed's columns: val top-1, best of all epochs (%)", [_round(r.best_of_epochs("val_top1")) for r in results]),
         row("seed's columns: test top-1, best of all epochs (%)",
             [_round(r.best_of_epochs("test_top1")) for r in results]),

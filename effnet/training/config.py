@@ -29,7 +29,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # cifar100: the study's data; folder: your own images, one subfolder per class (effnet.data.folder).
 DATASETS = ("cifar100", "folder")
 CIFAR100_CLASSES = 100
-# The quick CPU demo's training settings (Train and Study pages): a few minutes on a laptop.
+# The quick CPU demo (Train and Study pages, the notebook): a φ=-3 model on a subset, minutes on a laptop.
+QUICK_DEMO_PHI = -3.0
 QUICK_DEMO = {"epochs": 3, "batch_size": 64, "lr": 0.05, "subset": 2000, "eval_subset": 500, "val_size": 1000}
 # Validation held out of the training images when val_size is not given: CIFAR-100's 5,000 (its usual 45k/5k
 # split), and a tenth of your own images (a folder of 100 images must still train).

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
-from effnet.arch.baselines import MODELS, BaselineSpec
+from effnet.arch.baselines import MODELS
 from effnet.arch.scaling import (
     GEOMETRIES,
     OFFICIAL,
@@ -14,13 +13,10 @@ from effnet.arch.scaling import (
     PAPER_BETA,
     PAPER_GAMMA,
     SCALINGS,
-    ScalingSpec,
 )
 from effnet.arch.specs import Spec
-from effnet.base import files
-from effnet.data.cifar import DataError, data_dir
-from effnet.training import runs
-from effnet.training.config import AUGMENTATIONS, DATASETS, PRECISIONS, SCHEDULES, TrainConfig, normalization_for
+from effnet.training import plan
+from effnet.training.config import AUGMENTATIONS, DATASETS, PRECISIONS, SCHEDULES, TrainConfig
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser, num_classes_default: int | None = 100) -> None:
@@ -44,39 +40,26 @@ def add_spec_arguments(parser: argparse.ArgumentParser, num_classes_default: int
 
 
 def spec_from_args(args: argparse.Namespace, num_classes: int | None = None,
-                   **extra: object) -> ScalingSpec | BaselineSpec:
-    """The spec the flags describe; ``ValueError`` (naming the field) when they don't make one."""
-    if getattr(args, "model", "efficientnet") != "efficientnet":
-        return _baseline_from_args(args, num_classes, **extra)
-    if (args.variant is None) == (args.phi is None):
+                   normalization: str | None = None) -> Spec:
+    """The spec the flags describe (through ``plan.specs``, as the Train page's); ``ValueError`` (naming the field)
+    when they don't make one."""
+    baseline = getattr(args, "model", "efficientnet") != "efficientnet"
+    if baseline:
+        given = [flag for flag, value in (("--variant", args.variant), ("--phi", args.phi),
+                                          ("--output-stride", args.output_stride), ("--dropout", args.dropout))
+                 if value is not None] + (["--scaling"] if args.scaling != "compound" else [])
+        if given:
+            raise ValueError(f"model: {', '.join(given)} describe an EfficientNet, not {MODELS[args.model][0]}")
+    elif (args.variant is None) == (args.phi is None):
         raise ValueError("variant: give either --variant b0..b7 or --phi (with --alpha/--beta/--gamma)")
-    common = dict(
-        geometry=args.geometry,
-        num_classes=num_classes if num_classes is not None else args.num_classes,
-        base_resolution=args.base_resolution,
-        output_stride=args.output_stride,
-        dropout=args.dropout,
-        **extra,
-    )
-    if args.variant is not None:
-        return ScalingSpec.official(args.variant, **common).with_scaling(args.scaling)
-    return ScalingSpec(phi=args.phi, alpha=args.alpha, beta=args.beta, gamma=args.gamma, scaling=args.scaling, **common)
+    custom = plan.Custom(args.phi, args.alpha, args.beta, args.gamma) if args.phi is not None else None
+    return plan.specs([args.variant] if args.variant else [], [args.model] if baseline else [],
+                      None if baseline else custom, scaling=args.scaling, geometry=args.geometry,
+                      num_classes=num_classes if num_classes is not None else args.num_classes,
+                      normalization=normalization or plan.input_statistics("scratch"),
+                      base_resolution=args.base_resolution, output_stride=args.output_stride, dropout=args.dropout)[0]
 
 
-def _baseline_from_args(args: argparse.Namespace, num_classes: int | None, **extra: object) -> BaselineSpec:
-    given = [flag for flag, value in (("--variant", args.variant), ("--phi", args.phi),
-                                      ("--output-stride", args.output_stride), ("--dropout", args.dropout))
-             if value is not None]
-    if args.scaling != "compound":
-        given.append("--scaling")
-    if given:
-        raise ValueError(f"model: {', '.join(given)} describe an EfficientNet, not {MODELS[args.model][0]}")
-    return BaselineSpec(model=args.model, geometry=args.geometry,
-                        num_classes=num_classes if num_classes is not None else args.num_classes,
-                        base_resolution=args.base_resolution, **extra)
-
-
-# ----------------------------------------------------------------------------- command line
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The training settings (everything of ``TrainConfig`` but the spec), shared with ``effnet.experiments.study``."""
     d = TrainConfig()
@@ -123,28 +106,15 @@ def config_from_args(args: argparse.Namespace, spec: Spec) -> TrainConfig:
 
 
 def num_classes_from_args(args: argparse.Namespace) -> int:
-    """--num-classes, else the folder's class count (--dataset folder), else CIFAR-100's 100."""
-    if args.num_classes:
-        return args.num_classes
-    if args.dataset == "folder":
-        from effnet.data.folder import count_classes
+    """--num-classes, else the dataset's class count (``plan.class_count``)."""
+    return args.num_classes or plan.class_count(args.dataset, args.data_dir)
 
-        try:
-            return count_classes(data_dir(args.data_dir))
-        except DataError as exc:
-            raise ValueError(f"data_dir: {exc}") from exc
-    return 100
+
+def start_from_args(args: argparse.Namespace) -> str:
+    """The start mode (a key of ``plan.STARTS``) that --pretrained and --init-from describe."""
+    return "imagenet" if args.pretrained else "run" if args.init_from else "scratch"
 
 
 def normalization_from_args(args: argparse.Namespace) -> str:
-    """The input statistics the starting weights saw: ImageNet's, or those of the run started from."""
-    if args.init_from and not args.pretrained:
-        try:
-            spec = runs.load_config(Path(args.init_from))[0]
-        except (files.Damaged, OSError) as exc:
-            raise ValueError(f"init_from: {args.init_from} is not a readable run folder ({exc})") from exc
-        if spec is None:
-            raise ValueError(f"init_from: {args.init_from} is not a run folder (it has no config.json)")
-        return spec.normalization
-    return normalization_for(args.pretrained)
-
+    """The input statistics the starting weights saw (``plan.input_statistics``)."""
+    return plan.input_statistics(start_from_args(args), args.init_from)
