@@ -300,7 +300,7 @@ def run_card(info: runs.RunInfo) -> None:
         head, bar, buttons = st.columns([2, 4, 2], vertical_alignment="center")
         where = f" · {info.status['slot']}" if info.status.get("slot") and info.active else ""
         on_cluster = slurm.detail(info.status)
-        if on_cluster and (info.active or info.state == "queued" or info.state == "failed"):
+        if on_cluster and (info.pending or info.state == "failed"):
             where = f" · {on_cluster}"
         owner = " · yours" if info.owner is not None and info.owner == who.owner else ""
         head.markdown(f"**{plain(info.label)}**  \n`{info.run_id}` · {info.state}{plain(where)}{owner}")
@@ -313,7 +313,7 @@ def run_card(info: runs.RunInfo) -> None:
             bar.caption(outcome(info))
         if not info.active:
             st.session_state.pop(f"stopping_{info.run_id}", None)
-        if mine and (info.active or info.state == "queued"):
+        if mine and info.pending:
             buttons.button("Stop", key=f"stop_{info.run_id}", on_click=stop, args=(info,), disabled=bool(stopping))
         elif mine and jobs.resumable(info):
             buttons.button("Resume", key=f"resume_{info.run_id}", on_click=act, args=(jobs.resume, info))
@@ -389,8 +389,8 @@ def live_runs() -> None:
         return
     # Every queued or training run, then the newest others: a term's 2,000 runs are one pick away in "Manage a
     # run" and all on the Results page, not 2,000 cards and curves redrawn every 2 s.
-    pending = [i for i in infos if i.active or i.state == "queued"]
-    shown = pending + [i for i in reversed(infos) if not (i.active or i.state == "queued")][:max(0, SHOWN_RUNS
+    pending = [i for i in infos if i.pending]
+    shown = pending + [i for i in reversed(infos) if not i.pending][:max(0, SHOWN_RUNS
                                                                                                 - len(pending))]
     shown.sort(key=infos.index)
     if len(shown) < len(infos):

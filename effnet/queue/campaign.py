@@ -59,11 +59,6 @@ def _existing(root: Path) -> dict[str, runs.RunInfo]:
     return found
 
 
-def _pending(info: runs.RunInfo) -> bool:
-    """Queued, or on its way (starting, loading data, running): the queue will get to it without us."""
-    return info.state == "queued" or info.active
-
-
 def ensure(configs: Sequence[TrainConfig], root: str | Path, labels: Sequence[str | None] | None = None) -> Plan:
     """Every config in ``configs`` finished, resumed, left running or queued (see the module's docstring)."""
     root = runs.checkpoints_dir(root).resolve()
@@ -80,7 +75,7 @@ def ensure(configs: Sequence[TrainConfig], root: str | Path, labels: Sequence[st
         elif jobs.resumable(info):
             jobs.resume(info.run_id, root)
             plan.resumed.append(info.run_id)
-        elif _pending(info):
+        elif info.pending:
             plan.waiting.append(info.run_id)
         else:  # stopped or failed before its first checkpoint: nothing to continue from, so anew
             slots[-1] = None
@@ -103,6 +98,6 @@ def wait(ids: Sequence[str], root: str | Path, report: Callable[[list[runs.RunIn
         infos = [runs.read_run(runs.run_path(root, run_id)) for run_id in ids]
         if report is not None:
             report(infos)
-        if not any(_pending(i) for i in infos):
+        if not any(i.pending for i in infos):
             return infos
         time.sleep(poll_s)

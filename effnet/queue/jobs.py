@@ -85,7 +85,7 @@ def _check_quota(root: Path, caller: Caller | None, adding: int) -> None:
         raise ValueError(f"queue: this starts {adding} runs, and each user may have {max_queued()} queued or "
                          f"training at once; ask the teacher to start it (the teacher has no limit; the server's "
                          f"${MAX_QUEUED_ENV} sets it)")
-    mine = [r for r in list_runs(root) if r.owner == caller.owner and (r.active or r.state == "queued")]
+    mine = [r for r in list_runs(root) if r.owner == caller.owner and r.pending]
     if len(mine) + adding > max_queued():
         raise ValueError(f"queue: you already have {len(mine)} run(s) queued or training; each user may have "
                          f"{max_queued()} at once. Wait for one to finish or stop one")
@@ -175,7 +175,7 @@ def resume(run_id: str, root: str | os.PathLike | None = None, caller: Caller | 
                                              "generation": generation})
         files.write_json(run_dir / runs.STATUS, {**info.status, "state": "queued", "error": None,
                                                 "generation": generation})
-    if info.status.get("slurm_job_id") or slurm.backend() == "slurm":
+    if info.on_slurm or slurm.backend() == "slurm":
         job = files.load_json(run_dir / runs.JOB) or {}
         files.write_json(run_dir / runs.JOB, {k: v for k, v in job.items() if k != "stop_requested"})
         slurm.submit([run_dir], root, bool(job.get("distributed")))  # a new job continues from the checkpoint
@@ -197,7 +197,7 @@ def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | No
     with locks.exclusive(root / QUEUE_LOCK):
         info = runs.read_run(run_dir)
         access.check(caller, info, "stop")
-        if info.status.get("slurm_job_id") and (info.active or info.state == "queued"):
+        if info.on_slurm and info.pending:
             job = files.load_json(run_dir / runs.JOB) or {}
             files.write_json(run_dir / runs.JOB, {**job, "stop_requested": time.time()})  # not a requeue
             return slurm.stop(info)
@@ -277,10 +277,10 @@ def heal(root: str | os.PathLike | None = None, infos: list[RunInfo] | None = No
     """Start a runner when queued runs wait and none is alive; True if one was started."""
     root = checkpoints_dir(root).resolve()
     infos = list_runs(root) if infos is None else infos
-    if any(i.status.get("slurm_job_id") and (i.active or i.state in ("queued", "stopped")) for i in infos):
+    if any(i.on_slurm and (i.active or i.state in ("queued", "stopped")) for i in infos):
         slurm.sync(root)  # the pages show Slurm's news at once; the watcher records it when nobody looks
         slurm.ensure_watcher(root)
-    if not any(i.state == "queued" and not i.status.get("slurm_job_id") for i in infos) \
+    if not any(i.queued_here for i in infos) \
             or locks.is_held(root / RUNNER_LOCK):
         return False
     ensure_runner(root)
@@ -345,7 +345,7 @@ def _start_next(root: Path, running: list[_Started]) -> _Started | None:
         taken = {s for r in running for s in r.slots}
         slots = device_slots()
         free = [s for s in slots if s not in taken]
-        queued = [r for r in list_runs(root) if r.state == "queued" and not r.status.get("slurm_job_id")
+        queued = [r for r in list_runs(root) if r.queued_here
                   and _placeable(r, slots)]
         picked = _pick(queued, free, slots)
         if picked is None:
@@ -410,7 +410,7 @@ def run_queue(root: Path) -> None:
             _drain(root)
         # A job submitted while we were deciding to leave found the lock taken; look once more.
         with locks.exclusive(root / QUEUE_LOCK):
-            if not any(r.state == "queued" and not r.status.get("slurm_job_id") for r in list_runs(root)):
+            if not any(r.queued_here for r in list_runs(root)):
                 return
 
 

@@ -106,13 +106,14 @@ def settings() -> Settings:
     table = _table()
     given = {k: os.environ.get(f"EFFNET_SLURM_{k.upper()}", table.get(k)) for k in
              ("partition", "account", "gpus", "cpus", "mem", "time", "nodes", "tasks", "signal_s", "extra")}
+    d = Settings()  # the defaults, written once (in the dataclass)
     try:
         values = Settings(partition=given["partition"] or None, account=given["account"] or None,
-                          gpus=int(given["gpus"] if given["gpus"] is not None else 1),
-                          cpus=int(given["cpus"] or 4), mem=str(given["mem"]) if given["mem"] else None,
-                          minutes=int(given["time"]) if given["time"] else None, nodes=int(given["nodes"] or 1),
+                          gpus=int(given["gpus"] if given["gpus"] is not None else d.gpus),
+                          cpus=int(given["cpus"] or d.cpus), mem=str(given["mem"]) if given["mem"] else None,
+                          minutes=int(given["time"]) if given["time"] else None, nodes=int(given["nodes"] or d.nodes),
                           tasks=int(given["tasks"]) if given["tasks"] else None,
-                          signal_s=int(given["signal_s"] or 120),
+                          signal_s=int(given["signal_s"] or d.signal_s),
                           extra=tuple(shlex.split(given["extra"]) if isinstance(given["extra"], str)
                                       else given["extra"] or ()))
     except (TypeError, ValueError) as exc:
@@ -287,8 +288,8 @@ def _ended_reason(job: JobState | None, batch: Path | None) -> str:
 def sync(root: str | os.PathLike | None = None) -> int:
     """Merge Slurm's view into the status of every Slurm run not yet ended; returns how many are still active."""
     root = runs.checkpoints_dir(root)
-    watched = [i for i in runs.list_runs(root) if not i.damaged and i.status.get("slurm_job_id")
-               and (i.active or i.state == "queued" or _maybe_requeued(i))]
+    watched = [i for i in runs.list_runs(root) if not i.damaged and i.on_slurm
+               and (i.pending or _maybe_requeued(i))]
     if not watched:
         return 0
     try:
@@ -301,7 +302,9 @@ def sync(root: str | os.PathLike | None = None) -> int:
     return sum(1 for i in watched if (found.get(i.status["slurm_job_id"]) or JobState("GONE", "", "")).state in ALIVE)
 
 
-ALIVE = ("PENDING", "REQUEUED", "CONFIGURING", "SUSPENDED", "RUNNING", "COMPLETING")
+WAITING = ("PENDING", "REQUEUED", "CONFIGURING", "SUSPENDED")  # Slurm has the job, not yet (or not now) running
+RUNNING = ("RUNNING", "COMPLETING")
+ALIVE = WAITING + RUNNING
 
 
 def _maybe_requeued(info: runs.RunInfo) -> bool:
@@ -311,38 +314,43 @@ def _maybe_requeued(info: runs.RunInfo) -> bool:
             and info.status.get("slurm_state") in (None, *ALIVE))
 
 
+def _requeued(status: dict[str, Any], job: JobState) -> dict[str, Any]:
+    """The one "requeued" rule: it ran (or checkpointed at the time limit), and Slurm has queued it again."""
+    return {"state": "queued", "slurm_state": "PENDING", "slurm_reason": f"requeued; {job.reason}",
+            "slurm_requeues": int(status.get("slurm_requeues") or 0) + 1}
+
+
+def _merged(status: dict[str, Any], job: JobState | None, asked_to_stop: bool, batch: Path | None) -> dict[str, Any]:
+    """status.json after Slurm's word on the job: what the trainer said first, then Slurm's state decides."""
+    ours, theirs = status.get("state"), job.state if job is not None else "GONE"
+    if ours == "stopped":
+        if job is not None and theirs in ALIVE and not asked_to_stop:
+            return status | _requeued(status, job)  # checkpointed for the time limit or a preemption: it resumes
+        # Stopped, and Slurm has not queued it again: it stays stopped (and can be resumed).
+        return status | ({"slurm_state": theirs} if status.get("slurm_state") in ALIVE else {})
+    if ours in runs.ENDED:
+        return status  # the trainer has said how it ended: that stands
+    if job is not None and theirs in WAITING:
+        if ours in runs.ACTIVE:
+            return status | _requeued(status, job)
+        again = "requeued; " if status.get("slurm_requeues") else ""
+        return status | {"slurm_state": "PENDING", "slurm_reason": again + job.reason}
+    if job is not None and theirs in RUNNING:
+        return status | {"slurm_state": "RUNNING", "slurm_node": job.node}
+    if theirs == "COMPLETED" and ours not in runs.ACTIVE:
+        return status | {"state": "failed", "slurm_state": theirs,
+                         "error": "the Slurm job ended before the trainer started: " + _ended_reason(job, batch)}
+    if theirs in (*FAILED_STATES, "COMPLETED", "GONE"):
+        return status | {"state": "failed", "slurm_state": theirs, "error": _ended_reason(job, batch)}
+    return status
+
+
 def _merge(run_dir: Path, job: JobState | None, root: Path) -> None:
+    """Write Slurm's word on a run's job into its status.json (only when something changed)."""
     status = files.read_json(run_dir / runs.STATUS) or {}
     asked_to_stop = "stop_requested" in (files.read_json(run_dir / runs.JOB) or {})
-    if status.get("state") == "stopped" and job is not None and job.state in ALIVE and not asked_to_stop:
-        # The trainer checkpointed because the time limit neared or the job was preempted, not because anyone
-        # pressed Stop: Slurm has the job again, and it resumes when it runs.
-        files.write_json(run_dir / runs.STATUS, {**status, "state": "queued", "slurm_state": "PENDING",
-                                                 "slurm_reason": f"requeued; {job.reason}",
-                                                 "slurm_requeues": int(status.get("slurm_requeues") or 0) + 1})
-        return
-    if status.get("state") == "stopped" and status.get("slurm_state") in ALIVE:
-        files.write_json(run_dir / runs.STATUS, {**status, "slurm_state": job.state if job else "GONE"})
-        return  # stopped, and Slurm has not queued it again: it stays stopped (and can be resumed)
-    if status.get("state") in runs.ENDED:
-        return  # the trainer has said how it ended: that stands
-    batch = root / FOLDER / str(status.get("slurm_batch", "")) if status.get("slurm_batch") else None
-    if job is not None and job.state in ALIVE[:4]:
-        requeued = status.get("state") in runs.ACTIVE  # it ran, and Slurm queued it again (time limit, preemption)
-        count = int(status.get("slurm_requeues") or 0) + requeued
-        new = {**status, "slurm_state": "PENDING", "slurm_reason": ("requeued; " if count else "") + job.reason}
-        if requeued:
-            new |= {"state": "queued", "slurm_requeues": count}
-    elif job is not None and job.state in ("RUNNING", "COMPLETING"):
-        new = {**status, "slurm_state": "RUNNING", "slurm_node": job.node}
-    elif job is not None and job.state == "COMPLETED" and status.get("state") not in runs.ACTIVE:
-        new = {**status, "state": "failed", "slurm_state": job.state,
-               "error": "the Slurm job ended before the trainer started: " + _ended_reason(job, batch)}
-    elif job is None or job.state in FAILED_STATES or job.state == "COMPLETED":
-        new = {**status, "state": "failed", "slurm_state": job.state if job else "GONE",
-               "error": _ended_reason(job, batch)}
-    else:
-        return
+    batch = root / FOLDER / str(status["slurm_batch"]) if status.get("slurm_batch") else None
+    new = _merged(status, job, asked_to_stop, batch)
     if new != status:
         files.write_json(run_dir / runs.STATUS, new)
 

@@ -305,6 +305,21 @@ class RunInfo:
     def damaged(self) -> bool:
         return self.state == "damaged"
 
+    @property
+    def pending(self) -> bool:
+        """Queued or training: not yet ended (what quotas count, what the pages always show)."""
+        return self.active or self.state == "queued"
+
+    @property
+    def on_slurm(self) -> bool:
+        """Submitted to a Slurm cluster: Slurm runs and watches it, not a local runner."""
+        return on_slurm(self.status)
+
+    @property
+    def queued_here(self) -> bool:
+        """Queued for this machine's runner (not on Slurm)."""
+        return self.state == "queued" and not self.on_slurm
+
 
 def _source_name(run_dir: Path) -> str:
     """What a run started from is called in a label: its label, else its folder's name (short)."""
@@ -388,14 +403,14 @@ def read_run(run_dir: Path) -> RunInfo:
     status, job = parsed.status, parsed.job or {}
     state = status.get("state", "queued" if parsed.job else "unknown")
     error = status.get("error")
-    if state in ACTIVE and not _watched_elsewhere(status):
+    if state in ACTIVE and not on_slurm(status):
         state, error = _liveness(run_dir, status, state)
     return RunInfo(run_dir.name, run_dir, state, parsed.label, parsed.spec, parsed.config, status, error,
                    int(job.get("queued_at", 0)), job.get("owner"), bool(parsed.job), bool(job.get("distributed")),
                    parsed.job)
 
 
-def _watched_elsewhere(status: dict[str, Any]) -> bool:
+def on_slurm(status: dict[str, Any]) -> bool:
     """A run a cluster scheduler runs is watched through the scheduler (``effnet.queue.slurm``), not by its local pid."""
     return bool(status.get("slurm_job_id"))
 
