@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from effnet.base.access import (
     teacher_password,
     valid_owner_token,
 )
+from effnet.base.text import without_controls
 from effnet.training import runs
 from effnet.training.checkpoint import CheckpointError
 
@@ -61,8 +61,7 @@ def plain(text: object, lines: bool = False) -> str:
     inside Markdown: shown as typed, never rendered (no image fetched, no link, no formula), without control or
     bidirectional-override characters. ``lines`` keeps its line breaks (an error with the end of a log)."""
     def one(line: str) -> str:
-        kept = "".join(c for c in line if unicodedata.category(c)[0] != "C")
-        return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(kept.split()))
+        return _MARKDOWN_SPECIAL.sub(r"\\\1", without_controls(line))
 
     if lines:
         return "  \n".join(one(line) for line in str(text).splitlines())

@@ -29,6 +29,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,7 @@ def check(caller: Caller | None, thing: Any, action: str, what: str = "run") -> 
     (command line), who may do anything."""
     if caller is None:
         return
-    if readonly():
-        raise PermissionError(f"this server is a read-only demo: nothing can be changed here ({action} refused)")
+    check_writable(caller, action)
     if not caller.may_manage(thing):
         raise PermissionError(f"this {what} belongs to another user; only its owner or the teacher may {action} it")
 
@@ -136,6 +136,55 @@ def max_queued() -> int:
     return limits().queued
 
 
+def limited(caller: Caller | None) -> bool:
+    """Whether quotas apply: to students; the teacher and the command line (``None``) have none."""
+    return caller is not None and not caller.teacher
+
+
+def check_runs(caller: Caller | None, adding: int, held: Callable[[], int]) -> None:
+    """Refuse ``adding`` runs that would take a student past the runs one may have queued or training at once
+    (``held``: how many they have now, counted only when a quota applies)."""
+    check_writable(caller, "starting a run")
+    if not limited(caller):
+        return
+    limit = max_queued()
+    if adding > limit:  # e.g. a student's 4-run methods study: waiting would never make room
+        raise ValueError(f"queue: this starts {adding} runs, and each user may have {limit} queued or "
+                         f"training at once; ask the teacher to start it (the teacher has no limit; the server's "
+                         f"${MAX_QUEUED_ENV} sets it)")
+    mine = held()
+    if mine + adding > limit:
+        raise ValueError(f"queue: you already have {mine} run(s) queued or training; each user may have "
+                         f"{limit} at once. Wait for one to finish or stop one")
+
+
+def check_imports(caller: Caller | None, adding: int, held: Callable[[], int], size: int, root: Path) -> None:
+    """Refuse a bundle of ``adding`` runs (``size`` bytes) past a student's imported runs or the disk budget."""
+    check_writable(caller, "import")
+    if not limited(caller):
+        return
+    limit, mine = limits().imported_runs, held()
+    if mine + adding > limit:
+        raise ValueError(f"quota: you have {mine} imported run(s) and this bundle holds {adding}; each user may "
+                         f"import {limit}. Delete some, or ask the teacher to import it")
+    check_disk_budget(caller, size, root)
+
+
+def dataset_allowance(caller: Caller | None, held: Callable[[], tuple[int, int]], declared: int, root: Path,
+                      most: int) -> int:
+    """The bytes an upload of ``declared`` bytes may unpack to (at most ``most``): what is left of a student's
+    dataset allowance (``held``: their datasets' count and bytes); refused past the count or the disk budget."""
+    check_writable(caller, "adding a dataset")
+    if not limited(caller):
+        return most
+    limit, (count, used) = limits(), held()
+    if count >= limit.datasets:
+        raise ValueError(f"quota: you have {count} dataset(s); each user may have {limit.datasets}. Delete one "
+                         "first, or ask the teacher")
+    check_disk_budget(caller, declared, root)
+    return max(0, min(limit.dataset_bytes - used, most))
+
+
 _USAGE: dict[tuple[str, ...], tuple[float, int]] = {}
 _USAGE_LOCK = threading.Lock()
 USAGE_TTL_S = 30.0
@@ -166,7 +215,7 @@ def folder_bytes(*folders: Path) -> int:
 def check_disk_budget(caller: Caller | None, adding: int, *folders: Path) -> None:
     """``ValueError`` when a student's write of ``adding`` bytes would take the data and checkpoints folders past
     the server's budget (the teacher is told too, but may go on)."""
-    if caller is None or caller.teacher:
+    if not limited(caller):
         return
     budget = limits().disk_bytes
     used = folder_bytes(*folders)

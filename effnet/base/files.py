@@ -16,7 +16,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
 
@@ -37,27 +37,33 @@ def _open(path: Path) -> int:
         raise Damaged(f"{path.name}: cannot be read ({exc.strerror})") from exc
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, never through a symbolic link, and only if it is a regular file (not a FIFO
+    that would block, a device or a folder): the one door for every file a run folder, a bundle or a checkpoint
+    names. ``FileNotFoundError`` if absent, ``Damaged`` otherwise."""
+    f = os.fdopen(_open(path), "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise Damaged(f"{path.name}: is not a regular file")
+    return f
+
+
 def read_file(path: Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
     """The bytes of a regular file, not following a symbolic link; ``FileNotFoundError`` if absent.
 
     ``Damaged`` for a link, a non-file or a file over ``max_bytes``.
     """
-    with os.fdopen(_open(path), "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise Damaged(f"{path.name}: is not a regular file")
-        if info.st_size > max_bytes:
-            raise Damaged(f"{path.name}: {info.st_size:,} bytes, more than such a file may have")
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise Damaged(f"{path.name}: {size:,} bytes, more than such a file may have")
         return f.read(max_bytes + 1)
 
 
 def read_tail(path: Path, max_bytes: int) -> bytes:
     """The last ``max_bytes`` of a regular file (a log may be large: only its end is read)."""
-    with os.fdopen(_open(path), "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise Damaged(f"{path.name}: is not a regular file")
-        f.seek(max(0, info.st_size - max_bytes))
+    with open_regular(path) as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - max_bytes))
         return f.read(max_bytes)
 
 

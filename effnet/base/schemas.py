@@ -21,21 +21,20 @@ imported job.json).
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from effnet.base.access import OWNER_TOKEN
 from effnet.base.files import Damaged
+from effnet.base.text import without_controls
 
 ACTIVE = ("starting", "waiting", "loading data", "running")
 ENDED = ("stopped", "finished", "failed")
 STATES = ("queued", *ACTIVE, *ENDED)
 LABEL_CHARS = (1, 80)
-OWNER_TOKEN = re.compile(r"[0-9a-f]{32}")
 STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="allow", frozen=True)
 
 
@@ -44,8 +43,7 @@ def clean_label(text: object) -> str:
     (which can reorder what others see) dropped; ``ValueError`` unless 1 to 80 characters remain."""
     if not isinstance(text, str):
         raise ValueError("label: must be text")
-    kept = "".join(c for c in text if unicodedata.category(c)[0] != "C")  # Cc, Cf (bidi), Co, Cs, Cn
-    label = " ".join(kept.split())
+    label = without_controls(text)
     low, high = LABEL_CHARS
     if not low <= len(label) <= high:
         raise ValueError(f"label: give a name of {low} to {high} characters (after dropping control characters)")

@@ -1,8 +1,10 @@
-"""Numbers and names written for people: ``1.23 M`` parameters, ``1 min 35 s``, ``b0-3-ep`` in a folder name."""
+"""Text written for people: ``1.23 M`` parameters, ``1 min 35 s``, ``b0-3-ep`` in a folder name, and text from
+people made safe to show (``without_controls``)."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _UNITS = (("G", 1e9), ("M", 1e6), ("k", 1e3))
 
@@ -29,3 +31,9 @@ def duration(seconds: float) -> str:
 def slug(text: str, default: str = "run") -> str:
     """A piece of a folder name from any text: lower-case letters and digits joined by dashes, at most 40."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or default
+
+
+def without_controls(text: str) -> str:
+    """``text`` without control, format (bidirectional overrides, which can reorder what others see), private-use
+    or unassigned characters (Unicode categories C*), whitespace collapsed to single spaces."""
+    return " ".join("".join(c for c in text if unicodedata.category(c)[0] != "C").split())

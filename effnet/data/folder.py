@@ -277,21 +277,15 @@ def _unwrap(staging: Path) -> None:
 
 
 def _check_quota(base: Path, caller: Caller | None, declared: int) -> int:
-    """The bytes this upload may unpack to (the caller's dataset allowance, the server's budget); ``DataError``
-    when the caller already holds as many datasets as a student may."""
-    access.check_writable(caller, "adding a dataset")
-    if caller is None or caller.teacher:
-        return MAX_ZIP_BYTES
-    limit, mine = access.limits(), [d for d in own_datasets(base.parent) if d.owner == caller.owner]
-    if len(mine) >= limit.datasets:
-        raise DataError(f"quota: you have {len(mine)} dataset(s); each user may have {limit.datasets}. Delete one "
-                        "first, or ask the teacher")
-    left = limit.dataset_bytes - sum(d.bytes for d in mine)
+    """The bytes this upload may unpack to (``access.dataset_allowance``); ``DataError`` when refused."""
+    def held() -> tuple[int, int]:
+        mine = [d for d in own_datasets(base.parent) if d.owner == caller.owner]
+        return len(mine), sum(d.bytes for d in mine)
+
     try:
-        access.check_disk_budget(caller, declared, base.parent)
+        return access.dataset_allowance(caller, held, declared, base.parent, MAX_ZIP_BYTES)
     except ValueError as exc:
         raise DataError(str(exc)) from exc
-    return max(0, min(left, MAX_ZIP_BYTES))
 
 
 def unpack_zip(data: bytes | io.BufferedIOBase, data_root: str | os.PathLike, name: str,

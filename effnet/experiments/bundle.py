@@ -73,12 +73,12 @@ def _run_files(run_dir: Path, resumable: bool) -> list[Path]:
 def _copy_into(zf: zipfile.ZipFile, path: Path, name: str) -> None:
     """A run file into the zip, opened without following links (a file swapped for a link is refused)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
+        src = files.open_regular(path)
+    except (OSError, files.Damaged) as exc:
         raise BundleError(f"{path}: cannot be read ({exc})") from exc
     member = zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0))
     member.compress_type = zipfile.ZIP_STORED if path.suffix == ".pt" else zipfile.ZIP_DEFLATED  # weights: no gain
-    with os.fdopen(fd, "rb") as src, zf.open(member, "w", force_zip64=True) as dst:
+    with src, zf.open(member, "w", force_zip64=True) as dst:
         shutil.copyfileobj(src, dst, CHUNK)
 
 
@@ -309,16 +309,11 @@ def _finish(staging: Path, root: Path) -> Imported:
 
 
 def _check_quota(caller: Caller | None, root: Path, adding: int, size: int) -> None:
-    access.check_writable(caller, "import")
-    if caller is None or caller.teacher:
-        return
-    limit = access.limits().imported_runs
-    mine = sum(1 for r in runs.list_runs(root) if r.owner == caller.owner and (r.job or {}).get("imported"))
-    if mine + adding > limit:
-        raise BundleError(f"quota: you have {mine} imported run(s) and this bundle holds {adding}; each user may "
-                          f"import {limit}. Delete some, or ask the teacher to import it")
+    def held() -> int:
+        return sum(1 for r in runs.list_runs(root) if r.owner == caller.owner and (r.job or {}).get("imported"))
+
     try:
-        access.check_disk_budget(caller, size, root)
+        access.check_imports(caller, adding, held, size, root)
     except ValueError as exc:
         raise BundleError(str(exc)) from exc
 

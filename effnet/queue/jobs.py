@@ -33,7 +33,7 @@ from pathlib import Path
 
 from effnet.arch import specs
 from effnet.base import access, files, locks
-from effnet.base.access import MAX_QUEUED_ENV, Caller, max_queued, readonly
+from effnet.base.access import Caller, readonly
 from effnet.base.locks import DEVICE_LOCK_ENV, QUEUE_LOCK, RUNNER_LOCK
 from effnet.base.processes import PROJECT, is_process_of, spawn_detached
 from effnet.base.schemas import clean_label
@@ -77,18 +77,7 @@ def training_images(config: TrainConfig) -> int:
 
 
 def _check_quota(root: Path, caller: Caller | None, adding: int) -> None:
-    if caller is not None and readonly():
-        raise PermissionError("this server is a read-only demo: no run can be started here")
-    if caller is None or caller.teacher:
-        return
-    if adding > max_queued():  # e.g. a student's 4-run methods study: waiting would never make room
-        raise ValueError(f"queue: this starts {adding} runs, and each user may have {max_queued()} queued or "
-                         f"training at once; ask the teacher to start it (the teacher has no limit; the server's "
-                         f"${MAX_QUEUED_ENV} sets it)")
-    mine = [r for r in list_runs(root) if r.owner == caller.owner and r.pending]
-    if len(mine) + adding > max_queued():
-        raise ValueError(f"queue: you already have {len(mine)} run(s) queued or training; each user may have "
-                         f"{max_queued()} at once. Wait for one to finish or stop one")
+    access.check_runs(caller, adding, lambda: sum(1 for r in list_runs(root) if r.owner == caller.owner and r.pending))
 
 
 # ----------------------------------------------------------------------------- queue actions

@@ -9,13 +9,12 @@ unpickles with ``weights_only=True``: a checkpoint file holds tensors and plain 
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import shutil
-import stat
 from pathlib import Path
 from typing import Any
 
+from effnet.base import files
 from effnet.base.files import atomic_write_bytes
 from effnet.training.config import TrainConfig
 
@@ -59,14 +58,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        f = files.open_regular(path)
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path} does not exist") from exc
-    except OSError as exc:
-        raise CheckpointError(f"{path} was refused: {'it is a symbolic link' if path.is_symlink() else exc}") from exc
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise CheckpointError(f"{path} is not a regular file")
+    except files.Damaged as exc:
+        raise CheckpointError(f"{path}: {str(exc).split(': ', 1)[-1]}") from exc  # a link, or not a file
+    with f:
         try:
             state = torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:

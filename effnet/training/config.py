@@ -20,6 +20,7 @@ from typing import Any
 from effnet.arch import specs
 from effnet.arch.baselines import BaselineSpec
 from effnet.arch.scaling import ScalingSpec
+from effnet.base import files
 from effnet.base.schemas import check_value
 
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -178,11 +179,13 @@ class TrainConfig:
 
 def _run_spec(run_dir: Path) -> specs.Spec:
     """The spec in a run folder's config.json (read here without the run readers: they import this module)."""
-    path = run_dir / "config.json"
     try:
-        if run_dir.is_symlink() or path.is_symlink() or path.stat().st_size > 1 << 20:
-            raise ValueError("refused")
-        return specs.from_dict(json.loads(path.read_text())["spec"])
+        if run_dir.is_symlink():
+            raise ValueError("a symbolic link; refused")
+        saved = files.load_json(run_dir / "config.json")  # bounded, no links; files.Damaged is a ValueError
+        if saved is None:
+            raise ValueError("it has no config.json")
+        return specs.from_dict(saved["spec"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"init_from: {run_dir} is not a finished run's folder ({exc})") from exc
 
