@@ -46,11 +46,12 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from effnet.arch.preprocess import to_model_input
-from effnet.base import files, locks
+from effnet.base import files, locks, tasks
 from effnet.compression.compressions import COMPRESS, FOLDER, check_run, check_settings
 from effnet.training import checkpoint, runs
 from effnet.training.checkpoint import load_checkpoint
 from effnet.training.config import TrainConfig
+from effnet.training.progress import Status
 
 CALIBRATION_IMAGES = 512
 WEIGHT_BITS = 7  # reduce_range: what ORT's int8 kernels use on CPUs without VNNI
@@ -58,7 +59,7 @@ Predict = Callable[[Tensor], Tensor | np.ndarray]
 
 
 @dataclass(frozen=True)
-class Job:
+class Source:
     """What one compression run works on: the model, its spec and settings, the data, where to write."""
 
     model: nn.Module
@@ -69,7 +70,7 @@ class Job:
     y_test: Tensor
 
 
-def load_job(run_dir: Path, out: Path, data_dir: str | None = None) -> Job:
+def load_source(run_dir: Path, out: Path, data_dir: str | None = None) -> Source:
     """The run's best checkpoint and its data (the same splits and subsets the run used), on the CPU."""
     from effnet.training.evaluate import precise_bn
     from effnet.training.start import load_data
@@ -84,7 +85,7 @@ def load_job(run_dir: Path, out: Path, data_dir: str | None = None) -> Job:
         # A checkpoint from before BatchNorm statistics were measured: they may lag its weights, which costs fp32
         # accuracy and ruins int8 (whose ranges are calibrated through them). Measure them now.
         model = precise_bn(model, data.train.images, config, config.seed)
-    return Job(model.eval(), config, data, out, to_model_input(data.test.images, spec), data.test.labels)
+    return Source(model.eval(), config, data, out, to_model_input(data.test.images, spec), data.test.labels)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -134,11 +135,11 @@ class Variant:
 LATENCY_ROUNDS = 2
 
 
-def measure(variants: list[Variant], job: Job, budget_s: float = 2.0) -> list[dict[str, Any]]:
+def measure(variants: list[Variant], source: Source, budget_s: float = 2.0) -> list[dict[str, Any]]:
     """The rows of compress.json: accuracy once, then latency in interleaved rounds (every variant once per
     round, the fastest round kept), so a slow moment of the machine does not land on one variant alone."""
     rows = [{"name": v.name, "size_bytes": v.file.stat().st_size, "params": v.params,
-             "test_top1": round(top1(v.predict, job.x_test, job.y_test), 2), "file": v.file.name, **v.extra}
+             "test_top1": round(top1(v.predict, source.x_test, source.y_test), 2), "file": v.file.name, **v.extra}
             for v in variants]
     for r in rows:  # what each variant costs in accuracy, against the model as trained (the first row)
         r["vs_fp32"] = round(r["test_top1"] - rows[0]["test_top1"], 2)
@@ -146,7 +147,7 @@ def measure(variants: list[Variant], job: Job, budget_s: float = 2.0) -> list[di
         best = [math.inf] * len(variants)
         for _ in range(LATENCY_ROUNDS):
             for i, v in enumerate(variants):
-                best[i] = min(best[i], latency_ms(v.predict, job.x_test, batch, budget_s))
+                best[i] = min(best[i], latency_ms(v.predict, source.x_test, batch, budget_s))
         for row, ms in zip(rows, best, strict=True):
             row[f"latency_ms_b{batch}"] = round(ms, 3)
     for r in rows:
@@ -220,24 +221,24 @@ class FakeQuant(nn.Module):
         return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -top - 1, top)
 
 
-def quantization_aware(job: Job, epochs: int) -> nn.Module:
+def quantization_aware(source: Source, epochs: int) -> nn.Module:
     """A copy of the model fine-tuned with its conv and linear weights seen through ``FakeQuant``."""
-    model = copy.deepcopy(job.model)
+    model = copy.deepcopy(source.model)
     layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     for layer in layers:
         parametrize.register_parametrization(layer, "weight", FakeQuant())
-    finetune(model, job, epochs, lr_scale=0.1)
+    finetune(model, source, epochs, lr_scale=0.1)
     for layer in layers:
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)  # the 7-bit grid: ORT keeps it
-    return measured(model, job)
+    return measured(model, source)
 
 
-def measured(model: nn.Module, job: Job) -> nn.Module:
+def measured(model: nn.Module, source: Source) -> nn.Module:
     """``model`` with BatchNorm statistics measured on the run's training images (``evaluate.precise_bn``): after
     pruning or fine-tuning, the stored ones no longer describe the weights, and int8 calibrates through them."""
     from effnet.training.evaluate import precise_bn
 
-    return precise_bn(model, job.data.train.images, job.config, job.config.seed)
+    return precise_bn(model, source.data.train.images, source.config, source.config.seed)
 
 
 # ----------------------------------------------------------------------------- pruning and fine-tuning
@@ -253,14 +254,14 @@ def prune(model: nn.Module, ratio: float, example: Tensor) -> nn.Module:
     return pruned
 
 
-def finetune(model: nn.Module, job: Job, epochs: int, lr_scale: float = 0.2) -> None:
+def finetune(model: nn.Module, source: Source, epochs: int, lr_scale: float = 0.2) -> None:
     """A short fine-tune on the run's training images with the run's own recipe (its optimizer, augmentation,
     label smoothing and schedule, from ``effnet.training.step``) at ``lr_scale`` of its learning rate."""
     from effnet.training.step import lr_at, make_optimizer, step_seed, train_step
 
     if epochs < 1:
         return
-    config, train = job.config, job.data.train
+    config, train = source.config, source.data.train
     optimizer = make_optimizer(model, config.replace(lr=config.lr * lr_scale))
     steps = max(1, len(train) // config.batch_size)
     total, done = steps * epochs, 0
@@ -278,16 +279,26 @@ def finetune(model: nn.Module, job: Job, epochs: int, lr_scale: float = 0.2) -> 
     model.eval()
 
 
-# ----------------------------------------------------------------------------- the whole job
+# ----------------------------------------------------------------------------- the whole compression
+_REPORTERS: dict[Path, Status] = {}
+
+
 def write_status(out: Path, **fields: Any) -> None:
-    """Progress for the Compress page: which step, how many of how many."""
-    files.write_json(out / runs.STATUS, {"heartbeat": time.time(), "pid": os.getpid(), **fields})
+    """Progress for the Compress page (which step, how many of how many), through the trainer's ``Status``: its
+    heartbeat keeps the compression alive between steps, as ``effnet.base.tasks`` reads it."""
+    reporter = _REPORTERS.get(out)
+    if reporter is None:
+        reporter = _REPORTERS[out] = Status(out, enabled=True)
+    reporter.update(**({"doing": None, "error": None} | fields))
+    if fields.get("state") in tasks.ENDED:
+        reporter.close()
+        _REPORTERS.pop(out, None)
 
 
-def compress(job: Job, int8: bool, qat_epochs: int, ratios: list[float], finetune_epochs: int,
+def compress(source: Source, int8: bool, qat_epochs: int, ratios: list[float], finetune_epochs: int,
              budget_s: float = 2.0) -> list[dict]:
     """Every asked-for variant, exported and measured; fp32 (eager and ORT) always first."""
-    out, example = job.out, job.x_test[:1]
+    out, example = source.out, source.x_test[:1]
     steps = 1 + int8 + (int8 and qat_epochs > 0) + len(ratios)
     made: list[Variant] = []
 
@@ -295,18 +306,18 @@ def compress(job: Job, int8: bool, qat_epochs: int, ratios: list[float], finetun
         write_status(out, state="running", step=len(made), steps=steps, doing=name)
 
     step("fp32")
-    fp32 = export_onnx(job.model, example, out / "fp32.onnx")
-    made.append(Variant("fp32", eager(job.model), fp32, params_of(job.model), {"runtime": "PyTorch eager"}))
-    made.append(Variant("fp32-onnx", ort_predict(fp32), fp32, params_of(job.model), {"runtime": "ONNX Runtime"}))
-    calibration = to_model_input(job.data.train.images[:CALIBRATION_IMAGES], job.config.spec)
+    fp32 = export_onnx(source.model, example, out / "fp32.onnx")
+    made.append(Variant("fp32", eager(source.model), fp32, params_of(source.model), {"runtime": "PyTorch eager"}))
+    made.append(Variant("fp32-onnx", ort_predict(fp32), fp32, params_of(source.model), {"runtime": "ONNX Runtime"}))
+    calibration = to_model_input(source.data.train.images[:CALIBRATION_IMAGES], source.config.spec)
     if int8:
         step("int8")
         path = quantize_int8(fp32, out / "int8.onnx", calibration)
-        made.append(Variant("int8", ort_predict(path), path, params_of(job.model),
+        made.append(Variant("int8", ort_predict(path), path, params_of(source.model),
                             {"runtime": "ONNX Runtime", "method": "post-training"}))
     if int8 and qat_epochs > 0:
         step("int8-qat")
-        qat = quantization_aware(job, qat_epochs)
+        qat = quantization_aware(source, qat_epochs)
         path = quantize_int8(export_onnx(qat, example, out / "qat-fp32.onnx"), out / "int8-qat.onnx", calibration)
         (out / "qat-fp32.onnx").unlink()
         made.append(Variant("int8-qat", ort_predict(path), path, params_of(qat),
@@ -314,13 +325,13 @@ def compress(job: Job, int8: bool, qat_epochs: int, ratios: list[float], finetun
     for ratio in ratios:
         name = f"pruned-{ratio:g}"
         step(name)
-        pruned = prune(job.model, ratio, example)
-        finetune(pruned, job, finetune_epochs)
-        pruned = measured(pruned, job)
+        pruned = prune(source.model, ratio, example)
+        finetune(pruned, source, finetune_epochs)
+        pruned = measured(pruned, source)
         made.append(Variant(name, eager(pruned), export_onnx(pruned, example, out / f"{name}.onnx"), params_of(pruned),
                             {"runtime": "PyTorch eager", "finetune_epochs": finetune_epochs}))
     write_status(out, state="running", step=steps, steps=steps, doing="measuring")
-    return measure(made, job, budget_s)
+    return measure(made, source, budget_s)
 
 
 def run(run_dir: Path, out: Path, int8: bool = True, qat_epochs: int = 0, ratios: list[float] | None = None,
@@ -350,10 +361,10 @@ def run(run_dir: Path, out: Path, int8: bool = True, qat_epochs: int = 0, ratios
 def _run(run_dir: Path, out: Path, int8: bool, qat_epochs: int, ratios: list[float], finetune_epochs: int,
          data_dir: str | None, budget_s: float) -> dict[str, Any]:
     write_status(out, state="loading data", step=0, steps=1)
-    job = load_job(run_dir, out, data_dir)
-    return {"run": str(run_dir), "spec": job.config.spec.name, "test_images": len(job.y_test),
+    source = load_source(run_dir, out, data_dir)
+    return {"run": str(run_dir), "spec": source.config.spec.name, "test_images": len(source.y_test),
             "threads": torch.get_num_threads(),
-            "variants": compress(job, int8, qat_epochs, ratios, finetune_epochs, budget_s)}
+            "variants": compress(source, int8, qat_epochs, ratios, finetune_epochs, budget_s)}
 
 
 # ----------------------------------------------------------------------------- in the background (the app)

@@ -9,14 +9,13 @@ and deletes one on request (``delete_output``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from effnet.base import access, files, locks, schemas
-from effnet.base.processes import is_process_of, spawn_detached
+from effnet.base import access, files, locks, schemas, tasks
+from effnet.base.processes import spawn_detached
 from effnet.training import runs
 from effnet.training.devices import cpu_locks
 
@@ -24,7 +23,7 @@ COMPRESS = "compress.json"
 # A variant that loses more test top-1 than this against fp32 is called out on the page, with what to try.
 LOSS_WARN_POINTS = 3.0
 FOLDER = "compressed"  # the app's compressions: <run>/compressed/<time>/ (compress.json, status.json, log, .onnx)
-STARTUP_S = 60  # a started compression that has not reported its pid yet (importing torch) within this is gone
+COMPRESSOR = "effnet.compress"  # the module a compression's process runs
 
 
 def check_run(run_dir: Path) -> None:
@@ -54,14 +53,8 @@ def outputs(run_dir: Path) -> list[Path]:
 
 
 def working(out: Path) -> bool:
-    """Whether the compression writing ``out`` is still at work (waiting for the CPU counts)."""
-    status = files.read_json(out / runs.STATUS) or {}
-    if status.get("state") in ("finished", "failed"):
-        return False
-    if status.get("pid") is not None:
-        return is_process_of(status["pid"], "effnet.compress", str(out))
-    heartbeat = status.get("heartbeat")  # started, but the process has not said who it is yet (importing torch)
-    return isinstance(heartbeat, (int, float)) and time.time() - heartbeat < STARTUP_S
+    """Whether the compression writing ``out`` is still at work (waiting for the CPU counts): ``tasks.at_work``."""
+    return tasks.at_work(files.read_json(out / runs.STATUS) or {})
 
 
 def tidy(run_dir: Path) -> list[str]:
@@ -81,21 +74,13 @@ def tidy(run_dir: Path) -> list[str]:
 def stop_all(run_dir: Path, wait_s: float = 30.0) -> None:
     """Stop every compression of ``run_dir`` (SIGTERM, then wait), holding the start lock so none begins meanwhile:
     a run is deleted only once nothing writes into it."""
-    import signal
-
     if not (run_dir / FOLDER).is_dir():
         return
     with locks.exclusive(run_dir / FOLDER / ".start.lock"):
-        busy = [(out, (files.read_json(out / runs.STATUS) or {}).get("pid")) for out in outputs(run_dir) if working(out)]
-        for out, pid in busy:
-            if pid is not None and is_process_of(pid, "effnet.compress", str(out)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + wait_s
-        while any(working(out) for out, _ in busy):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"a compression of {run_dir.name} did not stop within {wait_s:.0f} s; try again")
-            time.sleep(0.2)
+        busy = [out for out in outputs(run_dir) if working(out)]
+        for out in busy:
+            tasks.signal_stop(files.read_json(out / runs.STATUS) or {}, COMPRESSOR, str(out))
+        tasks.wait_until(lambda: not any(working(out) for out in busy), wait_s, f"a compression of {run_dir.name}")
 
 
 def delete_output(run_dir: Path, name: str, caller: Any = None) -> None:
@@ -135,7 +120,7 @@ def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[f
         out.mkdir()
         files.write_json(out / runs.STATUS, {"heartbeat": time.time(), "pid": None, "state": "starting", "step": 0,
                                              "steps": 1})
-        spawn_detached(["effnet.compress", str(run_dir), "--out", str(out), "--qat-epochs", str(qat_epochs),
+        spawn_detached([COMPRESSOR, str(run_dir), "--out", str(out), "--qat-epochs", str(qat_epochs),
                         "--finetune-epochs", str(finetune_epochs), "--prune", ",".join(f"{r:g}" for r in ratios),
                         "--time-budget", str(budget_s), *(["--int8"] if int8 else [])], out / runs.LOG,
                        {locks.DEVICE_LOCK_ENV: os.pathsep.join(str(p) for p in cpu_locks(root))})

@@ -19,7 +19,6 @@ CLI see the same truth, and runs survive the app rerunning or restarting:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import os
 import secrets
@@ -32,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from effnet.arch import specs
-from effnet.base import access, files, locks
+from effnet.base import access, files, locks, tasks
 from effnet.base.access import Caller, readonly
 from effnet.base.locks import DEVICE_LOCK_ENV, QUEUE_LOCK, RUNNER_LOCK
-from effnet.base.processes import PROJECT, is_process_of, spawn_detached
+from effnet.base.processes import PROJECT, spawn_detached
 from effnet.base.schemas import clean_label
 from effnet.base.text import slug
 from effnet.queue import slurm
@@ -193,10 +192,7 @@ def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | No
         if info.state == "queued":
             files.write_json(run_dir / runs.STATUS, {**info.status, "state": "stopped"})
             return "stopped"
-    pid = info.status.get("pid")
-    if info.active and isinstance(pid, int) and is_process_of(pid, "effnet.train", run_dir.name):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    if info.active and tasks.signal_stop(info.status, runs.TRAINER, run_dir.name):
         return "stopping"
     return info.state
 
@@ -215,11 +211,7 @@ def delete(run_id: str, root: str | os.PathLike | None = None, wait_s: float = 3
     info = runs.read_run(run_dir)
     access.check(caller, info, "delete")
     stop(run_id, root)
-    deadline = time.monotonic() + wait_s
-    while runs.read_run(run_dir).active:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"run {run_id} did not stop within {wait_s:.0f} s; try again")
-        time.sleep(0.2)
+    tasks.wait_until(lambda: not runs.read_run(run_dir).active, wait_s, f"run {run_id}")
     from effnet.compression.compressions import stop_all  # a compression writing into the run stops first
 
     stop_all(run_dir, wait_s)

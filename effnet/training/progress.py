@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from effnet.base import files
+from effnet.base import files, tasks
 from effnet.training import runs
 from effnet.training.evaluate import evaluate
 
@@ -21,9 +21,8 @@ if TYPE_CHECKING:  # Live reads the run it reports on; the loop imports this mod
 
 
 class Status:
-    """``status.json`` of a run: updated by the loop, refreshed by a heartbeat thread every few seconds."""
-
-    HEARTBEAT_SECONDS = 5.0
+    """``status.json`` of a task (a run, a compression): updated by its work, refreshed by a heartbeat thread every
+    ``tasks.HEARTBEAT_S`` (the protocol of ``effnet.base.tasks``)."""
 
     def __init__(self, run_dir: Path, enabled: bool) -> None:
         self.path = run_dir / runs.STATUS
@@ -53,7 +52,7 @@ class Status:
         files.write_status(self.path, self.fields)
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.HEARTBEAT_SECONDS):
+        while not self._stop.wait(tasks.HEARTBEAT_S):
             with self.lock, contextlib.suppress(OSError):  # a full disk: the loop itself will report it
                 self._write()
 

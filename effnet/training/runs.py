@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from effnet.arch import specs
-from effnet.base import schemas
+from effnet.base import schemas, tasks
 from effnet.base.files import Damaged, load_json, loads, read_file, read_tail
-from effnet.base.processes import pid_alive
 from effnet.base.schemas import ACTIVE, ENDED, STATES, parse
 from effnet.base.text import duration
 from effnet.training.checkpoint import CheckpointError, load_checkpoint
@@ -48,7 +47,6 @@ LAST, BEST = "last.pt", "best.pt"
 __all__ = ["ACTIVE", "ENDED", "STATES"]  # the states, defined with the file schemas
 # A run id: letters, digits, dot, dash, underscore; never starting with a dot (no "..", no hidden files).
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
-HEARTBEAT_TIMEOUT_S = 60.0
 # A run holds at most this many epoch rows (the study trains 200 epochs): a metrics file is bounded, so a
 # hostile or broken one cannot make every page that charts it slow.
 MAX_METRICS_BYTES = 2 * 1024 * 1024
@@ -379,12 +377,11 @@ def _parse_files(run_dir: Path) -> _Files:
 
 
 def _liveness(run_dir: Path, status: dict[str, Any], state: str) -> tuple[str, str | None]:
-    """An active state whose process is gone (or silent) is a failed run, with the reason and the log's end."""
-    age = time.time() - float(status.get("heartbeat", 0) or 0)
-    alive = pid_alive(status.get("pid"))
-    if alive and age <= HEARTBEAT_TIMEOUT_S:
+    """An active state whose process is gone (or silent) is a failed run, with the reason and the log's end
+    (``tasks``: the lifecycle a run shares with compressions)."""
+    why = tasks.why_lost(status)
+    if why is None:
         return state, status.get("error")
-    why = "its process is gone" if not alive else f"no heartbeat for {age:.0f} s"
     error = f"The training process died ({why}: killed, out of memory, or the machine restarted)."
     tail = log_tail(run_dir)
     return "failed", error + ("\nLast output:\n" + tail if tail else "")
@@ -408,6 +405,9 @@ def read_run(run_dir: Path) -> RunInfo:
     return RunInfo(run_dir.name, run_dir, state, parsed.label, parsed.spec, parsed.config, status, error,
                    int(job.get("queued_at", 0)), job.get("owner"), bool(parsed.job), bool(job.get("distributed")),
                    parsed.job)
+
+
+TRAINER = "effnet.train"  # the module a run's process runs: who may be signalled for it
 
 
 def on_slurm(status: dict[str, Any]) -> bool:
