@@ -19,6 +19,11 @@ from effnet.arch.card import ModelCard
 from effnet.training.flags import add_spec_arguments, spec_from_args
 
 
+def _or_dash(value: int | None) -> str:
+    """A shape column a stage does not have (a classifier's kernel) prints as "-", never as 0."""
+    return "-" if value is None else str(value)
+
+
 def format_card(card: ModelCard, batch_size: int) -> str:
     """A plain-text card: the spec's multipliers, the per-stage table and the totals."""
     s = card.spec
@@ -34,13 +39,15 @@ def format_card(card: ModelCard, batch_size: int) -> str:
             f"alpha*beta^2*gamma^2 = {s.constraint:.3f}",
             "",
         ]
+    w = max(8, *(len(r.name) for r in card.stages))  # DenseNet's stages are named features.denseblock1 ...
     lines += [
-        f"{'stage':<8} {'operator':<18} {'k':>2} {'s':>2} {'in':>5} {'out':>5} {'rep':>4} {'input':>9} {'output':>9}"
+        f"{'stage':<{w}} {'operator':<18} {'k':>2} {'s':>2} {'in':>5} {'out':>5} {'rep':>4} {'input':>9} {'output':>9}"
         f" {'params':>12} {'MACs':>15}",
     ]
     for r in card.stages:
         lines.append(
-            f"{r.name:<8} {r.operator:<18} {r.kernel:>2} {r.stride:>2} {r.in_channels:>5} {r.out_channels:>5}"
+            f"{r.name:<{w}} {r.operator:<18} {_or_dash(r.kernel):>2} {_or_dash(r.stride):>2} {r.in_channels:>5}"
+            f" {r.out_channels:>5}"
             f" {r.repeats:>4} {f'{r.input_size}x{r.input_size}':>9} {f'{r.output_size}x{r.output_size}':>9}"
             f" {r.params:>12,} {r.macs:>15,}"
         )

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import PROJECT, python_env
 
 LIBRARY = PROJECT / "effnet"
@@ -155,6 +156,14 @@ def test_readme_module_table_names_every_library_module():
     assert named == modules, f"README lists {sorted(named - modules)} that do not exist, misses {sorted(modules - named)}"
 
 
+def test_no_library_module_names_streamlit():
+    """The fast tier's check: no module of effnet/ imports streamlit itself (the next test also catches a package
+    that would pull it in, at the cost of importing everything)."""
+    named = [p.name for p in LIBRARY.rglob("*.py") if re.search(r"^\s*(import|from) streamlit", p.read_text(), re.M)]
+    assert not named, named
+
+
+@pytest.mark.slow
 def test_the_library_never_imports_streamlit():
     """Every module of effnet/, found on disk (a list kept by hand missed six), imported in one interpreter."""
     loaded = imported_after("".join(f"import {m}\n" for m in library_modules()))

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from effnet import ScalingSpec, build_model
 from effnet.analysis.cam import LAST, explain, layer_choices, randomised, target_layer
-from effnet.arch import specs
+from effnet.arch import baselines, specs
 from effnet.arch.baselines import BaselineSpec
 from effnet.arch.zoo import EFFICIENTNET, imagenet_models
 from effnet.training import runs
@@ -37,8 +37,10 @@ def adapted_reference(model: str, num_classes: int) -> nn.Module:
 @pytest.mark.parametrize("model, geometry", [("resnet18", "cifar"), ("mobilenet_v2", "cifar"),
                                              ("densenet121", "cifar"), ("resnet50", "imagenet")])
 def test_a_baseline_card_counts_what_torchvision_builds(model, geometry, tmp_path, monkeypatch):
-    monkeypatch.setenv("EFFNET_CACHE", str(tmp_path))  # counted here, not read from an earlier test's cache
+    """The shipped cards (these specs are among them) against torchvision's own model, counted here."""
+    monkeypatch.setenv("EFFNET_CACHE", str(tmp_path))
     spec = BaselineSpec(model=model, geometry=geometry, num_classes=100)
+    assert baselines.is_counted(spec)  # shipped: the explorer shows it at once
     card = specs.card(spec)
     reference = adapted_reference(model, 100) if geometry == "cifar" else getattr(tvm, model)(num_classes=100)
     assert card.params == sum(p.numel() for p in reference.parameters())
@@ -46,8 +48,38 @@ def test_a_baseline_card_counts_what_torchvision_builds(model, geometry, tmp_pat
     with counter, torch.no_grad():
         reference.eval()(torch.zeros(1, 3, spec.resolution, spec.resolution))
     assert card.macs == counter.get_total_flops() // 2
-    assert (tmp_path / "baseline-cards.json").is_file()  # counted once per machine
+    assert not (tmp_path / "baseline-cards.json").exists()  # nothing counted: it was shipped
     assert build_model(spec).state_dict().keys() == reference.state_dict().keys()
+
+
+def test_a_card_not_shipped_is_counted_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFNET_CACHE", str(tmp_path))
+    spec = BaselineSpec(model="resnet18", geometry="cifar", num_classes=10)
+    assert not baselines.is_counted(spec)
+    card = specs.card(spec)
+    assert card.params == sum(p.numel() for p in adapted_reference("resnet18", 10).parameters())
+    assert (tmp_path / "baseline-cards.json").is_file() and baselines.is_counted(spec)
+
+
+def test_the_baseline_card_shows_real_shapes_never_zeros():
+    """ResNet-18's cifar stem really is 3x3, stride 1, 3 -> 64; a classifier has no kernel (None, never 0); its
+    final map is layer4's 4x4, not the classifier's 1; no phi=0 model, so no FLOPs ratio."""
+    card = specs.card(BaselineSpec(model="resnet18", geometry="cifar", num_classes=100))
+    rows = {r.name: r for r in card.stages}
+    conv1, layer2, fc = rows["conv1"], rows["layer2"], rows["fc"]
+    assert (conv1.kernel, conv1.stride, conv1.in_channels, conv1.out_channels) == (3, 1, 3, 64)
+    assert (layer2.kernel, layer2.stride, layer2.in_channels, layer2.out_channels, layer2.repeats) == (3, 2, 64, 128, 2)
+    assert (fc.kernel, fc.stride, fc.in_channels, fc.out_channels) == (None, None, 512, 100)
+    assert card.final_map == 4 and card.flops_ratio is None
+    dense = {r.name: r for r in specs.card(BaselineSpec(model="densenet121", geometry="imagenet")).stages}
+    assert dense["features.denseblock3"].repeats == 24 and dense["features.transition1"].repeats == 1
+
+
+@pytest.mark.slow
+def test_the_shipped_cards_equal_a_fresh_count():
+    shipped = json.loads(baselines.SHIPPED.read_text())
+    for spec in baselines.shipped_specs():
+        assert shipped[baselines._key(spec)] == baselines._count(spec), spec
 
 
 def test_card_cli_prints_a_baselines_params_and_macs():

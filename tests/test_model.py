@@ -9,6 +9,8 @@ from effnet import ScalingSpec, build_model, model_card
 from effnet.arch.preprocess import to_model_input
 
 VARIANTS = [f"b{i}" for i in range(8)]
+# B4-B7 take seconds each to build and trace: the full suite checks them, the fast tier B0-B3.
+TIERED = [pytest.param(v, marks=pytest.mark.slow) if v >= "b4" else v for v in VARIANTS]
 PAPER_GMACS = [0.386, 0.687, 0.994, 1.827, 4.394, 10.266, 19.068, 37.746]
 
 
@@ -22,7 +24,7 @@ def traced_macs(spec: ScalingSpec) -> int:
     return counter.get_total_flops() // 2
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", TIERED)
 def test_torchvision_weights_load_strictly_and_give_the_same_logits(variant):
     torch.manual_seed(0)
     spec = ScalingSpec.official(variant, geometry="imagenet", num_classes=1000)
@@ -61,20 +63,22 @@ CUSTOM_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("spec", CUSTOM_SPECS, ids=lambda s: f"{s.name}-{s.geometry}")
+@pytest.mark.parametrize("spec", [pytest.param(s, marks=pytest.mark.slow) if s.name in ("B7", "B4") else s
+                                  for s in CUSTOM_SPECS], ids=lambda s: f"{s.name}-{s.geometry}")
 def test_card_matches_flop_counter_and_parameter_count(spec):
     card = model_card(spec)
     assert card.params == sum(p.numel() for p in build_model(spec).parameters())
     assert card.macs == pytest.approx(traced_macs(spec), rel=0.005)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", TIERED)
 def test_card_matches_flop_counter_for_official_imagenet(variant):
     spec = ScalingSpec.official(variant, geometry="imagenet", num_classes=1000)
     assert model_card(spec).macs == pytest.approx(traced_macs(spec), rel=0.005)
 
 
-@pytest.mark.parametrize("spec", CUSTOM_SPECS[:3] + CUSTOM_SPECS[5:7], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [pytest.param(s, marks=pytest.mark.slow) if s.name == "B7" else s
+                                  for s in CUSTOM_SPECS[:3] + CUSTOM_SPECS[5:7]], ids=lambda s: s.name)
 def test_activation_estimate_matches_what_autograd_saves(spec):
     model = build_model(spec).train()
     params = {p.data_ptr() for p in model.parameters()}

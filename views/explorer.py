@@ -7,7 +7,7 @@ from effnet import OFFICIAL, ScalingSpec, model_card
 from effnet.analysis.charts import METHOD_NAMES, network_picture, scaling_sweep
 from effnet.arch import specs
 from effnet.arch.baselines import MODELS as BASELINES
-from effnet.arch.baselines import BaselineSpec
+from effnet.arch.baselines import BaselineSpec, is_counted
 from effnet.arch.card import official_vs_formula, scaling_methods, side_by_side
 from effnet.arch.scaling import (
     COEFFICIENT_RANGE,
@@ -43,7 +43,8 @@ def compared(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 st.title("Compound scaling explorer")
-st.caption("Every number here is computed analytically from the spec: no model is built, so each move is instant.")
+st.caption("Every number here is computed analytically from the spec: no model is built, so each move is instant "
+           "(a conventional network in the Compare tab is counted once; the usual ones ship counted).")
 
 controls, main = st.columns([1, 2.2], gap="large")
 with controls:
@@ -164,9 +165,15 @@ with compare_tab:
         st.markdown("**Or against a conventional network** (torchvision's, counted once with FlopCounterMode): "
                     "its own stages, and its totals beside A's.")
         baseline = st.selectbox("Network", list(BASELINES), format_func=lambda m: BASELINES[m][0], key="cmp_baseline")
+        other = BaselineSpec(model=baseline, geometry=geometry, num_classes=int(num_classes),
+                             base_resolution=int(base_resolution))
         try:
-            other_card = specs.card(BaselineSpec(model=baseline, geometry=geometry, num_classes=int(num_classes),
-                                                 base_resolution=int(base_resolution)))
+            if is_counted(other):  # shipped with the lab, or counted here before: instant, no torch
+                other_card = specs.card(other)
+            else:
+                with st.spinner(f"Counting {BASELINES[baseline][0]} at {other.resolution} px once (building it "
+                                "in torch and running FlopCounterMode: about 10 s the first time, then instant)"):
+                    other_card = specs.card(other)
         except ValueError as exc:
             st.error(f"{BASELINES[baseline][0]} cannot be built here: {exc}")
         else:
@@ -174,8 +181,7 @@ with compare_tab:
             tiles[0].metric(f"{BASELINES[baseline][0]} params", si(other_card.params),
                             f"×{other_card.params / card.params:.1f} of A", delta_color="off")
             tiles[1].metric("MACs", si(other_card.macs), f"×{other_card.macs / card.macs:.1f} of A", delta_color="off")
-            side = min(r.output_size for r in other_card.stages if r.output_size > 1)  # before its pooling head
-            tiles[2].metric("Final feature map", f"{side}×{side}")
+            tiles[2].metric("Final feature map", f"{other_card.final_map}×{other_card.final_map}")
             st.dataframe(pd.DataFrame([{"stage": r.name, "operator": r.operator, "output": f"{r.output_size}×"
                                         f"{r.output_size}", "params": si(r.params), "MACs": si(r.macs)}
                                        for r in other_card.stages]), hide_index=True, width="stretch", height=300)

@@ -36,7 +36,7 @@ MODELS: dict[str, tuple[str, str]] = {
     "mobilenet_v2": ("MobileNetV2", "classifier"),
     "densenet121": ("DenseNet-121", "classifier"),
 }
-CARD_FORMAT = 2
+CARD_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,45 @@ def _cache_file() -> Path:
     return Path(os.environ.get("EFFNET_CACHE") or Path.home() / ".cache" / "effnet-lab") / "baseline-cards.json"
 
 
+# The cards of the classroom's usual baselines (every network, both geometries, 100 classes, and ImageNet's 1000),
+# counted once and shipped with the lab: the explorer shows them at once, without importing torch. A fresh count
+# must equal them (tests/test_baselines.py); ``write_shipped()`` redoes the file after a torchvision upgrade.
+SHIPPED = Path(__file__).with_name("baseline_cards.json")
+
+
+def shipped_specs() -> list[BaselineSpec]:
+    """The specs whose cards ship with the lab."""
+    return [BaselineSpec(model=m, geometry=g, num_classes=n) for m in MODELS
+            for g, n in (("cifar", 100), ("imagenet", 100), ("imagenet", 1000))]
+
+
+def _key(spec: BaselineSpec) -> str:
+    """What a card depends on, as a cache key (not the input statistics: they change no count)."""
+    from importlib.metadata import version
+
+    return json.dumps({"model": spec.model, "geometry": spec.geometry, "num_classes": spec.num_classes,
+                       "resolution": spec.resolution, "format": CARD_FORMAT, "torchvision": version("torchvision")},
+                      sort_keys=True)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def is_counted(spec: BaselineSpec) -> bool:
+    """Whether the card is at hand (shipped, or counted on this machine before): no torch, no wait."""
+    return _key(spec) in _read(SHIPPED) or _key(spec) in _read(_cache_file())
+
+
+def write_shipped() -> None:
+    """Count the shipped specs again and write ``SHIPPED`` (run after a torchvision upgrade)."""
+    atomic_write_bytes(SHIPPED, json.dumps({_key(s): _count(s) for s in shipped_specs()}, indent=0,
+                                           sort_keys=True).encode())
+
+
 def _count(spec: BaselineSpec) -> list[dict[str, Any]]:
     """Per top-level module: params, MACs (FlopCounterMode / 2), activations saved for backward, in/out sizes."""
     import torch
@@ -155,7 +194,7 @@ def _count(spec: BaselineSpec) -> list[dict[str, Any]]:
     model = build(spec).train()
     children = stages(model)
     rows = [{"name": name, "operator": type(m).__name__, "params": sum(p.numel() for p in m.parameters()),
-             "macs": 0, "activations": 0, "input_size": 0, "output_size": 0} for name, m in children]
+             "macs": 0, "activations": 0, "input_size": 0, "output_size": 0, **_shape(m)} for name, m in children]
     current = {"i": 0}
     seen: set[int] = set()
 
@@ -171,9 +210,11 @@ def _count(spec: BaselineSpec) -> list[dict[str, Any]]:
         def pre(_m, args, i=i):
             current["i"] = i
             rows[i]["input_size"] = args[0].shape[-1] if args and args[0].ndim == 4 else 1
+            rows[i]["in_channels"] = args[0].shape[1]
 
         def post(_m, _args, out, i=i):
             rows[i]["output_size"] = out.shape[-1] if out.ndim == 4 else 1
+            rows[i]["out_channels"] = out.shape[1]
 
         handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
     x = torch.zeros(1, 3, spec.resolution, spec.resolution)
@@ -191,19 +232,32 @@ def _count(spec: BaselineSpec) -> list[dict[str, Any]]:
             forward[name] = sum(counts.values())
     for row in rows:
         row["macs"] = forward[row["name"]] // 2
+        # The stage's stride as it ran: how much smaller its map is (None for what has no convolution).
+        row["stride"] = row["input_size"] // row["output_size"] if row["kernel"] is not None else None
     return rows
 
 
-def _stored(spec: BaselineSpec) -> list[dict[str, Any]]:
-    """The counted rows for ``spec``: from the disk cache when this machine counted them before."""
-    from importlib.metadata import version
+def _shape(module: Any) -> dict[str, Any]:
+    """A stage's spatial kernel (its largest convolution's: a bottleneck's 3x3, not its 1x1s; None without a
+    convolution: pooling, a classifier) and its blocks; its stride is measured when it runs (``_count``)."""
+    from torch import nn
 
-    key = json.dumps({**spec.to_dict(), "format": CARD_FORMAT, "torchvision": version("torchvision")}, sort_keys=True)
+    kernels = [m.kernel_size[0] for m in module.modules() if isinstance(m, nn.Conv2d)]
+    children = list(module.children())
+    # Repeated blocks (ResNet's BasicBlocks, DenseNet's _DenseLayers) count; a conv-norm-activation run is one.
+    same = len(children) > 1 and len({type(c) for c in children}) == 1 and bool(list(children[0].children()))
+    blocks = len(children) if same else 1
+    return {"kernel": max(kernels) if kernels else None, "repeats": blocks}
+
+
+def _stored(spec: BaselineSpec) -> list[dict[str, Any]]:
+    """The counted rows for ``spec``: shipped, or from this machine's cache, else counted now (seconds: torch)."""
+    key = _key(spec)
+    shipped = _read(SHIPPED)
+    if key in shipped:
+        return shipped[key]
     path = _cache_file()
-    try:
-        cached = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        cached = {}
+    cached = _read(path)
     if key not in cached:
         cached[key] = _count(spec)
         try:
@@ -217,6 +271,7 @@ def _stored(spec: BaselineSpec) -> list[dict[str, Any]]:
 @functools.lru_cache(maxsize=64)
 def card(spec: BaselineSpec) -> ModelCard:
     """The card of a baseline: exact parameters and counted multiply-adds, per stage (``stages``)."""
-    rows = tuple(StageRow(r["name"], r["operator"], 0, 0, 0, 0, 1, r["input_size"], r["output_size"], r["params"],
-                          r["macs"], r["activations"]) for r in _stored(spec))
+    rows = tuple(StageRow(r["name"], r["operator"], r["kernel"], r["stride"], r["in_channels"], r["out_channels"],
+                          r["repeats"], r["input_size"], r["output_size"], r["params"], r["macs"], r["activations"])
+                 for r in _stored(spec))
     return ModelCard(spec, rows)

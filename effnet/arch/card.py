@@ -30,12 +30,13 @@ MAX_ACTIVATION_BYTES_PER_IMAGE = 16 * 1024**3
 
 @dataclass(frozen=True)
 class StageRow:
-    """One line of the card: a stem, an MBConv stage or the head."""
+    """One line of the card: a stem, an MBConv stage or the head (an EfficientNet's), or a top-level module (a
+    baseline's). A shape column a stage does not have (a pooling layer's kernel, a classifier's stride) is None."""
 
     name: str
     operator: str
-    kernel: int
-    stride: int
+    kernel: int | None
+    stride: int | None
     in_channels: int
     out_channels: int
     repeats: int
@@ -64,13 +65,16 @@ class ModelCard:
 
     @property
     def final_map(self) -> int:
-        """Side of the last feature map, the one class activation maps are made from."""
-        return self.stages[-1].output_size
+        """Side of the last feature map, the one class activation maps are made from: the output of the last stage
+        with a convolution (an EfficientNet's head; a ResNet's layer4, not its pooling or classifier)."""
+        return next(r.output_size for r in reversed(self.stages) if r.kernel is not None)
 
     @property
-    def flops_ratio(self) -> float:
-        """Actual multiply-adds against the phi=0 model: what the rounding made of d * w^2 * r^2."""
-        return self.macs / model_card(self.spec.baseline).macs
+    def flops_ratio(self) -> float | None:
+        """Actual multiply-adds against the phi=0 model: what the rounding made of d * w^2 * r^2 (None for a
+        conventional network: it has no phi=0 model)."""
+        base = getattr(self.spec, "baseline", None)
+        return None if base is None else self.macs / model_card(base).macs
 
     def activation_bytes(self, batch_size: int) -> int:
         """fp32 activations autograd keeps for a training step of ``batch_size`` images."""
