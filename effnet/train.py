@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
-    """(config, run folder, resume) from the flags, or from ``--config FILE`` plus ``--out``; ``train`` validates the
-    config (once per process: the library entry point checks what any caller gives it)."""
+    """(config, run folder, resume) from the flags, or from ``--config FILE`` plus ``--out``; the config validated
+    (once per process: ``main`` tells ``train`` it is checked)."""
     p = _parser()
     args = p.parse_args(argv)
     try:
@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         else:
             config = config_from_args(args, spec_from_args(args, num_classes=num_classes_from_args(args),
                                                            normalization=normalization_from_args(args)))
+        config.validate()  # here, so a bad setting is a usage error (exit 2); train() is told not to check again
         out = _out_folder(args.out)
     except ValueError as exc:
         p.error(str(exc))
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     config, out, resume = parse_args(argv)
     rank = distributed_env()[1]
     try:
-        train(config, out, resume)
+        train(config, out, resume, checked=True)
     except (DataError, ValueError, CheckpointError) as exc:
         # Expected failures get one clear line; anything else keeps its traceback.
         if rank == 0:

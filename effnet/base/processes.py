@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]  # effnet/base/processes.py -> the project
 
 
 def pid_alive(pid: object) -> bool:

@@ -297,13 +297,14 @@ def failure(exc: BaseException) -> dict[str, Any]:
     return {"error": f"{exc.__class__.__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
 
 
-def train(config: TrainConfig, out: Path, resume: bool = False) -> list[dict[str, Any]]:
+def train(config: TrainConfig, out: Path, resume: bool = False, checked: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) a training run in ``out``; returns the metrics rows. Writes only on rank 0.
 
     A failure after the run folder is set up is recorded in ``status.json`` (state "failed" and the
     error) before it propagates; a refusal before that (bad settings, an existing run) touches nothing.
     """
-    config.validate()
+    if not checked:  # the command line validated it already (once per process)
+        config.validate()
     config, checkpoint = _open(config, out, resume)
     check_disk(config, out)
     queued = (out / runs.JOB).is_file()  # the queue made the folder: a refusal is recorded there
