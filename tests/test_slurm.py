@@ -86,7 +86,10 @@ def test_a_requeued_job_resumes_and_ends_bitwise_like_an_uninterrupted_run(on_sl
     subprocess.run(["scontrol", "requeue", job], check=True)
     until(on_slurm, run_id, lambda i: i.state == "queued" and "requeued" in str(i.status.get("slurm_reason")),
           what="the requeue to show")
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)  # no 2-minute pause here
+    # Slurm holds a requeued job back for about two minutes; lift that once the job is really pending again (an
+    # update sent while it is still completing has no effect, and the test waited those minutes).
+    wait_for(lambda: squeue("-j", job, "-o", "%T").strip() == "PENDING", what="the job to be pending again")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     info = until(on_slurm, run_id, lambda i: i.state in runs.ENDED, timeout=300, what="the requeued job")
     assert info.state == "finished" and [r["epoch"] for r in runs.load_metrics(info.path)] == [1, 2]
     done = run_train(tmp_path / "straight", cifar_dir, "--epochs", "2", "--checkpoint-minutes", "0")
