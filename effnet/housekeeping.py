@@ -5,7 +5,8 @@
 - a compression whose process is gone (``compressions.tidy``): marked failed, so it can be deleted;
 - temporary files of atomic writes whose writer was killed, older than ``TEMP_AGE_S``.
 
-``python -m effnet.housekeeping [--root DIR]`` does the same from a terminal and says what it did.
+``python -m effnet.housekeeping [--root DIR]`` does the same from a terminal and says what it did;
+``--reset-sign-in`` forgets every wrong teacher password (``effnet.base.signin``), for a teacher made to wait.
 
 Each piece holds a lock while it works, so only what no living process owns is touched. ``tidy`` runs at
 most every ``EVERY_S`` per process: with thousands of runs, looking costs more than it finds.
@@ -19,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from effnet.base import signin
 from effnet.compression import compressions
 from effnet.data import folder
 from effnet.experiments import bundle
@@ -65,8 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m effnet.housekeeping", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", help="the checkpoints folder (default: $EFFNET_CHECKPOINTS or ./checkpoints)")
     p.add_argument("--data-dir", help="the data folder (default: $EFFNET_DATA or ./data)")
+    p.add_argument("--reset-sign-in", action="store_true",
+                   help="forget every wrong teacher password (a teacher made to wait can sign in at once)")
     args = p.parse_args(argv)
+    if args.reset_sign_in:
+        waiting = signin.Guesses(runs.checkpoints_dir(args.root)).reset()
+        print(f"sign-in tries forgotten ({waiting} browsers, addresses or the server were waiting)")
+        return 0
     for line in tidy(args.root, data_dir(args.data_dir), force=True) or ["nothing to clean up"]:
         print(line)
     return 0
 
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,8 +4,10 @@ Streamlit pages cannot set cookies or stream a file from disk, and both matter o
 
 - ``OwnerCookie`` gives every browser a signed, HttpOnly owner cookie on its first page load. The pages read
   it (``st.context.cookies``); nothing identifying ever appears in the address bar, a link or a screenshot.
-- ``/effnet/teacher`` is the sign-in page (a plain form; wrong passwords slow down per browser and per
-  address, ``access.GuessLimiter``); it sets the signed teacher cookie. ``/effnet/signout`` clears it.
+- ``/effnet/teacher`` is the sign-in page (a plain form; every try is counted before it is checked, per browser,
+  address and server, ``effnet.base.signin``); it sets the signed teacher cookie. ``/effnet/signout`` shows a
+  button; only its POST (from this server's page) signs out, ending the cookie on the server too, so an outside
+  link cannot sign the teacher out and a copied cookie dies with the sign-out.
 - ``/effnet/download/...`` streams a run's checkpoint, a compressed model or a bundle from disk in chunks
   (Streamlit's download button would hold the whole file in the server's memory for every browser that
   shows it). The path is checked like every run id: a direct child of the checkpoints folder, no links.
@@ -24,14 +26,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from effnet.base import access
+from effnet.base import access, signin
 from effnet.base.files import Damaged
 from effnet.compression.compressions import FOLDER as COMPRESSED
 from effnet.experiments import bundle, study
 from effnet.training import runs
 
 PREFIX = "/effnet"
-LIMITER = access.GuessLimiter()
 _STREAMLIT_PATHS = ("/_stcore/", "/static/", "/media/", "/component/", PREFIX + "/")
 
 
@@ -88,6 +89,7 @@ input,button{{font-size:22px;padding:.4rem .8rem}} .err{{color:#b00020;font-weig
 FORM = """<form method="post" action="{prefix}/teacher"><p><label>Teacher password<br>
 <input type="password" name="password" autofocus autocomplete="current-password"></label></p>
 <p><button type="submit">Sign in as the teacher</button></p></form>"""
+SIGN_OUT = """<form method="post" action="{prefix}/signout"><p><button type="submit">Sign out</button></p></form>"""
 
 
 def _page(body: str, status: int = 200) -> HTMLResponse:
@@ -101,31 +103,34 @@ def _same_origin(request: Request) -> bool:
     return not origin or origin.split("://", 1)[-1].split("/", 1)[0] == host
 
 
+def _is_teacher(request: Request, password: str | None) -> bool:
+    return signin.is_teacher(_root(), request.cookies.get(access.TEACHER_COOKIE), _key(), password)
+
+
 async def teacher(request: Request) -> Response:
     password = _password()
     if password is None:
         return _page("<p>This server has no teacher password: everybody manages every run already.</p>")
-    if access.teacher_from_cookie(request.cookies.get(access.TEACHER_COOKIE), _key(), password):
-        return _page('<p>You are signed in as the teacher.</p><p><a href="/effnet/signout">Sign out</a></p>')
+    if _is_teacher(request, password):
+        return _page("<p>You are signed in as the teacher.</p>" + SIGN_OUT.format(prefix=PREFIX))
     if request.method == "GET":
         return _page(FORM.format(prefix=PREFIX))
     if not _same_origin(request):
         return _page('<p class="err">Refused: the form must be sent from this server\'s page.</p>', 403)
-    owner = access.owner_from_cookie(request.cookies.get(access.OWNER_COOKIE), _key()) or "none"
-    keys = (f"address:{request.client.host if request.client else '?'}", f"browser:{owner}")
-    wait = LIMITER.wait_s(*keys)
+    guesses = signin.Guesses(_root())
+    keys = guesses.keys(request.client.host if request.client else None,
+                        access.owner_from_cookie(request.cookies.get(access.OWNER_COOKIE), _key()))
+    wait = guesses.begin(keys)  # counted before the password is read or compared: parallel tries cannot outrun it
     if wait > 0:
-        why = ("Too many wrong passwords from here: sign-in is locked for "
-               if LIMITER.locked(*keys) else "Wrong password. Wait ")
-        return _page(f'<p class="err">{why}{wait:.0f} s, then try again.</p>' + FORM.format(prefix=PREFIX), 429)
+        return _page(f'<p class="err">Too many wrong passwords: wait {wait:.0f} s, then try again.</p>'
+                     + FORM.format(prefix=PREFIX), 429)
     form = await request.form()
     given = form.get("password")
     if not isinstance(given, str) or not access.is_teacher_password(given, password):
-        LIMITER.failed(*keys)
-        wait = LIMITER.wait_s(*keys)
+        wait = guesses.wait_s(keys)
         note = f" Wait {wait:.0f} s before the next try." if wait > 0 else ""
         return _page(f'<p class="err">Wrong password.{note}</p>' + FORM.format(prefix=PREFIX), 401)
-    LIMITER.succeeded(*keys)
+    guesses.succeeded(keys)
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(access.TEACHER_COOKIE, access.sign_teacher(_key(), password),
                         max_age=int(3600 * access.teacher_hours()), httponly=True, samesite="strict",
@@ -134,6 +139,14 @@ async def teacher(request: Request) -> Response:
 
 
 async def signout(request: Request) -> Response:
+    """GET: a page with the sign-out button (a link alone signs nobody out). POST from our page: the cookie ends."""
+    password = _password()
+    if request.method == "GET":
+        body = SIGN_OUT if _is_teacher(request, password) else "<p>You are not signed in as the teacher.</p>"
+        return _page(body.format(prefix=PREFIX))
+    if not _same_origin(request):
+        return _page('<p class="err">Refused: the form must be sent from this server\'s page.</p>', 403)
+    signin.sign_out(_root(), request.cookies.get(access.TEACHER_COOKIE), _key(), password)
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(access.TEACHER_COOKIE)
     return response
@@ -206,7 +219,7 @@ def bundle_url(kind: str, name: str, resumable: bool = False) -> str:
 
 def routes() -> list[Route]:
     return [Route(f"{PREFIX}/teacher", teacher, methods=["GET", "POST"]),
-            Route(f"{PREFIX}/signout", signout, methods=["GET"]),
+            Route(f"{PREFIX}/signout", signout, methods=["GET", "POST"]),
             Route(f"{PREFIX}/download/run/{{run}}/{{file:path}}", download, methods=["GET"]),
             Route(f"{PREFIX}/download/bundle/{{kind}}/{{name}}", download_bundle, methods=["GET"])]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from effnet.base import signin
 from effnet.base.access import (
     OWNER_COOKIE,
     TEACHER_COOKIE,
@@ -19,7 +20,6 @@ from effnet.base.access import (
     owner_from_cookie,
     readonly,
     server_secret,
-    teacher_from_cookie,
     teacher_password,
     valid_owner_token,
 )
@@ -84,7 +84,8 @@ def caller() -> Caller:
     Without the cookie (a browser that refuses cookies, or AppTest) the tab gets a token of its own for this
     session only: safe, but a reload starts afresh.
     """
-    key = server_secret(runs.checkpoints_dir())
+    root = runs.checkpoints_dir()
+    key = server_secret(root)
     cookies = st.context.cookies
     token = owner_from_cookie(cookies.get(OWNER_COOKIE), key)
     if token is None:
@@ -92,7 +93,7 @@ def caller() -> Caller:
             st.session_state["owner"] = new_owner_token()
         token = st.session_state["owner"]
     password = teacher_password(secret("teacher_password"))
-    return Caller(token, password is None or teacher_from_cookie(cookies.get(TEACHER_COOKIE), key, password))
+    return Caller(token, password is None or signin.is_teacher(root, cookies.get(TEACHER_COOKIE), key, password))
 
 
 def _link(where, text: str, href: str) -> None:

@@ -8,7 +8,7 @@
   ``teacher_password`` in Streamlit's secrets) on the sign-in page; the browser then holds a signed teacher
   cookie that expires after ``$EFFNET_TEACHER_HOURS`` (default 4: a class), survives reloads and new tabs,
   and stops working when the password changes. With no password set (one person on a laptop), everybody
-  is the teacher. Wrong passwords slow down: ``GuessLimiter``.
+  is the teacher. Wrong passwords and signing out: ``signin``.
 - ``$EFFNET_READONLY=1`` (a public demo): nothing can be started, stopped, uploaded or deleted.
 - **Quotas** (students only; the teacher and the command line have none): runs queued or training at once,
   own datasets (count and bytes), imported runs, and a total bytes budget for the data and checkpoints
@@ -306,46 +306,3 @@ def teacher_from_cookie(value: object, key: bytes, password: str | None, now: fl
     if not expires.isdigit() or not hmac.compare_digest(mac, _mac(_teacher_key(key, password), f"{expires}.{nonce}")):
         return False
     return int(expires) > (now or time.time())
-
-
-# ----------------------------------------------------------------------------- password guesses
-class GuessLimiter:
-    """Wrong teacher passwords slow down per browser and per address: free for the first ``FREE`` tries, then a
-    wait that doubles with every failure (2 s, 4 s, ... at most ``MAX_WAIT_S``), and after ``LOCK_AFTER``
-    failures a lockout of ``LOCKOUT_S``. A right password clears both counts."""
-
-    FREE, MAX_WAIT_S, LOCK_AFTER, LOCKOUT_S = 3, 60.0, 10, 600.0
-
-    def __init__(self) -> None:
-        self._failures: dict[str, tuple[int, float]] = {}
-        self._lock = threading.Lock()
-
-    def wait_s(self, *keys: str, now: float | None = None) -> float:
-        """Seconds before any of ``keys`` may try again (0: now)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            return max([0.0, *(self._until(k) - now for k in keys)])
-
-    def _until(self, key: str) -> float:
-        count, last = self._failures.get(key, (0, 0.0))
-        if count >= self.LOCK_AFTER:
-            return last + self.LOCKOUT_S
-        if count < self.FREE:
-            return 0.0
-        return last + min(self.MAX_WAIT_S, 2.0 ** (count - self.FREE + 1))
-
-    def failed(self, *keys: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            for key in keys:
-                count, _ = self._failures.get(key, (0, 0.0))
-                self._failures[key] = (count + 1, now)
-
-    def succeeded(self, *keys: str) -> None:
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
-
-    def locked(self, *keys: str) -> bool:
-        with self._lock:
-            return any(self._failures.get(k, (0, 0.0))[0] >= self.LOCK_AFTER for k in keys)
