@@ -33,7 +33,7 @@ _LOCK = threading.Lock()
 
 def _stale_temp_files(root: Path) -> list[str]:
     done, now = [], time.time()
-    for run_dir in (d for d in root.iterdir() if runs.RUN_ID.fullmatch(d.name) and d.is_dir() and not d.is_symlink()):
+    for run_dir in (d for d in root.iterdir() if runs.is_run_id(d.name) and d.is_dir() and not d.is_symlink()):
         for tmp in run_dir.glob(".*.tmp"):
             try:
                 if tmp.is_file() and not tmp.is_symlink() and now - tmp.stat().st_mtime > TEMP_AGE_S:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from effnet.data.cifar import DataError
+from effnet.training import runs
 from effnet.training.checkpoint import CheckpointError
 from effnet.training.config import TrainConfig
 from effnet.training.flags import (
@@ -71,6 +72,8 @@ def _out_folder(text: str) -> Path:
     if not text.strip():
         raise ValueError("out: give the run's folder, e.g. --out checkpoints/my-run")
     out = Path(text)
+    if out.name in runs.RESERVED:
+        raise ValueError(f"out: {out.name!r} is a folder the lab itself uses (its studies); give the run another name")
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} is a file, not a run folder")
     return out

@@ -33,7 +33,7 @@ from effnet.base.access import Caller
 from effnet.compression import compressions
 from effnet.data import folder
 from effnet.data.cifar import DataError
-from effnet.experiments import bundle
+from effnet.experiments import bundle, study
 from effnet.queue import jobs
 from effnet.training import runs
 
@@ -199,6 +199,25 @@ def test_a_bundle_carries_no_owner_and_the_importer_owns_what_it_imports(tmp_pat
     done = bundle.import_bundle(out, there, STUDENT_B)
     info = runs.read_run(done.runs[0])
     assert info.owner == STUDENT_B.owner and info.label == "B0 of A · imported"
+
+
+def test_a_run_can_never_be_named_like_the_labs_own_folders(tmp_path):
+    """An imported run called "studies" held every study made after it; deleting it deleted them all."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    fake_run(here, "studies", [row(1, 50.0, 50.0)], job={"owner": STUDENT_A.owner, "label": "trap"})
+    out = bundle.export(here / "studies", tmp_path / "trap.zip")
+    imported = bundle.import_bundle(out, there, STUDENT_A).runs[0]
+    assert imported.name != study.STUDIES and imported.name.startswith("studies-")
+    made = study.new_study_dir(there, "methods")
+    made.mkdir(parents=True)
+    files.write_json(made / study.STUDY, {"kind": "methods", "runs": []})
+    jobs.delete(imported.name, there, caller=STUDENT_A)
+    assert (made / study.STUDY).is_file()
+    with pytest.raises(ValueError, match="not a run id"):
+        runs.run_path(there, study.STUDIES)
+    assert study.STUDIES not in [r.run_id for r in runs.list_runs(there)]
+    bad = cli("effnet.train", "--variant", "b0", "--out", str(there / study.STUDIES), "--epochs", "1")
+    assert bad.returncode == 2 and "the lab itself uses" in bad.stderr
 
 
 # ----------------------------------------------------------------------------- 2. datasets within quotas

@@ -278,7 +278,7 @@ def _own(run_dir: Path, caller: Caller | None, batch: str) -> None:
 
 def _names(staging: Path, root: Path, names: list[str]) -> dict[str, str]:
     """A name under ``root`` for each staged run: its own, or a new one when that is taken (never overwrite)."""
-    taken, plan = {d.name for d in root.iterdir()}, {}
+    taken, plan = {d.name for d in root.iterdir()} | runs.RESERVED, {}
     for name in names:
         new = name
         while new in taken:

@@ -41,7 +41,7 @@ from effnet.training.config import TrainConfig
 
 STUDY = "study.json"
 KINDS = ("methods", "grid")
-STUDIES = "studies"  # <checkpoints>/studies/<id>/study.json: the studies the app lists
+STUDIES = runs.STUDIES  # <checkpoints>/studies/<id>/study.json: the studies the app lists (never a run's name)
 PAPER_POINT = (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA)
 # The grid's default box: alpha * beta^2 * gamma^2 = 2 with all three >= 1 puts alpha <= 2 and beta,
 # gamma <= sqrt(2); the box covers the whole feasible set.
@@ -249,7 +249,7 @@ def check_row(row: object, kind: str) -> dict[str, Any]:
 def run_folder(study_dir: Path, where: str, root: Path) -> Path | None:
     """The run folder a row names, only when it is a run directly inside the checkpoints folder ``root``."""
     target = Path(os.path.normpath(study_dir.resolve() / where))
-    if target.parent != root.resolve() or not runs.RUN_ID.fullmatch(target.name) or target.is_symlink():
+    if target.parent != root.resolve() or not runs.is_run_id(target.name) or target.is_symlink():
         return None
     return target if target.is_dir() else None
 

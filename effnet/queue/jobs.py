@@ -201,7 +201,7 @@ def delete(run_id: str, root: str | os.PathLike | None = None, wait_s: float = 3
            caller: Caller | None = None) -> None:
     """Stop the run if needed, then remove its folder (a symbolic link in its place: only the link)."""
     root = checkpoints_dir(root).resolve()
-    link = root / run_id if isinstance(run_id, str) and runs.RUN_ID.fullmatch(run_id) else None
+    link = root / run_id if runs.is_run_id(run_id) else None
     if link is not None and link.is_symlink():
         if caller is not None and (readonly() or not caller.teacher):
             raise PermissionError(f"{run_id} is not a run; only the teacher may remove it")

@@ -47,6 +47,10 @@ LAST, BEST = "last.pt", "best.pt"
 __all__ = ["ACTIVE", "ENDED", "STATES"]  # the states, defined with the file schemas
 # A run id: letters, digits, dot, dash, underscore; never starting with a dot (no "..", no hidden files).
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
+# Folders of the checkpoints folder that the lab itself uses, so never a run's name: a run imported as "studies"
+# would hold every study made after it, and deleting that run would delete them all.
+STUDIES = "studies"
+RESERVED = frozenset({STUDIES})
 # A run holds at most this many epoch rows (the study trains 200 epochs): a metrics file is bounded, so a
 # hostile or broken one cannot make every page that charts it slow.
 MAX_METRICS_BYTES = 2 * 1024 * 1024
@@ -58,14 +62,20 @@ def checkpoints_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("EFFNET_CHECKPOINTS") or "checkpoints")
 
 
+def is_run_id(name: object) -> bool:
+    """Whether ``name`` may name a run: a plain name (``RUN_ID``) that is not one of the lab's own folders."""
+    return isinstance(name, str) and RUN_ID.fullmatch(name) is not None and name not in RESERVED
+
+
 def run_path(root: str | os.PathLike | None, run_id: object) -> Path:
     """The folder of run ``run_id``: a direct child of ``root``, never a symbolic link.
 
     ``ValueError`` for anything else (``..``, ``a/b``, absolute paths, links), so no caller can be
     steered outside the checkpoints folder by a name.
     """
-    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-        raise ValueError(f"run: {run_id!r} is not a run id (letters, digits, '.', '-', '_'; no leading dot)")
+    if not is_run_id(run_id):
+        raise ValueError(f"run: {run_id!r} is not a run id (letters, digits, '.', '-', '_'; no leading dot; not "
+                         f"{', '.join(sorted(RESERVED))})")
     root = checkpoints_dir(root).resolve()
     path = root / run_id
     if path.is_symlink():
@@ -433,7 +443,7 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
     if not root.is_dir():
         return []
     found = [read_run(root / name) for name in os.listdir(root)
-             if RUN_ID.fullmatch(name) and is_run_folder(os.path.join(root, name))]
+             if is_run_id(name) and is_run_folder(os.path.join(root, name))]
     return sorted(found, key=lambda r: (r.queued_at, r.run_id))
 
 
