@@ -64,10 +64,25 @@ def test_grid_points_satisfy_the_constraint_include_the_paper_and_spread_out():
 
 @pytest.mark.parametrize("kwargs, field", [({"step": 0}, "step"), ({"tolerance": -1}, "tolerance"),
                                            ({"max_points": 0}, "max_points"),
-                                           ({"ranges": {"alpha": (0.5, 2)}}, "alpha")])
+                                           ({"max_points": 10**6}, "max_points"),
+                                           ({"ranges": {"alpha": (0.5, 2)}}, "alpha"),
+                                           ({"ranges": {"beta": (1, float("inf"))}}, "beta"),
+                                           # 825 million cells: 9 GB of server memory before the cap
+                                           ({"step": 0.0016, "tolerance": 1000,
+                                             "ranges": {"alpha": (1, 2.5), "beta": (1, 2.5), "gamma": (1, 2.5)}},
+                                            "825,293,672 grid cells")])
 def test_bad_grid_settings_are_refused_by_name(kwargs, field):
     with pytest.raises(ValueError, match=field):
         study.grid_points(**kwargs)
+
+
+def test_a_study_into_a_file_is_refused_before_any_run_is_queued(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    root = tmp_path / "checkpoints"
+    done = cli("effnet.study", "grid", "--out", str(tmp_path / "a-file" / "grid"), "--checkpoints", str(root),
+               "--max-points", "1", "--epochs", "1", "--data-dir", str(tmp_path))
+    assert done.returncode != 0 and "not a folder" in done.stderr and "Traceback" not in done.stderr
+    assert not runs.list_runs(root)
 
 
 # ----------------------------------------------------------------------------- real studies

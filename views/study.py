@@ -63,11 +63,12 @@ def start_form() -> None:
                                 disabled=budget != CUSTOM, help="One study row per φ: a curve per method.")
     else:
         cols = st.columns(3)
-        step = cols[0].number_input("Grid step", value=study.GRID_STEP, step=0.05, key="s_step")
-        tolerance = cols[1].number_input("Tolerance on α·β²·γ² = 2", value=study.GRID_TOLERANCE, step=0.05,
-                                         key="s_tol")
+        step = cols[0].number_input("Grid step", value=study.GRID_STEP, min_value=0.001, step=0.05, format="%.3f",
+                                    key="s_step", help=f"At most {study.GRID_MAX_CELLS:,} grid cells are looked at.")
+        tolerance = cols[1].number_input("Tolerance on α·β²·γ² = 2", value=study.GRID_TOLERANCE, min_value=0.0,
+                                         step=0.05, format="%.3f", key="s_tol")
         points = cols[2].number_input("At most this many points", value=6 if not has_gpu else study.GRID_MAX_POINTS,
-                                      step=1, key="s_points")
+                                      min_value=1, max_value=study.GRID_POINTS_LIMIT, step=1, key="s_points")
         cols = st.columns(3)
         ranges = {name: cols[i].slider(f"{greek} from, to", 1.0, 2.5, study.GRID_RANGES[name], 0.05, key=f"s_{name}",
                                        help="The values searched; the paper's point (α=1.2, β=1.1, γ=1.15) is "

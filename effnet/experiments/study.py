@@ -47,6 +47,10 @@ PAPER_POINT = (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA)
 # gamma <= sqrt(2); the box covers the whole feasible set.
 GRID_RANGES = {"alpha": (1.0, 2.0), "beta": (1.0, 1.45), "gamma": (1.0, 1.45)}
 GRID_STEP, GRID_TOLERANCE, GRID_MAX_POINTS = 0.05, 0.1, 12
+# Work per click, bounded before anything is allocated: the grid's cells (every (alpha, beta, gamma) looked at)
+# and its points (each one a run). A step of 0.0016 over 1..2.5 is 825 million cells: 9 GB and minutes of the
+# class server's CPU before this cap; the default grid is 2,100 cells, the widest ranges at step 0.05 are 29,791.
+GRID_MAX_CELLS, GRID_POINTS_LIMIT = 100_000, 100
 
 
 # ----------------------------------------------------------------------------- planning (pure)
@@ -77,18 +81,19 @@ def grid_points(phi: float = 1.0, step: float = GRID_STEP, tolerance: float = GR
         raise ValueError(f"step: must be a positive number, got {step!r}")
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance: must be 0 or more, got {tolerance!r}")
-    if max_points is not None and max_points < 1:
-        raise ValueError(f"max_points: must be at least 1, got {max_points!r}")
+    if max_points is not None and not 1 <= max_points <= GRID_POINTS_LIMIT:
+        raise ValueError(f"max_points: each point is a run; give 1 to {GRID_POINTS_LIMIT}, got {max_points!r}")
     ranges = GRID_RANGES | (ranges or {})
-    axes = []
+    counts = {}
     for name in ("alpha", "beta", "gamma"):
         low, high = ranges[name]
-        if not 1 <= low <= high:
+        if not (math.isfinite(low) and math.isfinite(high) and 1 <= low <= high):
             raise ValueError(f"{name}: the range must satisfy 1 <= low <= high, got {low}..{high}")
-        count = math.floor((high - low) / step + 1e-9) + 1
-        if count > 1000:
-            raise ValueError(f"step: {step} makes {count} values of {name}; use a coarser step")
-        axes.append([round(low + k * step, 6) for k in range(count)])
+        counts[name] = math.floor((high - low) / step + 1e-9) + 1
+    if math.prod(counts.values()) > GRID_MAX_CELLS:
+        raise ValueError(f"step: {step:g} over these ranges makes {math.prod(counts.values()):,} grid cells (at most "
+                         f"{GRID_MAX_CELLS:,}); use a coarser step or narrower ranges")
+    axes = [[round(ranges[name][0] + k * step, 6) for k in range(count)] for name, count in counts.items()]
     feasible = [p for p in itertools.product(*axes) if abs(_constraint(p) - CONSTRAINT_TARGET) <= tolerance]
     if PAPER_POINT not in feasible:
         feasible.insert(0, PAPER_POINT)
@@ -143,6 +148,9 @@ def queue(kind: str, configs: list[TrainConfig], fields: list[dict[str, Any]], o
         raise ValueError(f"kind: must be one of {', '.join(KINDS)}, got {kind!r}")
     if (out / STUDY).exists() or (out / STUDY).is_symlink():
         raise ValueError(f"out: {out} already holds a study; choose a new folder")
+    blocked = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocked is not None and not blocked.is_dir():
+        raise ValueError(f"out: {blocked} is not a folder; choose a folder for the study")  # before any run is queued
     root = runs.checkpoints_dir(root).resolve()
     ids = jobs.submit_many(configs, root, labels, caller)
     return record(kind, configs, ids, fields, out, root, **settings)
