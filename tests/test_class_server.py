@@ -137,11 +137,18 @@ DAMAGE = {
     "job-garbage": (runs.JOB, b"{{{", "not valid JSON"),
     "job-config": (runs.JOB, {"queued_at": 1, "config": {"epochs": "three"}}, "epochs"),
     "config-types": (runs.CONFIG, {"spec": {"phi": "big"}, "train": {}}, "phi"),
+    "status-zero-epochs": (runs.STATUS, {"state": "stopped", "epochs": 0}, "epochs"),
+    "status-far-future": (runs.STATUS, {"state": "finished", "ended": 1e20}, "ended"),
+    "status-folder": (runs.STATUS, None, "is a folder"),  # an operator's mistake: IsADirectoryError on every page
+    "job-folder": (runs.JOB, None, "is a folder"),
 }
 
 
 def write_damage(run_dir: Path, name: str, content: object) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    if content is None:
+        (run_dir / name).mkdir()
+        return
     (run_dir / name).write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
 
 

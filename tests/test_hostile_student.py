@@ -220,6 +220,53 @@ def test_a_run_can_never_be_named_like_the_labs_own_folders(tmp_path):
     assert bad.returncode == 2 and "the lab itself uses" in bad.stderr
 
 
+def _tampered(good: Path, out: Path, member: str, change) -> Path:
+    """``good`` with one member's JSON changed by ``change`` (a crafted bundle, as a student would make one)."""
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith(member):
+                data = change(data)
+            zout.writestr(info.filename, data)
+    return out
+
+
+def _json_change(**fields):
+    return lambda data: json.dumps({**json.loads(data), **fields}).encode()
+
+
+def _study_change(change):
+    """A change to the study a bundle carries (inside its bundle.json)."""
+    return lambda data: json.dumps({**(m := json.loads(data)), "study": change(m["study"])}).encode()
+
+
+CRAFTED = {  # bundles that imported fine, then broke a page for everybody
+    "metrics-without-numbers": ("run", runs.METRICS, lambda data: b'{"epoch": 1}\n', "train_loss"),
+    "zero-epochs": ("run", runs.STATUS, _json_change(state="stopped", epochs=0), "epochs"),
+    "far-future-study": ("study", bundle.MANIFEST, _study_change(lambda s: {**s, "created_at": 1e20}), "created_at"),
+    "phi-not-a-number": ("study", bundle.MANIFEST, _study_change(lambda s: {**s, "settings": {"phi": "abc"}}), "phi"),
+    "methods-row-without-phi": ("study", bundle.MANIFEST, _study_change(
+        lambda s: {**s, "runs": [{k: v for k, v in r.items() if k != "phi"} for r in s["runs"]]}), "phi"),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_crafted_bundle_is_refused_on_import_with_its_reason_and_writes_nothing(tmp_path, case):
+    kind, member, change, field = CRAFTED[case]
+    here, there = tmp_path / "here", tmp_path / "there"
+    fake_run(here, "m1", [row(1, 50.0, 50.0)], job={"label": "B0"})
+    source = here / "m1"
+    if kind == "study":
+        source = study.new_study_dir(here, "methods")
+        study.record("methods", [runs.load_config(here / "m1")[1]], ["m1"], [{"method": "compound", "phi": 0.0}],
+                     source, here, phi=0.0)
+    good = bundle.export(source, tmp_path / "good.zip", here)
+    assert bundle.import_bundle(good, tmp_path / "check", STUDENT_A).runs  # the untouched bundle imports
+    with pytest.raises(bundle.BundleError, match=field):
+        bundle.import_bundle(_tampered(good, tmp_path / "crafted.zip", member, change), there, STUDENT_A)
+    assert not there.exists() or not [p for p in there.iterdir() if not p.name.startswith(".")]
+
+
 # ----------------------------------------------------------------------------- 2. datasets within quotas
 def test_a_zip_that_would_unpack_past_the_quota_is_refused_before_writing(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFNET_MAX_DATASET_MB", "5")

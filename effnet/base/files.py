@@ -41,11 +41,12 @@ def open_regular(path: Path) -> BinaryIO:
     """``path`` opened for reading, never through a symbolic link, and only if it is a regular file (not a FIFO
     that would block, a device or a folder): the one door for every file a run folder, a bundle or a checkpoint
     names. ``FileNotFoundError`` if absent, ``Damaged`` otherwise."""
-    f = os.fdopen(_open(path), "rb")
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
-        raise Damaged(f"{path.name}: is not a regular file")
-    return f
+    fd = _open(path)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):  # checked on the descriptor, before Python's file object refuses a folder its own way
+        os.close(fd)
+        raise Damaged(f"{path.name}: is {'a folder' if stat.S_ISDIR(mode) else 'not a regular file'}, not a file")
+    return os.fdopen(fd, "rb")
 
 
 def read_file(path: Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:

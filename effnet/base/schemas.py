@@ -59,6 +59,8 @@ def _is_clean(text: str) -> str:
 Label = Annotated[str, AfterValidator(_is_clean)]
 Count = Annotated[int, Field(ge=0)]
 Percent = Annotated[float, Field(ge=0, le=100)]
+# A moment as seconds since 1970, up to the year 2286: a crafted 1e20 would break every page that shows a date.
+Moment = Annotated[float, Field(ge=0, le=1e10)]
 
 
 class Strict(BaseModel):
@@ -70,14 +72,14 @@ class Status(Strict):
 
     state: Literal[STATES]
     pid: int | None = None
-    heartbeat: float | None = None
-    started: float | None = None
-    ended: float | None = None
+    heartbeat: Moment | None = None
+    started: Moment | None = None
+    ended: Moment | None = None
     epoch: Count | None = None
-    epochs: Count | None = None
+    epochs: Annotated[int, Field(ge=1)] | None = None
     step: Count | None = None
     steps: Count | None = None
-    running_since: float | None = None
+    running_since: Moment | None = None
     start_fraction: float | None = None
     images_per_second: float | None = None
     generation: Count | None = None
@@ -115,15 +117,16 @@ class LabelFile(Strict):
 
 
 class MetricsRow(Strict):
-    """One line of metrics.jsonl: an epoch's numbers (val_* are null without a validation split)."""
+    """One line of metrics.jsonl: an epoch's numbers (val_* are null without a validation split). The trainer writes
+    the train and test numbers for every epoch, so a row without them is damaged, not a row to chart."""
 
     epoch: Annotated[int, Field(ge=1)]
-    train_loss: float | None = None
-    train_top1: Percent | None = None
+    train_loss: float
+    train_top1: Percent
     val_top1: Percent | None = None
     val_top5: Percent | None = None
-    test_top1: Percent | None = None
-    test_top5: Percent | None = None
+    test_top1: Percent
+    test_top5: Percent
     val_loss: float | None = None
     test_loss: float | None = None
     lr: float | None = None
@@ -172,11 +175,20 @@ class StudyRow(Strict):
     constraint: float | None = None
 
 
+class StudySettings(Strict):
+    """What a study was started with (shown on its page; the grid's search settings)."""
+
+    phi: float | None = None
+    step: Annotated[float, Field(gt=0)] | None = None
+    tolerance: Annotated[float, Field(ge=0)] | None = None
+    max_points: Annotated[int, Field(ge=1)] | None = None
+
+
 class StudyFile(Strict):
     kind: Literal["methods", "grid"]
     runs: list[StudyRow]
-    created_at: float | None = None
-    settings: dict[str, Any] = {}
+    created_at: Moment | None = None
+    settings: StudySettings = StudySettings()
     best: dict[str, Any] | None = None
 
 

@@ -242,12 +242,12 @@ class Study:
 
 def check_row(row: object, kind: str) -> dict[str, Any]:
     """One run row of a study.json, validated by its schema (a study file is read like any other untrusted file),
-    with what its kind needs: a method for a methods study, α, β and γ for a grid."""
+    with what its kind needs: a method and φ for a methods study, α, β and γ for a grid."""
     try:
         checked = schemas.parse(schemas.StudyRow, row, STUDY)
     except files.Damaged as exc:
         raise StudyError(str(exc)) from exc
-    needs = ("method",) if kind == "methods" else ("alpha", "beta", "gamma")
+    needs = ("method", "phi") if kind == "methods" else ("alpha", "beta", "gamma")
     missing = [n for n in needs if getattr(checked, n) is None]
     if missing:
         raise StudyError(f"{STUDY}: a {kind} study's run row needs {', '.join(missing)}")

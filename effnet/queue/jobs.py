@@ -215,7 +215,10 @@ def delete(run_id: str, root: str | os.PathLike | None = None, wait_s: float = 3
     from effnet.compression.compressions import stop_all  # a compression writing into the run stops first
 
     stop_all(run_dir, wait_s)
-    (run_dir / runs.STATUS).unlink(missing_ok=True)  # a compression starting now sees the run is going
+    status = run_dir / runs.STATUS
+    if status.is_dir() and not status.is_symlink():  # a damaged run: a folder in status.json's place
+        shutil.rmtree(status)
+    status.unlink(missing_ok=True)  # a compression starting now sees the run is going
     shutil.rmtree(run_dir)
     access.forget_usage()
 
