@@ -267,6 +267,53 @@ def test_a_crafted_bundle_is_refused_on_import_with_its_reason_and_writes_nothin
     assert not there.exists() or not [p for p in there.iterdir() if not p.name.startswith(".")]
 
 
+def test_a_bundle_declaring_a_huge_classifier_is_refused_before_any_model_is_built(tmp_path):
+    """A 3 KB bundle declaring a 360,000-class B7 made the server build a 4.4 GB model before refusing it."""
+    here = tmp_path / "here"
+    fake_run(here, "m1", [row(1, 50.0, 50.0)], job={"label": "B0"})
+    good = bundle.export(here / "m1", tmp_path / "good.zip")
+
+    def huge(data: bytes) -> bytes:
+        config = json.loads(data)
+        config["spec"] = {**config["spec"], "phi": 7.0, "num_classes": 360_000}
+        return json.dumps(config).encode()
+
+    with pytest.raises(bundle.BundleError, match="num_classes"):
+        bundle.import_bundle(_tampered(good, tmp_path / "huge.zip", runs.CONFIG, huge), tmp_path / "there", STUDENT_A)
+
+
+CLI_REFUSALS = {  # each: one clear line, a non-zero exit, nothing written and no folder made
+    "classes-zero": ("train", ["--variant", "b0", "--num-classes", "0", "--out", "{new}"], "num_classes"),
+    "device-cpu-7": ("train", ["--variant", "b0", "--device", "cpu:7", "--out", "{new}"], "device"),
+    "seed-2-70": ("train", ["--variant", "b0", "--seed", str(2**70), "--out", "{new}"], "seed"),
+    "compress-nan": ("compress", ["{new}", "--time-budget", "nan", "--out", "{new}/c"], "time_budget"),
+    "compress-negative": ("compress", ["{new}", "--time-budget", "-1", "--out", "{new}/c"], "time_budget"),
+    "compress-forever": ("compress", ["{new}", "--finetune-epochs", str(10**9), "--prune", "0.3", "--out", "{new}/c"],
+                         "finetune_epochs"),
+    "runner-on-a-file": ("jobs", ["runner", "--root", "{file}"], "not a folder"),
+    "list-nowhere": ("jobs", ["list", "--root", "{new}"], "not a folder"),
+    "export-to-nothing": ("bundle", ["export", "{new}", ""], "file name"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_REFUSALS))
+def test_bad_command_lines_are_one_clear_line_and_write_nothing(tmp_path, capsys, case):
+    import importlib
+
+    command, argv, why = CLI_REFUSALS[case]
+    main = {"train": "effnet.train", "compress": "effnet.compression.compress", "jobs": "effnet.queue.jobs",
+            "bundle": "effnet.experiments.bundle"}[command]
+    (tmp_path / "a-file").write_text("x")
+    argv = [a.format(new=tmp_path / "new", file=tmp_path / "a-file") for a in argv]
+    try:
+        code = importlib.import_module(main).main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code not in (0, None) and why in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
 # ----------------------------------------------------------------------------- 2. datasets within quotas
 def test_a_zip_that_would_unpack_past_the_quota_is_refused_before_writing(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFNET_MAX_DATASET_MB", "5")

@@ -8,7 +8,16 @@ import streamlit as st
 from effnet.analysis.charts import compression
 from effnet.base import files
 from effnet.base.access import readonly
-from effnet.compression.compressions import COMPRESS, FOLDER, load_result, losing, outputs, start, working
+from effnet.compression.compressions import (
+    COMPRESS,
+    FOLDER,
+    MAX_FINETUNE_EPOCHS,
+    load_result,
+    losing,
+    outputs,
+    start,
+    working,
+)
 from effnet.training import runs
 from views.routes import download_url
 from views.widgets import caller, chart, plain, refused
@@ -34,13 +43,15 @@ info = by_id[chosen]
 with st.form("compress"):
     cols = st.columns(4)
     int8 = cols[0].checkbox("int8", value=True, key="c_int8")
-    qat = cols[1].number_input("Quantization-aware fine-tune (epochs, 0 = off)", value=0, step=1, key="c_qat",
+    qat = cols[1].number_input("Quantization-aware fine-tune (epochs, 0 = off)", value=0, step=1, min_value=0,
+                               max_value=MAX_FINETUNE_EPOCHS, key="c_qat",
                                help="Fine-tunes with the weights rounded to the int8 grid (activations are not "
                                     "modelled), then quantizes again; shown as int8-qat beside the plain int8. "
                                     "Its gain varies from run to run: compare the two rows.")
     ratios = cols[2].multiselect("Prune channels", [0.1, 0.2, 0.3, 0.5, 0.7], default=[0.3], key="c_ratios",
                                  format_func=lambda r: f"{r:.0%}")
-    finetune = cols[3].number_input("Fine-tune after pruning (epochs)", value=1, step=1, key="c_finetune")
+    finetune = cols[3].number_input("Fine-tune after pruning (epochs)", value=1, step=1, min_value=0,
+                                    max_value=MAX_FINETUNE_EPOCHS, key="c_finetune")
     may = who.may_manage(info) and not readonly()
     go = st.form_submit_button("Compress", type="primary", disabled=not may,
                                help=None if may else "Only the run's owner or the teacher can compress it here.")

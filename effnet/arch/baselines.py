@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet.arch.card import ModelCard, StageRow
-from effnet.arch.scaling import DEFAULT_BASE_RESOLUTION, GEOMETRIES, MIN_RESOLUTION, NORMALIZATIONS
+from effnet.arch.scaling import DEFAULT_BASE_RESOLUTION, GEOMETRIES, MAX_CLASSES, MIN_RESOLUTION, NORMALIZATIONS
 from effnet.base.files import atomic_write_bytes
 
 # torchvision's name -> (what the pages call it, its classifier's module name)
@@ -56,8 +56,9 @@ class BaselineSpec:
             raise ValueError(f"geometry: {self.geometry!r} is not one of {', '.join(GEOMETRIES)}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization: {self.normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ValueError(f"num_classes: must be a whole number of at least 1, got {self.num_classes!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) \
+                or not 1 <= self.num_classes <= MAX_CLASSES:
+            raise ValueError(f"num_classes: must be a whole number from 1 to {MAX_CLASSES:,}, got {self.num_classes!r}")
         if self.base_resolution is not None and (isinstance(self.base_resolution, bool) or not isinstance(
                 self.base_resolution, int) or self.base_resolution < MIN_RESOLUTION):
             raise ValueError(f"base_resolution: must be at least {MIN_RESOLUTION} px, got {self.base_resolution!r}")

@@ -34,6 +34,9 @@ COEFFICIENT_RANGE = (1.0, 3.0)
 
 PHI_RANGE = (-4.0, 10.0)
 MIN_RESOLUTION = 16
+# More classes than ImageNet-21k's 21,843 is no dataset the lab can hold; a bound also stops a 3 KB bundle that
+# declares a 360,000-class B7 from making the server build a 4.4 GB model before anything else is checked.
+MAX_CLASSES = 25_000
 
 DEFAULT_BASE_RESOLUTION = {"imagenet": 224, "cifar": 32}
 DEFAULT_OUTPUT_STRIDE = {"imagenet": 32, "cifar": 8}
@@ -431,8 +434,8 @@ def _validate(spec: ScalingSpec) -> None:
             raise ValueError(f"variant: {spec.variant!r} is not one of {', '.join(OFFICIAL)}")
         if spec.scaling != "compound":
             raise ValueError("scaling: an official variant is compound-scaled; use .with_scaling(method) for one dimension")
-    if _whole_number("num_classes", spec.num_classes) < 1:
-        raise ValueError(f"num_classes: must be at least 1, got {spec.num_classes}")
+    if not 1 <= _whole_number("num_classes", spec.num_classes) <= MAX_CLASSES:
+        raise ValueError(f"num_classes: must be 1 to {MAX_CLASSES:,}, got {spec.num_classes}")
     if spec.base_resolution is not None and _whole_number("base_resolution", spec.base_resolution) < MIN_RESOLUTION:
         raise ValueError(f"base_resolution: must be at least {MIN_RESOLUTION} px, got {spec.base_resolution}")
     if spec.budget is not None and _finite_number("budget", spec.budget) <= 0:

@@ -339,7 +339,7 @@ def run(run_dir: Path, out: Path, int8: bool = True, qat_epochs: int = 0, ratios
     """Compress ``run_dir`` into ``out`` (compress.json, one ONNX file per variant, status.json). With neither
     int8 nor pruning asked for, only the fp32 rows (eager and ONNX Runtime) are measured."""
     ratios = ratios or []
-    check_settings(qat_epochs, ratios, finetune_epochs)
+    check_settings(qat_epochs, ratios, finetune_epochs, budget_s)
     check_run(run_dir)  # refused before anything is written
     out.mkdir(parents=out.parent.name != FOLDER, exist_ok=True)  # the app's: inside a run that must still exist
     write_status(out, state="starting", step=0, steps=1)

@@ -9,6 +9,7 @@ and deletes one on request (``delete_output``).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -35,13 +36,23 @@ def check_run(run_dir: Path) -> None:
         raise ValueError(f"run: {run_dir.name} is {info.state}; compress a finished run")
 
 
-def check_settings(qat_epochs: int, ratios: list[float], finetune_epochs: int) -> None:
-    """ValueError naming the setting when a compression could not do what it is asked."""
+# A compression fine-tunes for a few epochs and times each variant for seconds; past these bounds it is a training
+# run, which belongs in the queue (a student's 10**9 fine-tune epochs held the device from everybody).
+MAX_FINETUNE_EPOCHS, MAX_RATIOS, MAX_BUDGET_S = 20, 6, 30.0
+
+
+def check_settings(qat_epochs: int, ratios: list[float], finetune_epochs: int, budget_s: float = 2.0) -> None:
+    """ValueError naming the setting when a compression could not do what it is asked, or would be unbounded work."""
     bad = [r for r in ratios if not 0 < r < 1]
     if bad:
         raise ValueError(f"prune: ratios must be between 0 and 1, got {bad}")
-    if qat_epochs < 0 or finetune_epochs < 0:
-        raise ValueError("qat_epochs, finetune_epochs: must be 0 or more")
+    if len(ratios) > MAX_RATIOS:
+        raise ValueError(f"prune: at most {MAX_RATIOS} ratios at once, got {len(ratios)}")
+    for name, epochs in (("qat_epochs", qat_epochs), ("finetune_epochs", finetune_epochs)):
+        if not 0 <= epochs <= MAX_FINETUNE_EPOCHS:
+            raise ValueError(f"{name}: must be 0 to {MAX_FINETUNE_EPOCHS} (longer is a training run), got {epochs}")
+    if not (math.isfinite(budget_s) and 0 < budget_s <= MAX_BUDGET_S):
+        raise ValueError(f"time_budget: must be more than 0 and at most {MAX_BUDGET_S:g} s, got {budget_s!r}")
 
 
 def outputs(run_dir: Path) -> list[Path]:
@@ -103,7 +114,7 @@ def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[f
 
     One compression of a run at a time: a second click, or a second student, is refused saying why."""
     access.check(caller, runs.read_run(run_dir), "compress")
-    check_settings(qat_epochs, ratios, finetune_epochs)
+    check_settings(qat_epochs, ratios, finetune_epochs, budget_s)
     if not int8 and not ratios:
         raise ValueError("nothing to compress: choose int8, a pruning ratio, or both")
     if (run_dir / FOLDER).is_symlink() or run_dir.is_symlink():

@@ -404,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     into.add_argument("bundle")
     into.add_argument("--checkpoints", help="default: $EFFNET_CHECKPOINTS or ./checkpoints")
     args = p.parse_args(argv)
+    if not args.bundle.strip() or Path(args.bundle).is_dir():
+        p.error(f"bundle: give the zip's file name, e.g. my-run.zip (got {args.bundle!r})")
     try:
         if args.verb == "export":
             print(export(args.path, args.bundle, args.checkpoints, resumable=args.resumable))

@@ -404,11 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("runner", help="train queued runs (started automatically)").add_argument("--root", required=True)
     sub.add_parser("list", help="list runs and their states").add_argument("--root")
     args = parser.parse_args(argv)
+    if args.root is not None and not Path(args.root).is_dir():  # never created here: a typo is not a new queue
+        parser.error(f"--root: {args.root} is not a folder")
     if args.command == "runner":
         run_queue(Path(args.root))
         return 0
-    if args.root is not None and not Path(args.root).is_dir():
-        parser.error(f"--root: {args.root} is not a folder")
     infos = list_runs(args.root)
     if heal(args.root, infos):
         print("(queued runs had no runner: started one)", file=sys.stderr)

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,8 +139,9 @@ class TrainConfig:
             (self.eval_subset is None or self.eval_subset >= 1, "eval_subset", "must be at least 1"),
             (self.val_size is None or self.val_size >= 0, "val_size", "must be 0 or more (or left out)"),
             (0 <= self.checkpoint_minutes <= 24 * 60, "checkpoint_minutes", "must be 0 to 1,440"),
-            (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "device",
+            (re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", self.device) is not None, "device",
              "must be auto, cpu or cuda[:N]"),
+            (0 <= self.seed < 2**63, "seed", "must be 0 to 2**63 - 1"),
         ]
         for ok, name, message in checks:
             if not ok:

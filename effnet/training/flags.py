@@ -107,7 +107,7 @@ def config_from_args(args: argparse.Namespace, spec: Spec) -> TrainConfig:
 
 def num_classes_from_args(args: argparse.Namespace) -> int:
     """--num-classes, else the dataset's class count (``plan.class_count``)."""
-    return args.num_classes or plan.class_count(args.dataset, args.data_dir)
+    return args.num_classes if args.num_classes is not None else plan.class_count(args.dataset, args.data_dir)
 
 
 def start_from_args(args: argparse.Namespace) -> str:

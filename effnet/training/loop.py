@@ -276,6 +276,8 @@ class Run:
 def _open(config: TrainConfig, out: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The config to train and the checkpoint to continue from; refuses to overwrite a run without ``resume``."""
     if not (out / runs.LAST).is_file():
+        if resume:  # a queued or requeued run before its first checkpoint; said, never silent
+            print(f"resume: {out} has no {runs.LAST} yet, so the run starts at epoch 1", flush=True)
         return config, None
     if not resume:
         raise ValueError(f"out: {out} already holds a run; pass --resume to continue it or choose another --out")
