@@ -314,6 +314,30 @@ def test_bad_command_lines_are_one_clear_line_and_write_nothing(tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+def test_one_bundle_imported_many_times_at_once_lands_whole_and_within_the_quota(tmp_path, monkeypatch):
+    """Concurrent imports of one bundle raised a raw OSError and left a half-done import that crashed housekeeping;
+    three at once went past the imported-runs quota."""
+    monkeypatch.setenv("EFFNET_MAX_IMPORTED", "3")
+    here, there = tmp_path / "here", tmp_path / "there"
+    fake_run(here, "m1", [row(1, 50.0, 50.0)], job={"label": "B0"})
+    good = bundle.export(here / "m1", tmp_path / "good.zip")
+
+    def attempt(_):
+        try:
+            return bundle.import_bundle(good, there, STUDENT_A).runs[0].name
+        except bundle.BundleError as exc:
+            return f"refused: {exc}"
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(attempt, range(6)))
+    landed = [o for o in outcomes if not o.startswith("refused")]
+    assert len(landed) == 3 and len(set(landed)) == 3, outcomes  # the quota, each run under its own name
+    assert all("import" in o for o in outcomes if o.startswith("refused")), outcomes
+    assert sorted(r.run_id for r in runs.list_runs(there)) == sorted(landed)
+    assert not [p for p in there.iterdir() if p.name.startswith(bundle.STAGING) and p.is_dir()]
+    assert bundle.recover(there) == []
+
+
 # ----------------------------------------------------------------------------- 2. datasets within quotas
 def test_a_zip_that_would_unpack_past_the_quota_is_refused_before_writing(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFNET_MAX_DATASET_MB", "5")

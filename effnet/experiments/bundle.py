@@ -259,6 +259,7 @@ class Imported:
 
 IMPORTED = " · imported"
 STAGING, PLAN = ".import-", "plan.json"
+IMPORTS_LOCK = ".imports.lock"  # held while an import names its runs, checks the quota again and moves them in
 
 
 def _own(run_dir: Path, caller: Caller | None, batch: str) -> None:
@@ -295,6 +296,8 @@ def _finish(staging: Path, root: Path) -> Imported:
     placed = {}
     for name, new in plan["runs"].items():
         if (staging / name).is_dir():
+            while (root / new).exists() or (root / new).is_symlink():  # taken while a crashed import waited
+                new = f"{name[:110]}-{secrets.token_hex(3)}"
             os.rename(staging / name, root / new)  # one rename per run: each appears complete or not at all
         placed[name] = root / new
     where = None
@@ -345,7 +348,10 @@ def import_bundle(bundle: str | os.PathLike | Any, root: str | os.PathLike | Non
             try:
                 staging.mkdir()
                 _stage(zf, manifest, staging, caller, batch)
-                return _finish(staging, root)
+                with locks.exclusive(root / IMPORTS_LOCK):  # names, quota and moves: one import at a time
+                    _check_quota(caller, root, len(manifest["runs"]), size)  # again: others may have landed since
+                    _plan(staging, manifest)
+                    return _finish(staging, root)
             except BaseException:
                 if not (staging / PLAN).is_file():
                     shutil.rmtree(staging, ignore_errors=True)
@@ -355,7 +361,7 @@ def import_bundle(bundle: str | os.PathLike | Any, root: str | os.PathLike | Non
 
 
 def _stage(zf: zipfile.ZipFile, manifest: dict[str, Any], staging: Path, caller: Caller | None, batch: str) -> None:
-    """Unpack and check every run in ``staging``, make each the importer's, then write the plan (the commit point)."""
+    """Unpack and check every run in ``staging`` and make each the importer's (slow, so outside the imports lock)."""
     try:
         _extract(zf, staging)
     except UnsafeZip as exc:
@@ -366,6 +372,10 @@ def _stage(zf: zipfile.ZipFile, manifest: dict[str, Any], staging: Path, caller:
         _check_run(staging / name)
     for name in manifest["runs"]:
         _own(staging / name, caller, batch)
+
+
+def _plan(staging: Path, manifest: dict[str, Any]) -> None:
+    """Name the staged runs (and the study) under the root and write ``plan.json``: the commit point."""
     root = staging.parent
     plan = {"runs": _names(staging, root, manifest["runs"]), "study": manifest.get("study")}
     if plan["study"] is not None:
@@ -382,7 +392,8 @@ def recover(root: str | os.PathLike | None = None) -> list[str]:
         if not staging.is_dir() or staging.is_symlink() or locks.is_held(root / f"{staging.name}.lock"):
             continue
         if (staging / PLAN).is_file():
-            _finish(staging, root)
+            with locks.exclusive(root / IMPORTS_LOCK):
+                _finish(staging, root)
             done.append(f"finished the interrupted import {staging.name}")
         else:
             shutil.rmtree(staging, ignore_errors=True)
