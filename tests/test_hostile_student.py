@@ -172,6 +172,14 @@ def test_guesses_wait_at_most_a_minute_and_fresh_cookies_cannot_grow_the_count(t
     assert len(json.loads((tmp_path / signin.GUESSES).read_text())) <= 2 * 61 + 1
 
 
+def test_a_link_with_a_number_no_box_can_hold_is_sent_on_without_it(class_server):
+    """/train?t_epochs=1e400 raised OverflowError in the Train page for whoever followed the link."""
+    url, _ = class_server
+    status, headers, _ = Browser(url).request("/train?t_epochs=1e400&t_lr=0.1&t_seed=nan")
+    assert status == 303 and headers["location"] == "/train?t_lr=0.1"
+    assert Browser(url).request("/train?t_lr=0.1&t_variants=B0")[0] == 200  # usable addresses load as they are
+
+
 def test_downloads_stream_from_disk_and_refuse_paths_outside_the_runs(class_server):
     url, root = class_server
     run_dir = fake_run(root, "dl", [row(1, 50.0, 50.0)], weights=True)

@@ -8,6 +8,9 @@ Streamlit pages cannot set cookies or stream a file from disk, and both matter o
   address and server, ``effnet.base.signin``); it sets the signed teacher cookie. ``/effnet/signout`` shows a
   button; only its POST (from this server's page) signs out, ending the cookie on the server too, so an outside
   link cannot sign the teacher out and a copied cookie dies with the sign-out.
+- ``UsableQuery`` sends a page address holding a number no box can hold (``?t_epochs=1e400``, ``nan``) on to the
+  same address without it: Streamlit seeds the form's boxes from the address and raised on those, breaking the page
+  for whoever followed a shared link.
 - ``/effnet/download/...`` streams a run's checkpoint, a compressed model or a bundle from disk in chunks
   (Streamlit's download button would hold the whole file in the server's memory for every browser that
   shows it). The path is checked like every run id: a direct child of the checkpoints folder, no links.
@@ -16,8 +19,10 @@ Streamlit pages cannot set cookies or stream a file from disk, and both matter o
 from __future__ import annotations
 
 import html
+import math
 import os
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 from starlette.background import BackgroundTask
@@ -78,6 +83,34 @@ class OwnerCookie:
             await send(message)
 
         await self.app(scope, receive, with_cookie)
+
+
+def _usable(value: str) -> bool:
+    """Not a number, or a finite one of a size a number box can hold."""
+    try:
+        number = float(value)
+    except ValueError:
+        return True
+    return math.isfinite(number) and abs(number) < 1e15
+
+
+class UsableQuery:
+    """ASGI middleware: a page load whose address holds an unusable number is redirected to the address without it."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(_STREAMLIT_PATHS) or not scope.get("query_string"):
+            await self.app(scope, receive, send)
+            return
+        pairs = urllib.parse.parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        kept = [(k, v) for k, v in pairs if _usable(v)]
+        if len(kept) == len(pairs):
+            await self.app(scope, receive, send)
+            return
+        target = scope["path"] + ("?" + urllib.parse.urlencode(kept) if kept else "")
+        await RedirectResponse(target, status_code=303)(scope, receive, send)
 
 
 # ----------------------------------------------------------------------------- the teacher's sign-in
@@ -225,4 +258,4 @@ def routes() -> list[Route]:
 
 
 def middleware() -> list[Middleware]:
-    return [Middleware(OwnerCookie)]
+    return [Middleware(UsableQuery), Middleware(OwnerCookie)]
