@@ -3,6 +3,8 @@ the numbers on disk, not the training that made them (training itself is tested 
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ def fake_run(root: Path, name: str, rows: list[dict[str, Any]], spec: ScalingSpe
     files.write_json(run_dir / runs.CONFIG, {"spec": spec.to_dict(), "train": train.to_dict()})
     runs.write_metrics(run_dir, rows)
     files.write_json(run_dir / runs.STATUS, {"state": state, "epoch": len(rows), "epochs": len(rows), "step": 1,
-                                             "steps": 1, **({"pid": 1, "heartbeat": 9e12} if state == "running" else {})})
+                                             "steps": 1, **({"pid": os.getpid(), "heartbeat": time.time()} if state == "running" else {})})
     if job is not None:
         files.write_json(run_dir / runs.JOB, {"config": train.to_dict(), "queued_at": 1, "generation": 1, **job})
     if weights:

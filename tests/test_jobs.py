@@ -109,6 +109,10 @@ def test_a_dead_run_is_reported_failed_with_its_log(root):
     # alive pid (ours) but silent for minutes: hung or a pid reused after a reboot
     files.write_json(run_dir / runs.STATUS, {"state": "running", "pid": os.getpid(), "heartbeat": time.time() - 600})
     assert runs.read_run(run_dir).state == "failed"
+    # a run folder copied from another machine (or a wrong clock): a heartbeat in the future proves nothing
+    files.write_json(run_dir / runs.STATUS, {"state": "running", "pid": os.getpid(), "heartbeat": time.time() + 3600})
+    info = runs.read_run(run_dir)
+    assert info.state == "failed" and "in the future" in info.error
 
 
 def test_a_crashing_run_is_marked_failed_by_the_runner(root, tmp_path):

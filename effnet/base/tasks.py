@@ -32,6 +32,8 @@ def why_lost(status: dict[str, Any], now: float | None = None) -> str | None:
     if status.get("state") in ENDED:
         return None
     age = (now or time.time()) - float(status.get("heartbeat", 0) or 0)
+    if age < -HEARTBEAT_TIMEOUT_S:  # a status copied from elsewhere, or a wrong clock: a live pid proves nothing then
+        return f"its heartbeat is {-age:.0f} s in the future (a copied run folder, or a wrong clock)"
     if status.get("pid") is None:
         return None if age < STARTUP_S else f"it never started (no process reported within {STARTUP_S:.0f} s)"
     if not pid_alive(status["pid"]):
