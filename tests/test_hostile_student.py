@@ -290,6 +290,20 @@ def test_a_bundle_declaring_a_huge_classifier_is_refused_before_any_model_is_bui
         bundle.import_bundle(_tampered(good, tmp_path / "huge.zip", runs.CONFIG, huge), tmp_path / "there", STUDENT_A)
 
 
+def test_one_cam_rerun_explains_a_bounded_number_of_maps():
+    """Score-CAM with the sanity check over every run and 6 images took 88 s of the server in one click."""
+    from effnet.analysis.cam import MAX_CAM_MAPS, MAX_SCORECAM_MAPS, cam_budget
+
+    assert cam_budget(30, 6, "scorecam", sanity=True) == (MAX_SCORECAM_MAPS // 2, 1)
+    assert cam_budget(30, 6, "gradcam", sanity=False) == (MAX_CAM_MAPS, 1)
+    assert cam_budget(4, 6, "gradcam", sanity=False) == (4, 6)  # the usual class demo is untouched
+    assert cam_budget(4, 6, "gradcam", sanity=True) == (4, 3)
+    for models, images, method, sanity in [(30, 6, "scorecam", True), (9, 6, "gradcam", True), (1, 9, "scorecam", 0)]:
+        kept, shown = cam_budget(models, images, method, bool(sanity))
+        cap = MAX_SCORECAM_MAPS if method == "scorecam" else MAX_CAM_MAPS
+        assert kept * (2 if sanity else 1) * shown <= cap and kept >= 1 and shown >= 1
+
+
 CLI_REFUSALS = {  # each: one clear line, a non-zero exit, nothing written and no folder made
     "classes-zero": ("train", ["--variant", "b0", "--num-classes", "0", "--out", "{new}"], "num_classes"),
     "device-cpu-7": ("train", ["--variant", "b0", "--device", "cpu:7", "--out", "{new}"], "device"),

@@ -5,10 +5,12 @@ import streamlit as st
 
 from effnet.analysis.cam import (
     LAYER_RULES,
+    MAX_CAM_IMAGES,
     METHOD_NAMES,
     METHOD_NOTES,
     METHODS,
     ROAD_NOTE,
+    cam_budget,
     colour_bar,
     default_device,
     imagenet_model,
@@ -19,7 +21,6 @@ from effnet.data.cifar import DataError
 from effnet.data.images import UPLOAD_TYPES
 from effnet.training import runs
 from views.widgets import (
-    MAX_CAM_IMAGES,
     cam_strip,
     dataset_test_images,
     load_run_models,
@@ -76,6 +77,13 @@ with controls:
         st.warning(f"Score-CAM runs one forward pass per channel of the target layer ({b0_head:,} for B0): seconds "
                    "per model on a CPU, longer for wide models.")
 
+fit_models, _ = cam_budget(len(chosen_runs) + len(chosen_imagenet), 1, method, sanity)
+if len(chosen_runs) + len(chosen_imagenet) > fit_models:  # one rerun's work stays bounded on a shared server
+    controls.warning(f"{len(chosen_runs) + len(chosen_imagenet)} models chosen: the first {fit_models} are explained "
+                     f"with {METHOD_NAMES[method]}{' and the sanity check' if sanity else ''} (a server the class "
+                     "shares).")
+    chosen_runs = chosen_runs[:fit_models]
+    chosen_imagenet = chosen_imagenet[:fit_models - len(chosen_runs)]
 models = [(info.label, model, spec, names)
           for info, model, spec, names in load_run_models([by_id[rid] for rid in chosen_runs], controls)]
 for variant in chosen_imagenet:
@@ -131,10 +139,11 @@ if not models:
 if not images:
     st.info("Upload an image or pick CIFAR-100 test images to see the maps.")
     st.stop()
-if len(images) > MAX_CAM_IMAGES:  # one rerun's work stays bounded on a shared server
-    st.warning(f"{len(images)} images chosen: the first {MAX_CAM_IMAGES} are explained (each is one CAM per model, "
-               "on a server the whole class shares).")
-    images = images[:MAX_CAM_IMAGES]
+_, fit_images = cam_budget(len(models), len(images), method, sanity)
+if len(images) > fit_images:  # one rerun's work stays bounded on a shared server
+    st.warning(f"{len(images)} images chosen: the first {fit_images} are explained (each is one map per model, and "
+               f"one rerun explains at most {MAX_CAM_IMAGES} images and a few dozen maps on a server the class shares).")
+    images = images[:fit_images]
 
 bar, legend = st.columns([2, 3], vertical_alignment="center")
 bar.image(colour_bar(), width="stretch")

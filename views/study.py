@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from effnet import OFFICIAL, ScalingSpec
-from effnet.analysis.cam import colour_bar
+from effnet.analysis.cam import cam_budget, colour_bar
 from effnet.analysis.charts import METHOD_NAMES, grid_search, methods_comparison
 from effnet.arch.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
 from effnet.base.access import readonly
@@ -23,7 +23,6 @@ from effnet.training.devices import device_slots
 from views.prefill import EXPLORER, TRAIN, Prefill, open_page
 from views.routes import bundle_url
 from views.widgets import (
-    MAX_CAM_IMAGES,
     caller,
     cam_strip,
     chart,
@@ -235,7 +234,8 @@ def method_cams(s: study.Study) -> None:
         st.caption("Maps appear once the runs have a checkpoint and an image is chosen.")
         return
     st.image(colour_bar(), caption="dark purple: no evidence · yellow: strongest evidence", width=420)
-    for name, raw in images[:MAX_CAM_IMAGES]:
+    _, fit = cam_budget(len(models), len(images), "gradcam", sanity=False)
+    for name, raw in images[:fit]:
         cam_strip(name, raw, models, "gradcam", 0.5)
     st.caption("Grad-CAM on each method's model at the same cost (the other CAM methods are on the Class activation "
                "maps page). Look for which model looks at the object rather than the background.")

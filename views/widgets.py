@@ -229,7 +229,6 @@ def test_images_source(config=None) -> str | None:
 
 
 ROAD_MAX_RESOLUTION = 64  # ROAD on the page only for small inputs: ~0.1 s per 32-px map, ~5 s per 224-px map (CPU)
-MAX_CAM_IMAGES = 6  # images explained per rerun of a page (each costs one CAM per chosen model)
 
 
 def dataset_test_images(text: str, config=None) -> list[tuple[str, object]]:
@@ -240,6 +239,8 @@ def dataset_test_images(text: str, config=None) -> list[tuple[str, object]]:
 
     data = run_dataset(config)
     images = []
+    from effnet.analysis.cam import MAX_CAM_IMAGES
+
     for part in [p for p in text.split(",") if p.strip()][:MAX_CAM_IMAGES]:
         index = int(part)
         array = data.test.images[index].permute(1, 2, 0).numpy()

@@ -50,6 +50,18 @@ ROAD_PERCENTILES = (20, 40, 60, 80)
 # Uploads are shrunk to this side when decoded: the models see 32-600 px, a projector shows ~1,000.
 DISPLAY_SIDE = 1024
 SCORECAM_MEMORY = 2 * 1024**3
+# What one rerun of a page explains, on a server the whole class shares: a map is one model on one image (the sanity
+# check doubles the models), and Score-CAM costs a forward pass per channel. Unbounded, Score-CAM with the sanity
+# check over every run and 6 images took 88 s of the server's CPU in one click.
+MAX_CAM_IMAGES, MAX_CAM_MAPS, MAX_SCORECAM_MAPS = 6, 24, 8
+
+
+def cam_budget(models: int, images: int, method: str, sanity: bool) -> tuple[int, int]:
+    """(trained models, images) one rerun explains: the first ones that fit the map budget, at least one of each."""
+    cap = MAX_SCORECAM_MAPS if method == "scorecam" else MAX_CAM_MAPS
+    per_model = 2 if sanity else 1
+    kept = max(1, min(models, cap // per_model))
+    return kept, max(1, min(images, MAX_CAM_IMAGES, cap // (kept * per_model)))
 
 
 class ChunkedScoreCAM(ScoreCAM):
