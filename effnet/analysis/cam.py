@@ -42,6 +42,7 @@ from effnet.arch.preprocess import to_model_input
 from effnet.arch.specs import Spec
 from effnet.data.images import decode_image, release_memory, to_uint8_tensor
 from effnet.training import runs
+from effnet.training.devices import check_device
 
 MIN_CAM_SIZE = 4
 LAST = "last"  # the default layer: the last stage with a map of at least MIN_CAM_SIZE
@@ -392,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=default_device())
     args = p.parse_args(argv)
     try:
+        check_device(args.device)  # before anything is written
         if args.out is not None:
             if args.out.is_symlink() or (args.out.exists() and not args.out.is_dir()):
                 raise ValueError(f"--out: {args.out} is not a folder")

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import json
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from effnet.arch.baselines import BaselineSpec
 from effnet.arch.scaling import ScalingSpec
 from effnet.base import files
 from effnet.base.schemas import check_value
+from effnet.training.devices import check_device
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 AUGMENTATIONS = ("none", "standard", "cutout")
@@ -139,8 +139,6 @@ class TrainConfig:
             (self.eval_subset is None or self.eval_subset >= 1, "eval_subset", "must be at least 1"),
             (self.val_size is None or self.val_size >= 0, "val_size", "must be 0 or more (or left out)"),
             (0 <= self.checkpoint_minutes <= 24 * 60, "checkpoint_minutes", "must be 0 to 1,440"),
-            (re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", self.device) is not None, "device",
-             "must be auto, cpu or cuda[:N]"),
             (0 <= self.seed < 2**63, "seed", "must be 0 to 2**63 - 1"),
         ]
         for ok, name, message in checks:
@@ -151,11 +149,7 @@ class TrainConfig:
             raise ValueError(f"num_classes: CIFAR-100 labels go up to {CIFAR100_CLASSES - 1}, so "
                              f"{self.spec.num_classes} classes cannot fit")
         specs.card(self.spec)  # the size guard: too large to build is refused here, not after loading data
-        if self.device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError("device: CUDA was asked for but no GPU is available here (use --device cpu or auto)")
+        check_device(self.device)
 
     def _validate_start(self) -> None:
         if self.init_from is not None:

@@ -46,6 +46,23 @@ def _visible(indices: list[int]) -> list[int]:
     return shown
 
 
+DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")  # what --device may name
+
+
+def check_device(device: object) -> None:
+    """``ValueError`` saying why unless this machine can run on ``device`` (auto, cpu, cuda or cuda:N)."""
+    if not isinstance(device, str) or DEVICE.fullmatch(device) is None:
+        raise ValueError(f"device: must be auto, cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("device: CUDA was asked for but no GPU is available here (use --device cpu or auto)")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device} does not exist here ({torch.cuda.device_count()} GPUs: cuda:0 ...)")
+
+
 @functools.cache
 def gpus() -> tuple[Gpu, ...]:
     """The GPUs this process can train on (cached for the process's life)."""
