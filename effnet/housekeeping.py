@@ -3,7 +3,8 @@
 - an import killed half-way (``bundle.recover``): finished when all its checks had passed, else removed;
 - an upload killed while unpacking (``folder.tidy``): its staging folder removed;
 - a compression whose process is gone (``compressions.tidy``): marked failed, so it can be deleted;
-- temporary files of atomic writes whose writer was killed, older than ``TEMP_AGE_S``.
+- temporary files of atomic writes whose writer was killed, older than ``TEMP_AGE_S``;
+- downloaded bundles (``bundle.cached_export``) nobody asked for within ``TEMP_AGE_S``.
 
 ``python -m effnet.housekeeping [--root DIR]`` does the same from a terminal and says what it did;
 ``--reset-sign-in`` forgets every wrong teacher password (``effnet.base.signin``), for a teacher made to wait.
@@ -54,7 +55,7 @@ def tidy(root: str | os.PathLike | None, data_root: str | os.PathLike, force: bo
         _LAST[key] = time.monotonic()
     if not root.is_dir():
         return folder.tidy(data_root)
-    done = bundle.recover(root) + folder.tidy(data_root) + _stale_temp_files(root)
+    done = bundle.recover(root) + folder.tidy(data_root) + _stale_temp_files(root) + bundle.tidy_cache(root, TEMP_AGE_S)
     for info in runs.list_runs(root):
         if not info.damaged and (info.path / compressions.FOLDER).is_dir():
             done += compressions.tidy(info.path)

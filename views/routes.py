@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import html
 import math
-import os
-import tempfile
 import urllib.parse
 from pathlib import Path
 
-from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -218,26 +215,38 @@ async def download(request: Request) -> Response:
     return FileResponse(path, filename=name, media_type="application/octet-stream")
 
 
+def _caller(request: Request) -> access.Caller:
+    """Who sends ``request``: its signed owner cookie and whether it holds a teacher cookie nobody signed out."""
+    password = _password()
+    owner = access.owner_from_cookie(request.cookies.get(access.OWNER_COOKIE), _key())
+    return access.Caller(owner, password is None or _is_teacher(request, password))
+
+
 async def download_bundle(request: Request) -> Response:
-    """A run or a study as one zip, written to a temporary file, streamed, then deleted."""
+    """A run or a study as one zip, built once per version of its files and shared (``bundle.cached_export``).
+    A resumable one carries the optimizer state, so only the run's owner or the teacher may have it."""
     kind, name = request.path_params["kind"], request.path_params["name"]
+    resumable = request.query_params.get("resumable") == "1"
     try:
         root = _root()
         if kind == "run":
             source = runs.run_path(root, name)
+            if resumable:
+                access.check(_caller(request), runs.read_run(source), "download a resumable copy of")
         elif kind == "study" and runs.RUN_ID.fullmatch(name):
             source = root / study.STUDIES / name
             if source.is_symlink() or not (source / study.STUDY).is_file():
                 raise ValueError("no such study")
+            if resumable and not _caller(request).teacher:
+                raise PermissionError("a resumable study bundle is the teacher's to download")
         else:
             raise ValueError("not a bundle the lab offers")
-        fd, tmp = tempfile.mkstemp(prefix="effnet-bundle-", suffix=".zip")
-        os.close(fd)
-        bundle.export(source, Path(tmp), root, resumable=request.query_params.get("resumable") == "1")
+        path = bundle.cached_export(source, root, resumable)
+    except PermissionError as exc:
+        return _page(f'<p class="err">Refused: {html.escape(str(exc))}</p>', 403)
     except (ValueError, bundle.BundleError, Damaged, OSError) as exc:
         return _refused(exc)
-    return FileResponse(tmp, filename=f"{name}.zip", media_type="application/zip",
-                        background=BackgroundTask(os.unlink, tmp))
+    return FileResponse(path, filename=f"{name}.zip", media_type="application/zip")
 
 
 def download_url(run_id: str, file: str) -> str:
