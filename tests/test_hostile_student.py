@@ -396,6 +396,26 @@ def test_a_zip_that_would_unpack_past_the_quota_is_refused_before_writing(tmp_pa
     assert not any((data / folder.OWN).glob(".staging-*"))
 
 
+def test_parallel_uploads_stay_within_the_dataset_quota(tmp_path, monkeypatch):
+    """8 uploads at once gave 8 datasets against a limit of 3: every check ran before any dataset was written."""
+    monkeypatch.setenv("EFFNET_MAX_DATASETS", "3")
+    data = tmp_path / "data"
+    zipped = class_zip({"cat": 3, "dog": 3})
+
+    def upload(i):
+        try:
+            return folder.unpack_zip(zipped, data, f"set{i}", STUDENT_A).name
+        except DataError as exc:
+            return f"refused: {exc}"
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(upload, range(8)))
+    landed = [o for o in outcomes if not o.startswith("refused")]
+    assert len(landed) == 3 and all("quota" in o for o in outcomes if o.startswith("refused")), outcomes
+    assert sorted(p.name for p in (data / folder.OWN).iterdir() if not p.name.startswith(".")) == sorted(landed)
+    assert not [p for p in (data / folder.OWN).iterdir() if p.name.startswith(".staging-") and p.is_dir()]
+
+
 def test_datasets_count_against_their_owner_list_who_owns_them_and_go_away_on_delete(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFNET_MAX_DATASETS", "1")
     data = tmp_path / "data"

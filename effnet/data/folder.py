@@ -331,6 +331,11 @@ def unpack_zip(data: bytes | io.BufferedIOBase, data_root: str | os.PathLike, na
             with locks.exclusive(base / ".names.lock"):  # two uploads of one name: the first wins
                 if (base / name).exists():
                     raise DataError(f"a dataset called {name} exists already; choose another name")
+                # The quota again, under the lock, with the real size: parallel uploads all passed the first check
+                # (8 at once gave 8 datasets against a limit of 3).
+                if _check_quota(base, caller, size) < size:
+                    raise DataError("quota: with your other datasets this one is over your allowance; delete one "
+                                    "first, or ask the teacher")
                 os.rename(staging, base / name)
         except (UnsafeZip, DataError, OSError, zipfile.BadZipFile) as exc:
             shutil.rmtree(staging, ignore_errors=True)
