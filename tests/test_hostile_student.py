@@ -538,6 +538,19 @@ def test_csv_cells_that_look_like_formulas_are_escaped():
     assert header.startswith(",\"'=HYPERLINK") and ",'@SUM(1+1),B0" in header and line.startswith("'-2+3,1.5")
 
 
+def test_the_tables_own_csv_download_gets_the_same_escaping(tmp_path, monkeypatch):
+    """The table toolbar's "Download as CSV" writes cells as shown: a label =HYPERLINK(...) came out bare."""
+    root = tmp_path / "checkpoints"
+    fake_run(root, "formula", [row(1, 50.0, 50.0)], job={"label": '=HYPERLINK("http://x","click")'})
+    fake_run(root, "plain", [row(1, 40.0, 41.0)], job={"label": "B0 plain"})
+    serve_app_from(monkeypatch, root, tmp_path / "data")
+    at = open_app("views/results.py")
+    assert not at.exception
+    shown = [str(c) for frame in at.dataframe for c in frame.value.columns]
+    assert "'=HYPERLINK(\"http://x\",\"click\")" in shown and "B0 plain" in shown
+    assert not [c for c in shown if c.startswith("=")]
+
+
 # ----------------------------------------------------------------------------- 8. half-written state
 def test_a_compression_whose_process_died_is_failed_at_once_and_can_be_deleted(tmp_path):
     run_dir = fake_run(tmp_path, "r", [row(1, 50.0, 50.0)], weights=True, job={"owner": STUDENT_A.owner})

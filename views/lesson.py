@@ -12,7 +12,7 @@ from effnet.arch.zoo import SOURCE, imagenet_models
 from effnet.base.text import si
 from effnet.training import runs
 from views.prefill import EXPLORER, METHODS_TAB, Prefill, open_page
-from views.widgets import chart
+from views.widgets import chart, csv_safe
 
 st.title("Lesson")
 st.caption("Compound scaling in six steps, about 45 minutes. Each step says what to look for and links to the page "
@@ -79,7 +79,7 @@ if found:
     right.markdown(f"**Your runs** ({len(found)}): validation and test top-1 at each run's selected epoch (its best "
                    "validation epoch)")
     summary = [r for r in table if r[""] in (results.VAL_AT_SELECTED, results.TEST_AT_SELECTED)]
-    right.dataframe(pd.DataFrame(summary).set_index(""), width="stretch")
+    right.dataframe(csv_safe(pd.DataFrame(summary).set_index("")), width="stretch")
     right.caption(results.OPTIMISTIC_NOTE)
     st.page_link("views/results.py", label="Go deeper: Results (Table 1, accuracy vs size, validation vs test)",
                  icon=":material/leaderboard:")

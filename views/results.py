@@ -8,7 +8,7 @@ from effnet.analysis.charts import accuracy_vs_size, confusion_heatmap, imagenet
 from effnet.arch.zoo import SOURCE, imagenet_models
 from effnet.base import files
 from effnet.training import runs
-from views.widgets import chart, plain
+from views.widgets import chart, csv_safe, plain
 
 st.title("Results")
 st.caption("Finished and running runs under the checkpoints folder. Test and validation top-1 are on CIFAR-100 "
@@ -29,7 +29,7 @@ columns, table = results.study_table(found)
 st.subheader("Table 1, from your runs")
 # The paper's ImageNet numbers exist only for B0-B7: a caption, not a row of "None" for every custom run.
 *measured, paper = table
-st.dataframe(pd.DataFrame(measured).set_index(""), width="stretch")
+st.dataframe(csv_safe(pd.DataFrame(measured).set_index("")), width="stretch")
 reference = [f"{name} {value}" for name, value in paper.items() if name and value is not None]
 if reference:
     st.caption(f"{paper['']}: " + ", ".join(reference) + ".")
@@ -87,11 +87,11 @@ per_class = confusion.per_class()
 best, worst = st.columns(2)
 best.markdown(f"**Best classes** (test, epoch {confusion.epoch})")
 PERCENT = {"top-1 (%)": st.column_config.NumberColumn(format="%.1f")}
-best.dataframe(pd.DataFrame(per_class[:10], columns=["class", "top-1 (%)", "images"]), hide_index=True,
+best.dataframe(csv_safe(pd.DataFrame(per_class[:10], columns=["class", "top-1 (%)", "images"])), hide_index=True,
                width="stretch", column_config=PERCENT)
 worst.markdown("**Worst classes**")
-worst.dataframe(pd.DataFrame(per_class[::-1][:10], columns=["class", "top-1 (%)", "images"]), hide_index=True,
-                width="stretch", column_config=PERCENT)
+worst.dataframe(csv_safe(pd.DataFrame(per_class[::-1][:10], columns=["class", "top-1 (%)", "images"])),
+                hide_index=True, width="stretch", column_config=PERCENT)
 if len(confusion.coarse_names) == 1:  # your own images: no superclasses, so the classes themselves
     chart(confusion_heatmap(confusion.matrix, confusion.fine_names, confusion.fine_names,
                             f"Confusion between the {len(confusion.fine_names)} classes"), "fine",

@@ -26,6 +26,7 @@ from views.widgets import (
     caller,
     cam_strip,
     chart,
+    csv_safe,
     dataset_test_images,
     fit_to_data,
     load_run_models,
@@ -201,7 +202,7 @@ def live(path: Path) -> None:
         jobs.heal(root)
         done = sum(r.state in runs.ENDED for r in s.runs)
         st.progress(done / len(s.runs), text=f"{done} of {len(s.runs)} runs ended")
-    st.dataframe(rows_table(s), width="stretch", hide_index=True)
+    st.dataframe(csv_safe(rows_table(s)), width="stretch", hide_index=True)
     for r in s.runs:
         if r.state in ("failed", "damaged") and r.info is not None and r.info.error:
             st.error(f"{plain(r.info.label)}: {plain(r.info.error.splitlines()[0])}")

@@ -56,6 +56,18 @@ def linked_number(label: str, key: str, low: float, high: float, step: float, de
 _MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
 
 
+def csv_safe(frame):
+    """``frame`` as a table may show it: the toolbar's "Download as CSV" writes cells as they are, so text that
+    starts like a spreadsheet formula (a label ``=HYPERLINK(...)``, a class ``+cmd|...``) gets the apostrophe the
+    lab's own CSV gives it (``results.csv_cell``), in cells, column names and the index alike."""
+    from effnet.analysis.results import csv_cell
+
+    safe = frame.map(csv_cell)
+    safe.columns = [csv_cell(c) for c in safe.columns]
+    safe.index = safe.index.map(csv_cell)
+    return safe
+
+
 def plain(text: object, lines: bool = False) -> str:
     """Text a user controls (a run label, a class or file name, a string from an imported file) made safe to put
     inside Markdown: shown as typed, never rendered (no image fetched, no link, no formula), without control or
