@@ -331,6 +331,7 @@ CLI_REFUSALS = {  # each: one clear line, a non-zero exit, nothing written and n
     "classes-zero": ("train", ["--variant", "b0", "--num-classes", "0", "--out", "{new}"], "num_classes"),
     "device-cpu-7": ("train", ["--variant", "b0", "--device", "cpu:7", "--out", "{new}"], "device"),
     "seed-2-70": ("train", ["--variant", "b0", "--seed", str(2**70), "--out", "{new}"], "seed"),
+    "data-dir-typo": ("train", ["--variant", "b0", "--out", "{new}/run", "--data-dir", "{new}/typo"], "CIFAR-100"),
     "compress-nan": ("compress", ["{new}", "--time-budget", "nan", "--out", "{new}/c"], "time_budget"),
     "compress-negative": ("compress", ["{new}", "--time-budget", "-1", "--out", "{new}/c"], "time_budget"),
     "compress-forever": ("compress", ["{new}", "--finetune-epochs", str(10**9), "--prune", "0.3", "--out", "{new}/c"],

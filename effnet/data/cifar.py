@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import pickle
+import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -243,17 +244,20 @@ def load_cifar100(root: str | os.PathLike | None = None, download: bool = True) 
     folder = root / FOLDER
     if folder.is_dir():
         return read_folder(folder)
-    root.mkdir(parents=True, exist_ok=True)
     if (root / ARCHIVE).is_file():
         _extract(root / ARCHIVE, root)
         return read_folder(folder)
     if not download:
         raise DataError(missing_data_message(root, "download disabled"))
+    made = [p for p in (root, *root.parents) if not p.exists()]  # a mistyped folder is not left by a failed download
     try:
+        root.mkdir(parents=True, exist_ok=True)
         _download(root)
-    except DataError:
-        raise
     except Exception as exc:  # no network, DNS failure, HTTP error, interrupted transfer...
+        if made:
+            shutil.rmtree(made[-1], ignore_errors=True)
+        if isinstance(exc, DataError):
+            raise
         raise DataError(missing_data_message(root, f"{exc.__class__.__name__}: {exc}")) from exc
     return read_folder(folder)
 
