@@ -15,6 +15,7 @@ import torch
 from conftest import PROJECT, python_env, read_status, run_train, train_cmd, wait_for
 
 from effnet import ScalingSpec, build_model
+from effnet.arch.card import at_equal_macs
 from effnet.train import parse_args
 from effnet.training.config import TrainConfig
 from effnet.training.runs import CheckpointError, load_checkpoint
@@ -162,7 +163,8 @@ def test_the_job_file_is_the_config_and_the_flags_build_the_same_one(tmp_path):
     flags = ["--phi", "1.5", "--beta", "1.05", "--scaling", "width", "--epochs", "7", "--ema", "0.99",
              "--no-nesterov", "--subset", "100", "--no-channels-last", "--schedule", "onecycle", "--device", "cpu"]
     from_flags, _, _ = parse_args([*flags, "--out", "x"])
-    config = TrainConfig(spec=ScalingSpec(phi=1.5, beta=1.05, scaling="width"), epochs=7, ema=0.99, nesterov=False,
+    # One dimension alone is scaled to the compound model's actual multiply-adds (card.at_equal_macs).
+    config = TrainConfig(spec=at_equal_macs(ScalingSpec(phi=1.5, beta=1.05), "width"), epochs=7, ema=0.99, nesterov=False,
                          subset=100, channels_last=False, schedule="onecycle", device="cpu")
     assert from_flags == config
     job = tmp_path / "job.json"
@@ -171,6 +173,21 @@ def test_the_job_file_is_the_config_and_the_flags_build_the_same_one(tmp_path):
     assert again == config and out == Path("runs/x") and resume
     moved, _, _ = parse_args(["--config", str(job), "--out", "x", "--data-dir", "/elsewhere"])
     assert moved == config.replace(data_dir="/elsewhere")
+
+
+def test_one_dimension_alone_is_one_answer_on_the_command_line_the_train_page_and_the_studies():
+    """B3 by depth alone was 1.73x B3's multiply-adds from the Train page (2^phi) and 1.0x in the studies."""
+    from effnet.arch.card import model_card
+    from effnet.experiments import study
+    from effnet.training import plan
+
+    b3 = ScalingSpec.official("b3")
+    from_cli, _, _ = parse_args(["--variant", "b3", "--scaling", "depth", "--out", "x"])
+    [from_page] = plan.specs(["B3"], [], None, scaling="depth", geometry="cifar", num_classes=100,
+                             normalization=b3.normalization)
+    [from_study] = [r["spec"] for r in study.methods_plan(b3) if r["method"] == "depth"]
+    assert from_cli.spec == from_page == from_study
+    assert abs(model_card(from_page).macs / model_card(b3).macs - 1) < 0.05  # at B3's cost, not 1.73x
 
 
 def test_learning_rate_schedule():

@@ -8,7 +8,7 @@ from effnet.analysis.charts import METHOD_NAMES, network_picture, scaling_sweep
 from effnet.arch import specs
 from effnet.arch.baselines import MODELS as BASELINES
 from effnet.arch.baselines import BaselineSpec, is_counted
-from effnet.arch.card import official_vs_formula, scaling_methods, side_by_side
+from effnet.arch.card import at_equal_macs, official_vs_formula, scaling_methods, side_by_side
 from effnet.arch.scaling import (
     COEFFICIENT_RANGE,
     CONSTRAINT_TARGET,
@@ -149,10 +149,11 @@ with compare_tab:
         other_variant = cols[0].selectbox("B: variant", [v.upper() for v in OFFICIAL], index=3, key="cmp_variant")
         other_method = cols[1].selectbox("B: scaled by", list(METHOD_NAMES), format_func=METHOD_NAMES.get,
                                          index=1, key="cmp_method")
-        other = ScalingSpec.official(other_variant.lower(), **common).with_scaling(other_method)
         cols[2].markdown(f"**A** = {spec.name} (the spec on the left), **B** = {other_variant} scaled by "
-                         f"{METHOD_NAMES[other_method]}. Cells where B differs from A are highlighted.")
+                         f"{METHOD_NAMES[other_method]} at {other_variant}'s actual multiply-adds (as the Train page "
+                         "and the studies scale). Cells where B differs from A are highlighted.")
         try:
+            other = at_equal_macs(ScalingSpec.official(other_variant.lower(), **common), other_method)
             rows = side_by_side(card, model_card(other))
         except ValueError as exc:
             st.error(f"B cannot be built: {exc}")

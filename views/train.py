@@ -170,7 +170,7 @@ with st.form("new_runs"):
         cols[2].number_input("β", step=0.05, key="t_c_beta", bind="query-params")
         cols[3].number_input("γ", step=0.05, key="t_c_gamma", bind="query-params")
         st.selectbox("Scaling method", SCALINGS, key="t_scaling",
-                     help="compound, or one dimension alone with the same FLOPs budget (2^φ)")
+                     help="compound, or one dimension alone at the compound model's actual multiply-adds (as the studies)")
         st.radio("Geometry", GEOMETRIES, horizontal=True, key="t_geometry", bind="query-params")
         st.selectbox("Dataset", [CIFAR, *own], key="t_dataset",
                      help="CIFAR-100, or your own images (add them above); the class count follows the dataset.")

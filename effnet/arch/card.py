@@ -181,8 +181,11 @@ def official_cards(spec: ScalingSpec) -> list[ModelCard]:
             for name in OFFICIAL]
 
 
+@lru_cache(maxsize=256)
 def at_equal_macs(spec: ScalingSpec, method: str) -> ScalingSpec:
-    """``spec``'s *actual* multiply-adds reached by ``method`` alone: the fair comparison of scaling methods.
+    """``spec``'s *actual* multiply-adds reached by ``method`` alone: the fair comparison of scaling methods, and the
+    one rule every place that scales by one dimension uses (the explorer's Compare tab, the Train page and the
+    command line, the studies). The nominal 2^phi of ``with_scaling`` is only shown where it is labelled so.
 
     The nominal 2^phi is not what rounding produces (phi=1, cifar: compound has 309 M MACs, 2.66x B0,
     because ceil(repeats x 1.2) turns 16 blocks into 23), so the single dimension's budget is solved

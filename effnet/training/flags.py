@@ -36,7 +36,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser, num_classes_default: int
     g.add_argument("--output-stride", type=int, choices=(8, 16, 32))
     g.add_argument("--dropout", type=float)
     g.add_argument("--scaling", choices=SCALINGS, default="compound",
-                   help="compound, or one dimension alone at the same FLOPs budget (2^phi)")
+                   help="compound, or one dimension alone at the compound model's actual multiply-adds (card.at_equal_macs)")
 
 
 def spec_from_args(args: argparse.Namespace, num_classes: int | None = None,
