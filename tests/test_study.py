@@ -85,6 +85,24 @@ def test_a_study_into_a_file_is_refused_before_any_run_is_queued(tmp_path):
     assert not runs.list_runs(root)
 
 
+def test_a_study_whose_runs_end_near_chance_says_so_and_what_to_change(tmp_path):
+    from fake_runs import fake_run, row
+
+    ten = ScalingSpec(phi=-4, num_classes=10)
+    for name, score in (("a", 11.0), ("b", 17.0)):
+        fake_run(tmp_path, name, [row(1, score, score)], spec=ten)
+    out = study.new_study_dir(tmp_path, "grid")
+    configs = [runs.load_config(tmp_path / n)[1] for n in ("a", "b")]
+    study.record("grid", configs, ["a", "b"], [{"alpha": 1.2, "beta": 1.1, "gamma": 1.15}] * 2, out, tmp_path)
+    said = study.load(out, tmp_path).near_chance()
+    assert said is not None and "10.0%" in said and "17.0%" in said and "epochs" in said
+    fake_run(tmp_path, "c", [row(1, 60.0, 60.0)], spec=ten)
+    learned = study.new_study_dir(tmp_path, "grid-2")
+    study.record("grid", [*configs, runs.load_config(tmp_path / "c")[1]], ["a", "b", "c"],
+                 [{"alpha": 1.2, "beta": 1.1, "gamma": 1.15}] * 3, learned, tmp_path)
+    assert study.load(learned, tmp_path).near_chance() is None  # one run learned: the comparison means something
+
+
 # ----------------------------------------------------------------------------- real studies
 def test_methods_study_trains_four_runs_at_one_budget(methods_study):
     root, out = methods_study

@@ -206,6 +206,8 @@ def live(path: Path) -> None:
     for r in s.runs:
         if r.state in ("failed", "damaged") and r.info is not None and r.info.error:
             st.error(f"{plain(r.info.label)}: {plain(r.info.error.splitlines()[0])}")
+    if (warning := s.near_chance()) is not None:
+        st.warning(warning)
     (show_methods if s.kind == "methods" else show_grid)(s)
 
 

@@ -47,6 +47,7 @@ PAPER_POINT = (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA)
 # gamma <= sqrt(2); the box covers the whole feasible set.
 GRID_RANGES = {"alpha": (1.0, 2.0), "beta": (1.0, 1.45), "gamma": (1.0, 1.45)}
 GRID_STEP, GRID_TOLERANCE, GRID_MAX_POINTS = 0.05, 0.1, 12
+NEAR_CHANCE = 2.0  # a study whose every run stays under this many times chance has learned nothing to compare
 # Work per click, bounded before anything is allocated: the grid's cells (every (alpha, beta, gamma) looked at)
 # and its points (each one a run). A step of 0.0016 over 1..2.5 is 825 million cells: 9 GB and minutes of the
 # class server's CPU before this cap; the default grid is 2,100 cells, the widest ranges at step 0.05 are 29,791.
@@ -238,6 +239,20 @@ class Study:
         """The run with the highest best-epoch validation top-1 (the grid search's winner)."""
         scored = [r for r in self.runs if r.best_val is not None]
         return max(scored, key=lambda r: r.best_val) if scored else None
+
+    def near_chance(self) -> str | None:
+        """What to say when every ended run stayed within ``NEAR_CHANCE`` x chance: the ranking means nothing then
+        (the smallest class settings end at 11-17% on ten classes), so the page says so and what to change."""
+        ended = [r for r in self.runs if r.state == "finished" and r.info is not None and r.info.spec is not None]
+        if not ended or len(ended) < len(self.runs):
+            return None
+        chance = 100 / ended[0].info.spec.num_classes
+        scores = [r.best_val if r.best_val is not None else r.test_at_best_val for r in ended]
+        if any(s is None or s > NEAR_CHANCE * chance for s in scores):
+            return None
+        return (f"Every run ended near chance (at most {max(scores):.1f}% top-1, where guessing gives {chance:.1f}%): "
+                "this study cannot tell the models apart yet. Train longer (more epochs), on more images "
+                "(training images 0 = all), or on a GPU machine, then compare.")
 
 
 def check_row(row: object, kind: str) -> dict[str, Any]:
