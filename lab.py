@@ -5,11 +5,15 @@ Not in pages/: Streamlit treats a pages/ folder beside the entry script as an ol
 on a deep link or a rerun, runs the page file without this script (no wide layout, no sign-in, a sidebar
 listing every file)."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from views.widgets import caller, teacher_sign_in
 
-st.set_page_config(page_title="effnet-lab", page_icon=":material/schema:", layout="wide")
+# The tab's icon is a file served by this server: a ":material/...:" icon is fetched from Google's font CDN, which
+# an offline classroom logs as an error on every page.
+st.set_page_config(page_title="effnet-lab", page_icon=str(Path(__file__).parent / "views" / "icon.png"), layout="wide")
 
 teacher_sign_in(caller())
 navigation = st.navigation([

@@ -387,6 +387,8 @@ def test_labels_and_class_names_are_shown_as_text_and_fetch_nothing(browser, hos
         page.screenshot(path=str(ARTIFACTS / f"hostile{path.replace('/', '-')}.png"), full_page=True)
     assert listener.paths == [], listener.paths
     assert not [u for u in fetched if "track.png" in u or "label.png" in u or "class.png" in u], fetched
+    # Nothing leaves the server's own address (the tab icon came from Google's font CDN; offline, an error a page).
+    assert not [u for u in fetched if not u.startswith((url, "data:", "blob:"))], fetched
 
 
 def test_no_owner_token_in_the_address_or_links_and_the_teachers_address_grants_nothing(browser, hostile_server):
