@@ -513,7 +513,7 @@ def test_the_cam_page_explains_a_few_test_images_per_rerun(monkeypatch, tmp_path
     serve_app_from(monkeypatch, tmp_path, cifar_dir)
     at = open_app("views/cam.py")
     at.text_input(key="cam_cifar").set_value(", ".join(["0"] * 30)).run()
-    from views.widgets import MAX_CAM_IMAGES
+    from effnet.analysis.cam import MAX_CAM_IMAGES
 
     originals = [i for i in at.get("image") for img in i.proto.imgs if img.caption.startswith("original")]
     assert len(originals) == MAX_CAM_IMAGES and not at.exception
