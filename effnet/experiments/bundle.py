@@ -137,7 +137,11 @@ def cached_export(path: Path, root: Path, resumable: bool = False) -> Path:
     folder = root / CACHE
     if folder.is_symlink():
         raise BundleError(f"{folder} is a symbolic link; refused")
-    folder.mkdir(exist_ok=True)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:  # a read-only checkpoints folder (a public demo): the system's temporary folder holds them
+        folder = Path(tempfile.gettempdir()) / "effnet-bundles" / hashlib.sha256(str(root).encode()).hexdigest()[:12]
+        folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{key}.zip"
     with locks.exclusive(folder / f"{key}.lock"):  # many clicks at once: one builds, the others wait and share it
         if not out.is_file():
