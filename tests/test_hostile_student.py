@@ -338,6 +338,7 @@ CLI_REFUSALS = {  # each: one clear line, a non-zero exit, nothing written and n
                          "finetune_epochs"),
     "runner-on-a-file": ("jobs", ["runner", "--root", "{file}"], "not a folder"),
     "list-nowhere": ("jobs", ["list", "--root", "{new}"], "not a folder"),
+    "slurm-watch-nowhere": ("slurm", ["watch", "--root", "{new}"], "not a folder"),
     "export-to-nothing": ("bundle", ["export", "{new}", ""], "file name"),
     "cam-on-a-tpu": ("cam", ["{new}", "{file}", "--device", "tpu", "--out", "{new}/maps"], "device"),
     "cam-on-a-missing-gpu": ("cam", ["{new}", "{file}", "--device", "cuda:9", "--out", "{new}/maps"], "device"),
@@ -350,7 +351,7 @@ def test_bad_command_lines_are_one_clear_line_and_write_nothing(tmp_path, capsys
 
     command, argv, why = CLI_REFUSALS[case]
     main = {"train": "effnet.train", "compress": "effnet.compression.compress", "jobs": "effnet.queue.jobs",
-            "bundle": "effnet.experiments.bundle", "cam": "effnet.analysis.cam"}[command]
+            "bundle": "effnet.experiments.bundle", "cam": "effnet.analysis.cam", "slurm": "effnet.queue.slurm"}[command]
     (tmp_path / "a-file").write_text("x")
     argv = [a.format(new=tmp_path / "new", file=tmp_path / "a-file") for a in argv]
     try:

@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", help="the checkpoints folder (default: $EFFNET_CHECKPOINTS or ./checkpoints)")
     args = p.parse_args(argv)
     root = runs.checkpoints_dir(args.root).resolve()
+    if args.command != "script" and not root.is_dir():  # never created here: a typo is not a new checkpoints folder
+        p.error(f"--root: {root} is not a folder")
     if args.command == "watch":
         watch(root)
     elif args.command == "sync":
