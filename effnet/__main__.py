@@ -30,6 +30,10 @@ def format_card(card: ModelCard, batch_size: int) -> str:
     if isinstance(s, BaselineSpec):
         lines = [f"{s.name} (torchvision's {s.model})  geometry={s.geometry}  classes={s.num_classes}  "
                  f"resolution {s.resolution} px", "per top-level module, counted once with FlopCounterMode", ""]
+    elif s.is_v2:
+        lines = [f"{s.name}  geometry={s.geometry} (output stride {s.stride})  classes={s.num_classes}",
+                 f"EfficientNetV2's own stage table (torchvision's, not scaled from B0)  resolution {s.resolution} px",
+                 ""]
     else:
         lines = [
             f"{s.name}  geometry={s.geometry} (output stride {s.stride})  classes={s.num_classes}",
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     card_p = sub.add_parser("card", help="print the model card of a spec")
-    card_p.add_argument("name", nargs="?", help="official variant b0..b7 (or use --phi)")
+    card_p.add_argument("name", nargs="?", help="official variant b0..b7, v2-s, v2-m, v2-l (or use --phi)")
     add_spec_arguments(card_p)
     card_p.add_argument("--batch-size", type=int, default=128, help="for the memory estimate")
     card_p.add_argument("--json", action="store_true", help="print the card as JSON")

@@ -89,7 +89,7 @@ def test_card_cli_prints_a_baselines_params_and_macs():
     assert printed["params"] == sum(p.numel() for p in adapted_reference("resnet18", 100).parameters())
     assert printed["macs"] > 0.5e9  # 32 px without the stem's downsampling: ~0.56 G
     refused = cli("effnet", "card", "--model", "resnet18", "--phi", "1")
-    assert refused.returncode == 2 and "--phi describe an EfficientNet" in refused.stderr
+    assert refused.returncode == 2 and "--phi describes an EfficientNet" in refused.stderr
 
 
 def test_imagenet_weights_need_the_imagenet_geometry():

@@ -5,9 +5,10 @@ uses (``effnet.arch.scaling``) and counts what each layer holds and computes. Te
 against ``torch.utils.flop_counter.FlopCounterMode`` (which counts 2 FLOPs per multiply-add;
 the paper's "FLOPs" are multiply-adds) and ``sum(p.numel())`` of the built model.
 
-What is counted as MACs: convolutions and the classifier (the layers FlopCounterMode counts).
-BatchNorm, activations, pooling and the SE multiply are elementwise and not counted, as in
-the paper.
+What is counted as MACs: convolutions and the classifier (the layers FlopCounterMode counts),
+including the attention modules' (SE's and CBAM's 1x1 convs, ECA's 1-D conv, CBAM's 7x7 spatial
+conv). BatchNorm, activations, pooling and the gates' multiplies are elementwise and not counted,
+as in the paper.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from effnet.arch.scaling import OFFICIAL, SCALINGS, Block, ScalingSpec
+from effnet.arch.scaling import CBAM_SPATIAL_KERNEL, OFFICIAL, SCALINGS, Block, ScalingSpec
 
 BYTES_FP32 = 4
 # Weights, their gradients and SGD's momentum buffer: three fp32 copies while training.
@@ -96,21 +97,44 @@ def _conv_bn(cin: int, cout: int, k: int, out: int, groups: int = 1) -> tuple[in
     return weights + 2 * cout, weights * out * out
 
 
-def _mbconv(block: Block, size: int) -> tuple[int, int, int, int]:
-    """(params, MACs, saved activations, output side) of one MBConv block with SE."""
-    mid, out = block.expanded, _out(size, block.stride)
+def _attention(block: Block, out: int) -> tuple[int, int, int]:
+    """(params, MACs, saved activations) of the attention module on the ``expanded`` channels at side ``out``."""
+    mid, sq = block.expanded, block.squeeze
+    mlp_params, mlp_macs = 2 * mid * sq + sq + mid, 2 * mid * sq  # two 1x1 convs with bias, on a 1x1 map
+    if block.attention == "se":
+        return mlp_params, mlp_macs, mid * out * out
+    if block.attention == "eca":
+        k = block.eca_kernel
+        return k, k * mid, mid * out * out  # one 1-D conv, no bias, along the C pooled values
+    if block.attention == "cbam":
+        k2 = CBAM_SPATIAL_KERNEL**2
+        # The MLP runs twice (average- and max-pooled); the spatial conv maps 2 channels to 1 at every position.
+        return mlp_params + 2 * k2, 2 * mlp_macs + 2 * k2 * out * out, 2 * mid * out * out + 3 * out * out
+    return 0, 0, 0
+
+
+def _block(block: Block, size: int) -> tuple[int, int, int, int]:
+    """(params, MACs, saved activations, output side) of one MBConv or Fused-MBConv block."""
+    mid, cout, out = block.expanded, block.out_channels, _out(size, block.stride)
+    if block.fused:
+        if not block.has_expansion:  # one kxk conv, input to output channels
+            p, m = _conv_bn(block.in_channels, cout, block.kernel, out)
+            return p, m, 3 * cout * out * out, out
+        p1, m1 = _conv_bn(block.in_channels, mid, block.kernel, out)
+        p2, m2 = _conv_bn(mid, cout, 1, out)
+        return p1 + p2, m1 + m2, 3 * mid * out * out + 2 * cout * out * out, out
     params = macs = acts = 0
     if block.has_expansion:
         p, m = _conv_bn(block.in_channels, mid, 1, size)
         params, macs, acts = params + p, macs + m, acts + 3 * mid * size * size
     p, m = _conv_bn(mid, mid, block.kernel, out, groups=mid)
     params, macs = params + p, macs + m
-    params += 2 * mid * block.squeeze + block.squeeze + mid  # fc1 and fc2, both with bias
-    macs += 2 * mid * block.squeeze
-    p, m = _conv_bn(mid, block.out_channels, 1, out)
+    p, m, a = _attention(block, out)
+    params, macs, acts = params + p, macs + m, acts + a
+    p, m = _conv_bn(mid, cout, 1, out)
     params, macs = params + p, macs + m
-    # conv out, BN out, SiLU out of the depthwise conv; SE output; project conv out and BN out.
-    acts += (3 + 1) * mid * out * out + 2 * block.out_channels * out * out
+    # conv out, BN out, SiLU out of the depthwise conv; project conv out and BN out.
+    acts += 3 * mid * out * out + 2 * cout * out * out
     return params, macs, acts, out
 
 
@@ -131,9 +155,9 @@ def model_card(spec: ScalingSpec) -> ModelCard:
         params = macs = acts = 0
         start = size
         for block in st.blocks:
-            p, m, a, size = _mbconv(block, size)
+            p, m, a, size = _block(block, size)
             params, macs, acts = params + p, macs + m, acts + a
-        rows.append(StageRow(f"stage {i}", f"MBConv{st.expand}", st.kernel, st.stride, st.in_channels,
+        rows.append(StageRow(f"stage {i}", st.operator, st.kernel, st.stride, st.in_channels,
                              st.out_channels, st.repeats, start, size, params, macs, acts))
     last, head, classes = spec.stages[-1].out_channels, spec.head_channels, spec.num_classes
     p, m = _conv_bn(last, head, 1, size)

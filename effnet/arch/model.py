@@ -1,9 +1,9 @@
-"""EfficientNet built from a ``ScalingSpec``: stem, seven MBConv stages, head.
+"""EfficientNet built from a ``ScalingSpec``: stem, the MBConv (or Fused-MBConv) stages, head.
 
 Module names mirror torchvision's (``features.0`` stem, ``features.1``-``features.7`` stages,
-``features.8`` head conv, ``classifier.1`` the linear layer), so torchvision's ImageNet
-weights load with ``strict=True`` and the paper's stem/stages/head structure stays visible.
-All shapes come from the spec; this file only turns them into modules.
+``features.8`` head conv, ``classifier.1`` the linear layer; V2-S has six stages), so torchvision's
+ImageNet weights for B0-B7 and V2-S/M/L load with ``strict=True`` and the paper's stem/stages/head
+structure stays visible. All shapes come from the spec; this file only turns them into modules.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from effnet.arch.baselines import BaselineSpec
 from effnet.arch.baselines import build as build_baseline
 from effnet.arch.card import model_card
-from effnet.arch.scaling import STOCHASTIC_DEPTH, Block, ScalingSpec
+from effnet.arch.scaling import CBAM_SPATIAL_KERNEL, STOCHASTIC_DEPTH, Block, ScalingSpec
 
 
 class ConvBNAct(nn.Sequential):
@@ -48,21 +48,66 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(s))))
 
 
+class ECA(nn.Module):
+    """Efficient channel attention: global pool -> 1-D conv across the channels (no bottleneck) -> sigmoid gate."""
+
+    def __init__(self, kernel: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.conv(x.mean((2, 3)).unsqueeze(1))  # (N, 1, C): the channels as a sequence
+        return x * torch.sigmoid(s).transpose(1, 2).unsqueeze(-1)
+
+
+class CBAM(nn.Module):
+    """Channel then spatial attention: an SE-style MLP shared by average- and max-pooled features, then a 7x7 conv
+    over the channel-wise average and max. SiLU in the MLP, as in the network's SE."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.spatial = nn.Conv2d(2, 1, CBAM_SPATIAL_KERNEL, padding=CBAM_SPATIAL_KERNEL // 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mlp = lambda s: self.fc2(nn.functional.silu(self.fc1(s)))  # noqa: E731
+        x = x * torch.sigmoid(mlp(x.mean((2, 3), keepdim=True)) + mlp(x.amax((2, 3), keepdim=True)))
+        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(pooled))
+
+
+def attention(block: Block) -> list[nn.Module]:
+    """The block's attention module on its expanded channels ([] for none)."""
+    if block.attention == "se":
+        return [SqueezeExcite(block.expanded, block.squeeze)]
+    if block.attention == "eca":
+        return [ECA(block.eca_kernel)]
+    if block.attention == "cbam":
+        return [CBAM(block.expanded, block.squeeze)]
+    return []
+
+
+def block_layers(block: Block, bn: tuple[float, float]) -> list[nn.Module]:
+    """MBConv: expand 1x1 -> depthwise kxk -> attention -> project 1x1. Fused-MBConv: expand kxk -> project 1x1,
+    or one kxk conv without expansion (torchvision's order, so its weights load by index)."""
+    mid, cin, cout = block.expanded, block.in_channels, block.out_channels
+    if block.fused:
+        if not block.has_expansion:
+            return [ConvBNAct(cin, cout, block.kernel, block.stride, bn=bn)]
+        return [ConvBNAct(cin, mid, block.kernel, block.stride, bn=bn), ConvBNAct(mid, cout, 1, act=False, bn=bn)]
+    expand = [ConvBNAct(cin, mid, 1, bn=bn)] if block.has_expansion else []
+    return [*expand, ConvBNAct(mid, mid, block.kernel, block.stride, groups=mid, bn=bn), *attention(block),
+            ConvBNAct(mid, cout, 1, act=False, bn=bn)]
+
+
 class MBConv(nn.Module):
-    """Inverted residual: expand 1x1 -> depthwise kxk -> SE -> project 1x1 (+ residual). Shape from ``Block``."""
+    """Inverted residual (MBConv or Fused-MBConv, ``block_layers``) with a residual where shapes match. Shape from
+    ``Block``."""
 
     def __init__(self, block: Block, drop_path: float, bn: tuple[float, float]) -> None:
         super().__init__()
-        mid = block.expanded
-        layers: list[nn.Module] = []
-        if block.has_expansion:
-            layers.append(ConvBNAct(block.in_channels, mid, 1, bn=bn))
-        layers += [
-            ConvBNAct(mid, mid, block.kernel, block.stride, groups=mid, bn=bn),
-            SqueezeExcite(mid, block.squeeze),
-            ConvBNAct(mid, block.out_channels, 1, act=False, bn=bn),
-        ]
-        self.block = nn.Sequential(*layers)
+        self.block = nn.Sequential(*block_layers(block, bn))
         self.residual = block.residual
         self.drop_path = drop_path
 
@@ -79,7 +124,7 @@ class MBConv(nn.Module):
 
 
 class EfficientNet(nn.Module):
-    """The network for one spec: ``features`` (stem, seven stages, head conv), pooling, classifier."""
+    """The network for one spec: ``features`` (stem, the stages, head conv), pooling, classifier."""
 
     def __init__(self, spec: ScalingSpec) -> None:
         super().__init__()
@@ -146,8 +191,12 @@ def torchvision_name(spec: Any) -> str:
     if isinstance(spec, BaselineSpec):
         return spec.model
     if spec.variant is None:
-        raise ValueError("variant: ImageNet weights exist only for the official variants b0-b7 and the baselines")
-    return f"efficientnet_{spec.variant}"
+        raise ValueError("variant: ImageNet weights exist only for the official variants (b0-b7, v2-s/m/l) and the "
+                         "baselines")
+    if not spec.paper_block:
+        raise ValueError(f"attention: ImageNet weights exist only for {spec.variant.upper()}'s own blocks "
+                         f"({spec.name} changes them); train it from scratch or from a finished run")
+    return f"efficientnet_{spec.variant.replace('-', '_')}"
 
 
 def head_prefix(spec: Any) -> str:

@@ -166,8 +166,11 @@ class TrainConfig:
             raise ValueError(f"pretrained: torchvision's ImageNet weights fit {self.spec.name} only in the imagenet "
                              "geometry (its cifar stem is new); choose geometry imagenet or train it from scratch")
         if not isinstance(self.spec, BaselineSpec) and not self.spec.is_official:
-            raise ValueError(f"pretrained: ImageNet weights exist only for the official variants B0-B7 (and the "
-                             f"baselines); {self.spec.name} is a custom spec (train it from scratch)")
+            raise ValueError(f"pretrained: ImageNet weights exist only for the official variants B0-B7 and V2-S/M/L "
+                             f"(and the baselines); {self.spec.name} is a custom spec (train it from scratch)")
+        if not isinstance(self.spec, BaselineSpec) and not self.spec.paper_block:
+            raise ValueError(f"pretrained: ImageNet weights exist only for {self.spec.variant.upper()}'s own blocks; "
+                             f"{self.spec.name} changes them (train it from scratch, or from a finished run)")
         if self.spec.normalization != normalization_for(pretrained=True):
             raise ValueError("pretrained: needs the spec's normalization='imagenet' (the statistics the weights "
                              "were trained with)")

@@ -7,12 +7,14 @@ import dataclasses
 
 from effnet.arch.baselines import MODELS
 from effnet.arch.scaling import (
+    ATTENTIONS,
     GEOMETRIES,
-    OFFICIAL,
     PAPER_ALPHA,
     PAPER_BETA,
     PAPER_GAMMA,
     SCALINGS,
+    SE_RATIO,
+    VARIANTS,
 )
 from effnet.arch.specs import Spec
 from effnet.training import plan
@@ -25,7 +27,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser, num_classes_default: int
     g.add_argument("--model", choices=["efficientnet", *MODELS], type=str.lower, default="efficientnet",
                    help="a conventional network instead of EfficientNet (torchvision's; --geometry, --num-classes "
                         "and --base-resolution apply)")
-    g.add_argument("--variant", choices=sorted(OFFICIAL), type=str.lower, help="an official variant (b0-b7)")
+    g.add_argument("--variant", choices=VARIANTS, type=str.lower, help="an official variant (b0-b7, v2-s, v2-m, v2-l)")
     g.add_argument("--phi", type=float, help="compound coefficient of a custom spec")
     g.add_argument("--alpha", type=float, default=PAPER_ALPHA, help="depth base (default %(default)s)")
     g.add_argument("--beta", type=float, default=PAPER_BETA, help="width base (default %(default)s)")
@@ -37,6 +39,12 @@ def add_spec_arguments(parser: argparse.ArgumentParser, num_classes_default: int
     g.add_argument("--dropout", type=float)
     g.add_argument("--scaling", choices=SCALINGS, default="compound",
                    help="compound, or one dimension alone at the compound model's actual multiply-adds (card.at_equal_macs)")
+    b = parser.add_argument_group("block (defaults: the paper's MBConv with SE 0.25)")
+    b.add_argument("--attention", type=str.lower, metavar="{" + ",".join(ATTENTIONS) + "}",
+                   help="attention in every MBConv stage, or one per stage joined by commas (se,se,eca,...)")
+    b.add_argument("--se-ratio", type=float, help=f"SE's (and CBAM's) bottleneck ratio (default {SE_RATIO})")
+    b.add_argument("--fused-stages", type=int, metavar="N",
+                   help="the first N stages Fused-MBConv (default: none for b0-b7 and custom specs, 3 for V2)")
 
 
 def spec_from_args(args: argparse.Namespace, num_classes: int | None = None,
@@ -46,18 +54,22 @@ def spec_from_args(args: argparse.Namespace, num_classes: int | None = None,
     baseline = getattr(args, "model", "efficientnet") != "efficientnet"
     if baseline:
         given = [flag for flag, value in (("--variant", args.variant), ("--phi", args.phi),
-                                          ("--output-stride", args.output_stride), ("--dropout", args.dropout))
+                                          ("--output-stride", args.output_stride), ("--dropout", args.dropout),
+                                          ("--attention", args.attention), ("--se-ratio", args.se_ratio),
+                                          ("--fused-stages", args.fused_stages))
                  if value is not None] + (["--scaling"] if args.scaling != "compound" else [])
         if given:
-            raise ValueError(f"model: {', '.join(given)} describe an EfficientNet, not {MODELS[args.model][0]}")
+            raise ValueError(f"model: {', '.join(given)} {'describes' if len(given) == 1 else 'describe'} an EfficientNet, "
+                             f"not {MODELS[args.model][0]}")
     elif (args.variant is None) == (args.phi is None):
-        raise ValueError("variant: give either --variant b0..b7 or --phi (with --alpha/--beta/--gamma)")
+        raise ValueError("variant: give either --variant (b0..b7, v2-s/m/l) or --phi (with --alpha/--beta/--gamma)")
     custom = plan.Custom(args.phi, args.alpha, args.beta, args.gamma) if args.phi is not None else None
     return plan.specs([args.variant] if args.variant else [], [args.model] if baseline else [],
                       None if baseline else custom, scaling=args.scaling, geometry=args.geometry,
                       num_classes=num_classes if num_classes is not None else args.num_classes,
                       normalization=normalization or plan.input_statistics("scratch"),
-                      base_resolution=args.base_resolution, output_stride=args.output_stride, dropout=args.dropout)[0]
+                      base_resolution=args.base_resolution, output_stride=args.output_stride, dropout=args.dropout,
+                      block=plan.BlockChoice.of(args.attention, args.se_ratio, args.fused_stages))[0]
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from effnet.arch.baselines import BaselineSpec
 from effnet.arch.card import at_equal_macs
-from effnet.arch.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, ScalingSpec
+from effnet.arch.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SE_RATIO, ScalingSpec
 from effnet.arch.specs import Spec
 from effnet.base import files
 from effnet.data.cifar import DataError, data_dir
@@ -62,14 +62,32 @@ class Custom:
     gamma: float = PAPER_GAMMA
 
 
+@dataclass(frozen=True)
+class BlockChoice:
+    """The block an EfficientNet is built of (``ScalingSpec``'s block fields); the default is the paper's."""
+
+    attention: str = "se"
+    se_ratio: float = SE_RATIO
+    fused_stages: int | None = None
+
+    @classmethod
+    def of(cls, attention: str | None, se_ratio: float | None, fused_stages: int | None) -> BlockChoice:
+        """From optional flags: each one not given keeps the paper's."""
+        return cls(attention or "se", SE_RATIO if se_ratio is None else se_ratio, fused_stages)
+
+    def fields(self) -> dict[str, Any]:
+        return dict(attention=self.attention, se_ratio=self.se_ratio, fused_stages=self.fused_stages)
+
+
 def specs(variants: list[str], baselines: list[str], custom: Custom | None, *, scaling: str, geometry: str,
           num_classes: int, normalization: str, base_resolution: int | None = None, output_stride: int | None = None,
-          dropout: float | None = None) -> list[Spec]:
+          dropout: float | None = None, block: BlockChoice = BlockChoice()) -> list[Spec]:
     """The specs chosen: official variants (scaled by ``scaling`` at their budget), baselines, one custom spec
-    (``base_resolution``, ``output_stride``, ``dropout``: the command line's finer knobs; None keeps the defaults)."""
+    (``base_resolution``, ``output_stride``, ``dropout``: the command line's finer knobs; None keeps the defaults),
+    the EfficientNets all built of ``block``."""
     common: dict[str, Any] = dict(geometry=geometry, num_classes=num_classes, normalization=normalization,
                                   base_resolution=base_resolution)
-    scaled = common | dict(output_stride=output_stride, dropout=dropout)
+    scaled = common | dict(output_stride=output_stride, dropout=dropout) | block.fields()
     # One dimension alone is scaled to the compound model's actual multiply-adds (card.at_equal_macs), as in the
     # studies: the nominal 2^phi made "B3 by depth" 1.73x B3's cost.
     chosen: list[Spec] = [at_equal_macs(ScalingSpec.official(v.lower(), **scaled), scaling) for v in variants]
