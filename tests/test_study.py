@@ -355,3 +355,57 @@ def test_study_page_starts_a_grid_study_through_the_queue(monkeypatch, tmp_path,
     assert at.radio(key="mode").value == "Custom φ, α, β, γ"
     assert [at.number_input(key=f"{k}_input").value for k in ("alpha", "beta", "gamma")] == [
         best["alpha"], best["beta"], best["gamma"]]
+
+
+# ----------------------------------------------------------------------------- the attention study
+TINY = ["--phi", "-4", "--alpha", "3", "--beta", "3", "--gamma", "1"]  # 8-channel stages: seconds per run
+
+
+def test_attention_plan_keeps_the_backbone_and_refuses_unknown_kinds():
+    b0 = ScalingSpec.official("b0")
+    plan = study.attention_plan(b0, ["se", "eca", "none"], se_ratios=[0.125, 0.25])
+    assert [study.row_name("attention", r) for r in plan] == ["SE 0.125", "SE", "ECA", "no attention"]
+    assert all(r["spec"].stages[3].out_channels == b0.stages[3].out_channels for r in plan)
+    with pytest.raises(ValueError, match="^attentions: 'sk' is not one of"):
+        study.attention_plan(b0, ["se", "sk"])
+    with pytest.raises(ValueError, match="^attentions: each kind"):
+        study.attention_plan(b0, ["se", "se"])
+
+
+def test_attention_study_from_the_command_line_and_on_the_page(monkeypatch, tmp_path, cifar_dir):
+    root, out = tmp_path / "ck", tmp_path / "ck" / "studies" / "attention"
+    done = cli("effnet.study", "attention", *TINY, *TRAIN, "--subset", "32", "--data-dir", str(cifar_dir),
+               "--out", str(out), "--checkpoints", str(root), "--wait")
+    assert done.returncode == 0, done.stderr
+    data = json.loads((out / study.STUDY).read_text())
+    assert data["kind"] == "attention"
+    assert [r["attention"] for r in data["runs"]] == ["se", "eca", "cbam", "none"]
+    loaded = study.load(out, root)
+    assert all(r.state == "finished" and r.info.spec.attention == r.row["attention"] for r in loaded.runs)
+    assert [r.info.label.split(" · ")[:2] for r in loaded.runs][1] == ["φ=-4 (α=3, β=3, γ=1)", "ECA"]
+    assert len({r.row["params"] for r in loaded.runs}) == 4  # each attention costs its own parameters
+
+    at = study_page(monkeypatch, root, cifar_dir)
+    assert list(at.dataframe[0].value["attention"]) == ["SE", "ECA", "CBAM", "no attention"]
+    assert len(at.get("plotly_chart")) == 1
+    assert any(m.value.startswith("**Faithfulness (ROAD)") for m in at.markdown)  # CAMs scored per attention
+    refused = cli("effnet.study", "attention", *TINY, "--attention", "eca", *TRAIN, "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "leave --attention and --se-ratio out" in refused.stderr
+
+
+def test_study_page_starts_an_attention_study(monkeypatch, tmp_path, cifar_dir):
+    root = tmp_path / "checkpoints"
+    at = study_page(monkeypatch, root, cifar_dir)
+    at.radio(key="s_kind").set_value("attention").run()
+    at.number_input(key="s_att_phi").set_value(-4.0)
+    at.multiselect(key="s_attentions").set_value(["none", "eca"])
+    for key, value in {"s_epochs": 1, "s_subset": 32, "s_evals": 32, "s_batch": 32}.items():
+        at.number_input(key=key).set_value(value)
+    at.button(key="s_start").click().run()
+    assert not at.exception and at.success, [e.value for e in at.error]
+    [folder] = study.list_studies(root)
+    done = study.wait(folder, root, poll_s=0.5)
+    assert [(r.row["attention"], r.state) for r in done.runs] == [("none", "finished"), ("eca", "finished")]
+    at.text_input(key="s_se_ratios").set_value("0.2x")
+    at.button(key="s_start").click().run()
+    assert any("SE ratios: expected numbers separated by commas" in e.value for e in at.error), [e.value for e in at.error]

@@ -10,6 +10,7 @@ from effnet.arch.baselines import MODELS as BASELINES
 from effnet.arch.baselines import BaselineSpec, is_counted
 from effnet.arch.card import at_equal_macs, official_vs_formula, scaling_methods, side_by_side
 from effnet.arch.scaling import (
+    ATTENTIONS,
     COEFFICIENT_RANGE,
     CONSTRAINT_TARGET,
     DEFAULT_BASE_RESOLUTION,
@@ -19,11 +20,15 @@ from effnet.arch.scaling import (
     PAPER_BETA,
     PAPER_GAMMA,
     PHI_RANGE,
+    V2,
+    VARIANTS,
 )
 from effnet.base.text import si
 from effnet.training.devices import check_memory
 from views.prefill import CUSTOM_MODE, OFFICIAL_MODE, TABS
-from views.widgets import chart, linked_number
+from views.widgets import block_widgets, chart, linked_number
+
+OTHER_SCALING, OTHER_BLOCK = "another variant or scaling method", "A with another attention"
 
 
 def compared(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -50,7 +55,9 @@ controls, main = st.columns([1, 2.2], gap="large")
 with controls:
     mode = st.radio("Model", [OFFICIAL_MODE, CUSTOM_MODE], horizontal=True, key="mode")
     if mode == OFFICIAL_MODE:
-        variant = st.select_slider("Variant", options=[v.upper() for v in OFFICIAL], key="variant")
+        variant = st.select_slider("Variant", options=[v.upper() for v in VARIANTS], key="variant",
+                                   help="B0-B7: compound-scaled from B0. V2-S/M/L: EfficientNetV2, its own tables "
+                                        "(Fused-MBConv in the first stages).")
     else:
         phi = linked_number("φ (compound coefficient)", "phi", PHI_RANGE[0], PHI_RANGE[1], 0.1, 1.0,
                             help="Negative φ gives models smaller than B0, handy for CPU demos.")
@@ -64,13 +71,16 @@ with controls:
                                       key=f"base_{geometry}")
     num_classes = st.number_input("Classes", 1, 100_000, 100, key="classes")
     batch = st.number_input("Batch size (for the memory estimate)", 1, 4096, 128, key="batch")
+    table = V2[variant.lower()].stages if mode == OFFICIAL_MODE and variant.lower() in V2 else None
+    st.markdown("**Block**")
+    block = block_widgets("block", len(table) if table else 7, sum(s.fused for s in table) if table else 0)
 
 try:
     common = dict(geometry=geometry, num_classes=int(num_classes), base_resolution=int(base_resolution))
     if mode == OFFICIAL_MODE:
-        spec = ScalingSpec.official(variant.lower(), **common)
+        spec = ScalingSpec.official(variant.lower(), **common, **block.fields())
     else:
-        spec = ScalingSpec(phi=phi, alpha=alpha, beta=beta, gamma=gamma, **common)
+        spec = ScalingSpec(phi=phi, alpha=alpha, beta=beta, gamma=gamma, **common, **block.fields())
     card = model_card(spec)
 except ValueError as exc:
     main.error(f"This spec cannot be built: {exc}")
@@ -90,10 +100,15 @@ with main:
                    help='Multiply-adds for one image: what the paper calls "FLOPs".')
     row2[2].metric("Final feature map", f"{card.final_map}×{card.final_map}")
     row3 = st.columns(3)
-    row3[0].metric("FLOPs vs φ=0", f"×{card.flops_ratio:.2f}",
-                   help="Actual multiply-adds against φ=0, from the rounded channels, repeats and resolution.")
-    row3[1].metric("Formula said", f"×{spec.predicted_flops_ratio:.2f}",
-                   help="d·w²·r² from the unrounded multipliers: what compound scaling promises.")
+    if spec.is_v2:  # not on B0's scaling line: its cost against B0 is the comparison that means something
+        row3[0].metric("FLOPs vs B0", f"×{card.flops_ratio:.2f}", help="Actual multiply-adds against B0 in this "
+                       "geometry: V2 is sized by its own table, not by φ.")
+        row3[1].metric("Stages", f"{len(spec.stages)} ({sum(s.fused for s in spec.stages)} fused)")
+    else:
+        row3[0].metric("FLOPs vs φ=0", f"×{card.flops_ratio:.2f}",
+                       help="Actual multiply-adds against φ=0, from the rounded channels, repeats and resolution.")
+        row3[1].metric("Formula said", f"×{spec.predicted_flops_ratio:.2f}",
+                       help="d·w²·r² from the unrounded multipliers: what compound scaling promises.")
     need = card.train_memory_bytes(int(batch))
     row3[2].metric("Training memory", f"{need / 1024**3:.2f} GiB",
                    help=f"Estimate at batch {batch}: fp32 activations kept for backward plus weights, gradients and "
@@ -102,12 +117,18 @@ with main:
         check_memory(card, int(batch), "auto")
     except ValueError as exc:
         st.warning(f"The Train page will refuse this model here: {str(exc).split(': ', 1)[1]}")
-    st.markdown(f"**Constraint** α·β²·γ² = **{spec.constraint:.3f}**"
-                + ("" if spec.variant is None else " (of the formula; the released variant sets its own multipliers)"))
-    if spec.constraint_off:
+    if not spec.is_v2:
+        st.markdown(f"**Constraint** α·β²·γ² = **{spec.constraint:.3f}**"
+                    + ("" if spec.variant is None else " (of the formula; the released variant sets its own "
+                       "multipliers)"))
+    if spec.constraint_off and not spec.is_v2:
         st.warning(f"α·β²·γ² = {spec.constraint:.2f} is far from {CONSTRAINT_TARGET:g}: each unit of φ multiplies "
                    f"the FLOPs by about {spec.constraint:.2f} instead of the paper's {CONSTRAINT_TARGET:g}.")
-    if spec.variant not in (None, "b0"):
+    if spec.is_v2:
+        st.info(f"{spec.name} is EfficientNetV2 (Tan & Le, 2021) as torchvision builds it: its first "
+                f"{sum(s.fused for s in spec.stages)} stages are Fused-MBConv (depthwise convolutions are slow on "
+                "accelerators), without attention there; S, M and L were sized by hand, not by φ.")
+    elif spec.variant not in (None, "b0"):
         st.info(f"{spec.name} as released: depth ×{spec.depth_mult:g}, width ×{spec.width_mult:g}, "
                 f"{spec.resolution} px. The formula α^φ, β^φ, γ^φ at φ={spec.phi:g} would give depth "
                 f"×{spec.formula_depth_mult:.2f}, width ×{spec.formula_width_mult:.2f}, {spec.formula_resolution} px: "
@@ -131,8 +152,9 @@ stages_tab, compare_tab, curves_tab, methods_tab, speed_tab = st.tabs(
 
 with stages_tab:
     if stages_tab.open:
-        reference = model_card(spec.baseline)
-        chart(network_picture(card, None if reference.stages == card.stages else reference), "network",
+        reference = None if spec.is_v2 else model_card(spec.baseline)  # a V2 has its own stages, not B0's
+        same = reference is None or reference.stages == card.stages
+        chart(network_picture(card, None if same else reference), "network",
               note="Each block is a stage: wider means more channels, taller means larger feature maps, ×n the "
                    "repeats; the dotted outline is B0. Look for how φ grows all three at once.")
         table = pd.DataFrame([{
@@ -145,15 +167,27 @@ with stages_tab:
 
 with compare_tab:
     if compare_tab.open:
-        cols = st.columns([1, 1, 2])
-        other_variant = cols[0].selectbox("B: variant", [v.upper() for v in OFFICIAL], index=3, key="cmp_variant")
-        other_method = cols[1].selectbox("B: scaled by", list(METHOD_NAMES), format_func=METHOD_NAMES.get,
-                                         index=1, key="cmp_method")
-        cols[2].markdown(f"**A** = {spec.name} (the spec on the left), **B** = {other_variant} scaled by "
-                         f"{METHOD_NAMES[other_method]} at {other_variant}'s actual multiply-adds (as the Train page "
-                         "and the studies scale). Cells where B differs from A are highlighted.")
+        against = st.radio("B", [OTHER_SCALING, OTHER_BLOCK], horizontal=True, key="cmp_kind")
+        if against == OTHER_BLOCK:
+            cols = st.columns([1, 2])
+            other_attention = cols[0].selectbox("B: attention", list(ATTENTIONS), format_func=ATTENTIONS.get,
+                                                index=1, key="cmp_attention")
+            label = f"{spec.name} with {ATTENTIONS[other_attention]} in every MBConv stage"
+        else:
+            cols = st.columns([1, 1, 2])
+            other_variant = cols[0].selectbox("B: variant", [v.upper() for v in OFFICIAL], index=3, key="cmp_variant")
+            other_method = cols[1].selectbox("B: scaled by", list(METHOD_NAMES), format_func=METHOD_NAMES.get,
+                                             index=1, key="cmp_method")
+            label = (f"{other_variant} scaled by {METHOD_NAMES[other_method]} at {other_variant}'s actual "
+                     "multiply-adds (as the Train page and the studies scale)")
+        cols[-1].markdown(f"**A** = {spec.name} (the spec on the left), **B** = {label}. Cells where B differs "
+                          "from A are highlighted.")
         try:
-            other = at_equal_macs(ScalingSpec.official(other_variant.lower(), **common), other_method)
+            if against == OTHER_BLOCK:
+                other = spec.replace(attention=other_attention)
+            else:
+                other = at_equal_macs(ScalingSpec.official(other_variant.lower(), **common, **block.fields()),
+                                      other_method)
             rows = side_by_side(card, model_card(other))
         except ValueError as exc:
             st.error(f"B cannot be built: {exc}")
@@ -161,8 +195,9 @@ with compare_tab:
             text, style = compared(rows)
             st.dataframe(text.style.apply(lambda _: style, axis=None), width="stretch", height=390)
             st.caption("Per stage: the side of its output feature map, repeats, output channels, params and "
-                       "multiply-adds; \"A → B\" where B differs. Look for where each spec spends its budget: compound grows every "
-                       "column a little, one dimension alone grows one column a lot.")
+                       "multiply-adds; \"A → B\" where B differs. Look for where each spec spends its budget: compound "
+                       "grows every column a little, one dimension alone grows one column a lot; another attention "
+                       "changes only params and MACs, the shapes stay.")
         st.markdown("**Or against a conventional network** (torchvision's, counted once with FlopCounterMode): "
                     "its own stages, and its totals beside A's.")
         baseline = st.selectbox("Network", list(BASELINES), format_func=lambda m: BASELINES[m][0], key="cmp_baseline")

@@ -12,7 +12,7 @@ import streamlit as st
 
 EXPLORER, TRAIN = "views/explorer.py", "views/train.py"
 # The explorer's model radio and tabs (key "mode" and "explorer_tab").
-OFFICIAL_MODE, CUSTOM_MODE = "Official B0-B7", "Custom φ, α, β, γ"
+OFFICIAL_MODE, CUSTOM_MODE = "Official (B0-B7, V2)", "Custom φ, α, β, γ"
 TABS = ("Stages", "Compare two specs", "Scaling curves", "Scaling methods", "Speed on this machine")
 METHODS_TAB = "Scaling methods"
 

@@ -9,9 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from effnet import OFFICIAL, ScalingSpec
-from effnet.analysis.cam import cam_budget, colour_bar
-from effnet.analysis.charts import METHOD_NAMES, grid_search, methods_comparison
-from effnet.arch.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
+from effnet.analysis.cam import ROAD_NOTE, cam_budget, colour_bar
+from effnet.analysis.charts import METHOD_NAMES, attention_comparison, grid_search, methods_comparison
+from effnet.arch.scaling import ATTENTIONS, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, VARIANTS
 from effnet.base.access import readonly
 from effnet.data.cifar import DataError
 from effnet.data.images import UPLOAD_TYPES
@@ -41,12 +41,15 @@ root = runs.checkpoints_dir()
 who = caller()
 has_gpu = device_slots()[0].startswith("cuda")
 CUSTOM = "custom φ (one or more budgets)"
-KIND_NAMES = {"methods": "Scaling methods at equal cost", "grid": "Coefficient grid search (α, β, γ at φ=1)"}
+KIND_NAMES = {"methods": "Scaling methods at equal cost", "grid": "Coefficient grid search (α, β, γ at φ=1)",
+              "attention": "Attention: SE, ECA, CBAM, none"}
+CUSTOM_BACKBONE = "custom φ"
 
 st.title("Studies")
 st.caption("The study's experiments as one action each: compound scaling against one dimension alone at the same "
-           "actual multiply-adds, and the grid search that found α=1.2, β=1.1, γ=1.15. A study's runs go through "
-           "the same queue as the Train page's and appear on every page.")
+           "actual multiply-adds, the grid search that found α=1.2, β=1.1, γ=1.15, and its future work: the "
+           "attention in every block. A study's runs go through the same queue as the Train page's and appear on "
+           "every page.")
 
 
 # ----------------------------------------------------------------------------- start a study
@@ -61,6 +64,16 @@ def start_form() -> None:
                                                      "the same actual multiply-adds.")
         phis = right.text_input("φ values (comma separated)", "1, 2" if has_gpu else "-1", key="s_phis",
                                 disabled=budget != CUSTOM, help="One study row per φ: a curve per method.")
+    elif kind == "attention":
+        cols = st.columns(4)
+        backbone = cols[0].selectbox("Backbone", [*(v.upper() for v in VARIANTS), CUSTOM_BACKBONE], key="s_backbone",
+                                     index=len(VARIANTS), help="Every run has this shape; only the attention changes.")
+        phi = cols[1].number_input("φ", value=-1.0 if not has_gpu else 0.0, step=0.5, key="s_att_phi",
+                                   disabled=backbone != CUSTOM_BACKBONE)
+        kinds = cols[2].multiselect("Attentions", list(ATTENTIONS), default=list(ATTENTIONS), key="s_attentions",
+                                    format_func=ATTENTIONS.get)
+        ratios = cols[3].text_input("SE ratios (comma separated)", "0.25", key="s_se_ratios",
+                                    help="SE once per ratio (the paper's 0.25); e.g. 0.125, 0.25, 0.5")
     else:
         cols = st.columns(3)
         step = cols[0].number_input("Grid step", value=study.GRID_STEP, min_value=0.001, step=0.05, format="%.3f",
@@ -93,17 +106,23 @@ def start_form() -> None:
     try:
         if kind == "methods":
             spec = (ScalingSpec(phi=0.0) if budget == CUSTOM else ScalingSpec.official(budget.lower()))
-            values = [float(x) for x in phis.split(",") if x.strip()] if budget == CUSTOM else None
+            values = study.numbers(phis, "φ values") if budget == CUSTOM else None
             if budget == CUSTOM and not values:
                 raise ValueError("φ values: give at least one, e.g. 1, 2, 3")
             out = study.new_study_dir(root, f"methods-{budget if budget != CUSTOM else 'phi'}")
             made = study.queue_methods(spec, config, out, values, root, who)
+        elif kind == "attention":
+            spec = (ScalingSpec(phi=float(phi)) if backbone == CUSTOM_BACKBONE
+                    else ScalingSpec.official(backbone.lower()))
+            values = study.numbers(ratios, "SE ratios")
+            out = study.new_study_dir(root, f"attention-{spec.name}")
+            made = study.queue_attention(spec, config, out, kinds, values or None, root, who)
         else:
             out = study.new_study_dir(root, "grid")
             made = study.queue_grid(config, out, step=float(step), tolerance=float(tolerance),
                                     max_points=int(points), ranges=ranges, root=root, caller=who)
     except (ValueError, TypeError, PermissionError, RuntimeError) as exc:  # RuntimeError: Slurm not answering
-        refused(exc, feedback)
+        refused(exc, feedback)  # a bad φ value or SE ratio ("0.2x") is a ValueError too
         return
     st.session_state.s_open = out.name
     feedback.success(f"Queued {len(made['runs'])} runs; the study is open below.")
@@ -116,7 +135,8 @@ with st.expander("Start a study", expanded=not studies):
     warn_if_no_cifar()
     start_form()
     st.markdown("On a GPU machine the same from the command line: `python -m effnet.study methods --variant b3 "
-                "--epochs 30 --out DIR --wait` or `python -m effnet.study grid --max-points 12 --out DIR --wait`.")
+                "--epochs 30 --out DIR --wait`, `python -m effnet.study grid --max-points 12 --out DIR --wait` or "
+                "`python -m effnet.study attention --variant b0 --attentions se,eca,cbam,none --out DIR --wait`.")
 studies = study.list_studies(root)
 if not studies:
     st.info("No study yet: start one above, or import a bundle (at the bottom of this page) trained elsewhere.")
@@ -149,8 +169,12 @@ def _pct(value: float | None) -> float | None:
 def rows_table(s: study.Study) -> pd.DataFrame:
     rows = []
     for r in s.runs:
-        first = ({"method": METHOD_NAMES[r.row["method"]], "φ": r.row.get("phi")} if s.kind == "methods" else
-                 {"α": r.row["alpha"], "β": r.row["beta"], "γ": r.row["gamma"], "α·β²·γ²": r.row.get("constraint")})
+        if s.kind == "methods":
+            first = {"method": METHOD_NAMES[r.row["method"]], "φ": r.row.get("phi")}
+        elif s.kind == "attention":
+            first = {"attention": study.row_name(s.kind, r.row)}
+        else:
+            first = {"α": r.row["alpha"], "β": r.row["beta"], "γ": r.row["gamma"], "α·β²·γ²": r.row.get("constraint")}
         progress = runs.progress(r.info).text if r.info is not None else "missing"
         rows.append(first | {"MACs (M)": round(r.row["macs"] / 1e6, 1), "params (M)": round(r.row["params"] / 1e6, 2),
                              "state": progress if r.state not in ("failed", "damaged") else r.state,
@@ -190,6 +214,21 @@ def show_methods(s: study.Study) -> None:
                "runs of one budget sit at the same cost. Look for compound (thick line) above the others.")
 
 
+def show_attention(s: study.Study) -> None:
+    points = [(study.row_name(s.kind, r.row), r.row["params"], r.best_val, r.test_at_best_val) for r in s.runs
+              if r.test_at_best_val is not None]
+    if not points:
+        st.info("No run has finished an epoch yet; the chart appears as they do.")
+        return
+    chart(attention_comparison(points), "attention_chart",
+          note="Each attention on the same backbone, trained alike: test top-1 at the best validation epoch (filled) "
+               "and that validation top-1 (ring) against parameters. Look for whether SE's extra parameters buy "
+               "accuracy over none, and whether ECA gets it with almost none.")
+
+
+SHOW = {"methods": show_methods, "grid": show_grid, "attention": show_attention}
+
+
 @st.fragment(run_every=2)
 def live(path: Path) -> None:
     """The study's runs as they train (re-read every 2 s: state lives on disk, shared by every session)."""
@@ -208,18 +247,27 @@ def live(path: Path) -> None:
             st.error(f"{plain(r.info.label)}: {plain(r.info.error.splitlines()[0])}")
     if (warning := s.near_chance()) is not None:
         st.warning(warning)
-    (show_methods if s.kind == "methods" else show_grid)(s)
+    SHOW[s.kind](s)
 
 
-def method_cams(s: study.Study) -> None:
-    """The four methods' CAMs side by side for chosen images (uploaded or CIFAR-100 test images)."""
-    st.subheader("What each method looks at")
-    phis = sorted({r.row["phi"] for r in s.runs})
-    phi = st.selectbox("Budget (φ)", phis, key="s_cam_phi") if len(phis) > 1 else phis[0]
-    shown = [r for r in s.runs if r.row["phi"] == phi and r.info is not None and not r.info.damaged]
+def study_cams(s: study.Study) -> None:
+    """The study's models' CAMs side by side for chosen images (uploaded or test images): the four methods at one
+    budget, or each attention with its ROAD faithfulness (does attention change where the model looks?)."""
+    st.subheader("What each method looks at" if s.kind == "methods" else "Where each attention looks")
+    shown = [r for r in s.runs if r.info is not None and not r.info.damaged]
+    if s.kind == "methods":
+        phis = sorted({r.row["phi"] for r in s.runs})
+        phi = st.selectbox("Budget (φ)", phis, key="s_cam_phi") if len(phis) > 1 else phis[0]
+        shown = [r for r in shown if r.row["phi"] == phi]
     row_of = {r.info.run_id: r.row for r in shown}  # each model captioned by its own run's row, whichever loaded
-    models = [(f"{METHOD_NAMES[row_of[info.run_id]['method']]} ({row_of[info.run_id]['macs'] / 1e6:,.0f} M MACs)",
-               model, spec, names) for info, model, spec, names in load_run_models([r.info for r in shown])]
+
+    def caption(row: dict) -> str:
+        if s.kind == "methods":
+            return f"{METHOD_NAMES[row['method']]} ({row['macs'] / 1e6:,.0f} M MACs)"
+        return f"{study.row_name(s.kind, row)} ({row['params'] / 1e6:,.2f} M params)"
+
+    models = [(caption(row_of[info.run_id]), model, spec, names)
+              for info, model, spec, names in load_run_models([r.info for r in shown])]
     images: list[tuple[str, object]] = []
     left, right = st.columns(2)
     for upload in left.file_uploader("Images (PNG, JPEG, WebP, GIF, BMP, TIFF)", type=list(UPLOAD_TYPES),
@@ -237,11 +285,12 @@ def method_cams(s: study.Study) -> None:
         st.caption("Maps appear once the runs have a checkpoint and an image is chosen.")
         return
     st.image(colour_bar(), caption="dark purple: no evidence · yellow: strongest evidence", width=420)
+    road = s.kind == "attention"
     _, fit = cam_budget(len(models), len(images), "gradcam", sanity=False)
     for name, raw in images[:fit]:
-        cam_strip(name, raw, models, "gradcam", 0.5)
-    st.caption("Grad-CAM on each method's model at the same cost (the other CAM methods are on the Class activation "
-               "maps page). Look for which model looks at the object rather than the background.")
+        cam_strip(name, raw, models, "gradcam", 0.5, road=road)
+    st.caption("Grad-CAM on each model (the other CAM methods are on the Class activation maps page). "
+               + (ROAD_NOTE if road else "Look for which model looks at the object rather than the background."))
 
 
 if studies:
@@ -252,8 +301,8 @@ if studies:
                           format_func=lambda n: study_title(studies[names.index(n)]))
     path = studies[names.index(opened)]
     live(path)
-    if isinstance(read_now[path], study.Study) and read_now[path].kind == "methods":
-        method_cams(read_now[path])
+    if isinstance(read_now[path], study.Study) and read_now[path].kind in ("methods", "attention"):
+        study_cams(read_now[path])
 
 
 # ----------------------------------------------------------------------------- bundles

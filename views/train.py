@@ -10,6 +10,7 @@ from effnet.analysis.charts import training_curves
 from effnet.arch.baselines import MODELS as BASELINES
 from effnet.arch.baselines import BaselineSpec
 from effnet.arch.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
+from effnet.arch.scaling import VARIANTS as ALL_VARIANTS
 from effnet.base.access import limits, nickname, readonly
 from effnet.base.text import si
 from effnet.data.cifar import DataError, data_dir
@@ -19,10 +20,12 @@ from effnet.training import plan, runs
 from effnet.training.config import AUGMENTATIONS, CIFAR_VAL_SIZE, QUICK_DEMO, QUICK_DEMO_PHI, SCHEDULES, TrainConfig
 from effnet.training.config import SEED_STUDY as SEED
 from effnet.training.devices import device_slots
+from effnet.training.plan import BlockChoice
 from views.routes import download_url
-from views.widgets import caller, chart, fit_to_data, plain, refused, tidy_now, warn_if_no_cifar
+from views.widgets import block_widgets, caller, chart, fit_to_data, plain, refused, tidy_now, warn_if_no_cifar
 
-VARIANTS = [v.upper() for v in OFFICIAL]
+VARIANTS = [v.upper() for v in ALL_VARIANTS]  # B0-B7, then V2-S/M/L
+B_LINE = [v.upper() for v in OFFICIAL]  # the seed study's B0-B7
 CIFAR = "CIFAR-100"
 SHOWN_RUNS = 20  # run cards and curves on the page (every queued or training run is always among them)
 # The form's widgets (t_<name>) that are TrainConfig fields; their defaults and the presets come from effnet.
@@ -49,10 +52,12 @@ def form_settings() -> dict:
 DEFAULTS = {"variants": ["B0"], "baselines": [], "custom": False, "c_phi": QUICK_DEMO_PHI, "c_alpha": PAPER_ALPHA,
             "c_beta": PAPER_BETA, "c_gamma": PAPER_GAMMA, "scaling": "compound", "geometry": "cifar",
             "start": "scratch", "dataset": CIFAR, "init": None, **widget_values(TrainConfig().to_dict())}
+PAPER_BLOCK = {f"block_{k}": v for k, v in BlockChoice().fields().items()}  # the block widgets (t_block_*)
+DEFAULTS |= PAPER_BLOCK
 QUICK_CPU = {"variants": [], "baselines": [], "custom": True, "c_phi": QUICK_DEMO_PHI, "geometry": "cifar",
              **widget_values(QUICK_DEMO)}
-SEED_STUDY = {"variants": VARIANTS, "baselines": [], "custom": False, "scaling": "compound", "start": "scratch",
-              **widget_values(SEED)}
+SEED_STUDY = {"variants": B_LINE, "baselines": [], "custom": False, "scaling": "compound", "start": "scratch",
+              **PAPER_BLOCK, **widget_values(SEED)}
 
 for name, value in DEFAULTS.items():
     st.session_state.setdefault(f"t_{name}", value)
@@ -169,6 +174,8 @@ with st.form("new_runs"):
         cols[1].number_input("α", step=0.05, key="t_c_alpha", bind="query-params")
         cols[2].number_input("β", step=0.05, key="t_c_beta", bind="query-params")
         cols[3].number_input("γ", step=0.05, key="t_c_gamma", bind="query-params")
+        with st.expander("Block: attention, Fused-MBConv (default: the paper's MBConv with SE 0.25)"):
+            block_widgets("t_block")
         st.selectbox("Scaling method", SCALINGS, key="t_scaling",
                      help="compound, or one dimension alone at the compound model's actual multiply-adds (as the studies)")
         st.radio("Geometry", GEOMETRIES, horizontal=True, key="t_geometry", bind="query-params")
@@ -224,7 +231,8 @@ def planned_specs() -> list[ScalingSpec | BaselineSpec]:
     custom = plan.Custom(s.t_c_phi, s.t_c_alpha, s.t_c_beta, s.t_c_gamma) if s.t_custom else None
     return plan.specs(s.t_variants, s.t_baselines, custom, scaling=s.t_scaling, geometry=s.t_geometry,
                       num_classes=plan.class_count(dataset_kind(), own.get(s.t_dataset)),
-                      normalization=plan.input_statistics(s.t_start, init))
+                      normalization=plan.input_statistics(s.t_start, init),
+                      block=BlockChoice(s.t_block_attention, s.t_block_se_ratio, s.t_block_fused_stages))
 
 
 def dataset_kind() -> str:

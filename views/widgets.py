@@ -10,6 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from effnet.arch.scaling import ATTENTIONS, SE_RATIO
 from effnet.base import signin
 from effnet.base.access import (
     OWNER_COOKIE,
@@ -26,6 +27,7 @@ from effnet.base.access import (
 from effnet.base.text import without_controls
 from effnet.training import runs
 from effnet.training.checkpoint import CheckpointError
+from effnet.training.plan import BlockChoice
 
 
 def linked_number(label: str, key: str, low: float, high: float, step: float, default: float,
@@ -330,3 +332,44 @@ def cam_strip(name: str, raw: object, models: Sequence[tuple[str, object, object
             col.caption(f"ROAD is not computed here at {spec.resolution} px (seconds per map on a shared server); "
                         "`python -m effnet.cam` computes it.")
         col.markdown("\n".join(f"{k + 1}. {plain(names[c])} {100 * p:.1f}%" for k, (c, p) in enumerate(result.top5)))
+
+
+SE_RATIOS = (0.0625, 0.125, 0.25, 0.5, 1.0)
+
+
+def block_widgets(key: str, stages: int | None = None, table_fused: int = 0, where=st) -> BlockChoice:
+    """The block controls (attention, SE ratio, Fused-MBConv stages) under widget keys ``<key>_*``, and what they
+    choose. ``stages``: the spec's stage count (``table_fused`` of them fused by its own table), which offers one
+    attention per stage; None (several specs at once, as on the Train page) offers one for all."""
+    state = st.session_state
+    state.setdefault(f"{key}_attention", "se")
+    state.setdefault(f"{key}_se_ratio", SE_RATIO)
+    state.setdefault(f"{key}_fused_stages", None)
+    cols = where.columns(3)
+    attention = cols[0].selectbox("Attention", list(ATTENTIONS), format_func=ATTENTIONS.get, key=f"{key}_attention",
+                                  help="After each MBConv block's depthwise conv. SE: the paper's squeeze-and-"
+                                       "excitation; ECA: a 1-D conv across channels, no bottleneck; CBAM: SE's "
+                                       "bottleneck on average- and max-pooled features, then a 7x7 spatial gate.")
+    ratio = cols[1].selectbox("SE ratio", SE_RATIOS, key=f"{key}_se_ratio", format_func=lambda r: f"{r:g}",
+                              help="SE's (and CBAM's) bottleneck: this fraction of the block's input channels "
+                                   "(the paper's 0.25).")
+    fused = cols[2].selectbox("Fused-MBConv stages", [None, *range((stages or 7) + 1)], key=f"{key}_fused_stages",
+                              format_func=lambda n: "model's own" if n is None else f"first {n}",
+                              help="EfficientNetV2's block in the first N stages: one kxk conv instead of expand "
+                                   "1x1 + depthwise kxk (faster on GPUs; no attention). Model's own: none for "
+                                   "B0-B7, three for V2.")
+    if stages is not None and where.toggle("One attention per stage", key=f"{key}_per_stage"):
+        n_fused = table_fused if fused is None else fused
+        cols = where.columns(min(stages, 4))
+        kinds = []
+        for i in range(stages):  # a fused stage carries no attention: shown, fixed
+            box = cols[i % len(cols)]
+            if i < n_fused:
+                box.selectbox(f"Stage {i + 1} (fused)", ["none"], format_func=ATTENTIONS.get, disabled=True,
+                              key=f"{key}_stage_{i}_fused")
+                kinds.append("none")
+            else:
+                kinds.append(box.selectbox(f"Stage {i + 1}", list(ATTENTIONS), format_func=ATTENTIONS.get,
+                                           key=f"{key}_stage_{i}", index=list(ATTENTIONS).index(attention)))
+        attention = ",".join(kinds)
+    return BlockChoice(attention, ratio, fused)

@@ -126,7 +126,8 @@ def scaling_sweep(spec: ScalingSpec, metric: str) -> go.Figure:
 def network_picture(card: ModelCard, reference: ModelCard | None = None) -> go.Figure:
     """Stages as blocks: block height follows the output resolution, width the channels, label the repeats.
 
-    A faint outline of ``reference`` (B0 in the same geometry) shows what scaling changed.
+    A faint outline of ``reference`` (B0 in the same geometry, with as many stages) shows what scaling changed;
+    Fused-MBConv stages are orange.
     """
     fig = go.Figure()
     cards = [(reference, "rgba(0,0,0,0)", "#999999", "dot")] if reference is not None else []
@@ -137,7 +138,8 @@ def network_picture(card: ModelCard, reference: ModelCard | None = None) -> go.F
     x = 1.3 * len(card.stages)
     shapes = [{"type": "rect", "x0": pos, "x1": pos + _box_width(row, top_channels),
                "y0": -_box_height(row, top_size) / 2, "y1": _box_height(row, top_size) / 2,
-               "fillcolor": fill, "line": {"color": edge, "dash": dash, "width": 2}}
+               "fillcolor": FUSED_FILL if c is card and row.operator.startswith("Fused") else fill,
+               "line": {"color": edge, "dash": dash, "width": 2}}
               for c, fill, edge, dash in cards for pos, row in zip(positions, c.stages, strict=True)]
     notes = [{"x": pos + 0.5, "y": -0.55, "yanchor": "top", "showarrow": False, "font": {"size": 15},
               "text": f"{row.name}<br>{row.out_channels} ch<br>{row.output_size}×{row.output_size}<br>×{row.repeats}"}
@@ -146,8 +148,13 @@ def network_picture(card: ModelCard, reference: ModelCard | None = None) -> go.F
     fig.update_xaxes(visible=False, range=[-0.2, x + 0.2])
     fig.update_yaxes(visible=False, range=[-1.05, 0.55])
     note = " (dotted: B0)" if reference is not None else ""
+    if any(r.operator.startswith("Fused") for r in card.stages):
+        note += " (orange: Fused-MBConv)"
     return _layout(fig, f"{card.spec.name}: block width = channels, height = resolution{note}", height=420,
                    showlegend=False)
+
+
+FUSED_FILL = "rgba(230,159,0,0.6)"
 
 
 def _box_width(row: Any, top_channels: int) -> float:
@@ -362,3 +369,22 @@ def compression(points: Sequence[tuple[str, float, float]], x_title: str) -> go.
     fig.update_yaxes(title="test top-1 (%)")
     _pad_y(fig, [p[2] for p in points])
     return _layout(fig, f"Accuracy vs {x_title.split(' (')[0]}")
+
+
+@_memo
+def attention_comparison(points: Sequence[tuple[str, float, float | None, float | None]]) -> go.Figure:
+    """The attention study: top-1 against parameters, one labelled point per attention; (name, params, validation
+    top-1, test top-1 at that epoch) per run. The attentions differ by a few per cent in size, so the axis is linear."""
+    fig = go.Figure()
+    for i, (metric, index, symbol) in enumerate((("test (at best validation)", 3, "circle"),
+                                                 ("validation (best)", 2, "circle-open"))):
+        shown = [p for p in points if p[index] is not None]
+        fig.add_scatter(x=[p[1] for p in shown], y=[p[index] for p in shown], mode="markers+text" if i == 0 else
+                        "markers", text=[_text(p[0]) for p in shown], textposition="top center",
+                        textfont={"size": 15}, name=metric,
+                        marker={"size": 15, "symbol": symbol, "color": PALETTE[i], "line": {"width": 2}})
+    fig.update_xaxes(title="parameters", tickformat="~s")
+    fig.update_yaxes(title="top-1 (%)")
+    _pad_y(fig, [p[k] for p in points for k in (2, 3) if p[k] is not None])
+    return _layout(fig, "What each attention buys: top-1 against parameters",
+                   legend={"orientation": "h", "y": -0.25})

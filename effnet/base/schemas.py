@@ -173,6 +173,8 @@ class StudyRow(Strict):
     beta: float | None = None
     gamma: float | None = None
     constraint: float | None = None
+    attention: str | None = None  # a key of effnet.arch.scaling.ATTENTIONS (checked by study.check_row)
+    se_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
 
 
 class StudySettings(Strict):
@@ -185,7 +187,7 @@ class StudySettings(Strict):
 
 
 class StudyFile(Strict):
-    kind: Literal["methods", "grid"]
+    kind: Literal["methods", "grid", "attention"]
     runs: list[StudyRow]
     created_at: Moment | None = None
     settings: StudySettings = StudySettings()

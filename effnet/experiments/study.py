@@ -3,18 +3,21 @@
     python -m effnet.study methods --variant b1 --epochs 30 --out studies/b1-methods --wait
     python -m effnet.study methods --phi 1 --phis 1,2,3 --subset 5000 --out studies/methods
     python -m effnet.study grid --step 0.05 --tolerance 0.1 --max-points 12 --epochs 10 --out studies/grid
+    python -m effnet.study attention --variant b0 --attentions se,eca,cbam,none --epochs 30 --out studies/att --wait
 
-Two kinds:
+Three kinds:
 - ``methods``: compound scaling against depth, width or resolution alone, each at the compound model's
   *actual* multiply-adds (``card.at_equal_macs``; rounding makes those differ from the nominal 2^phi),
   for one budget or several.
 - ``grid``: the paper's first step, a small grid search for alpha, beta, gamma at phi=1 under
   alpha * beta^2 * gamma^2 ~ 2, every point trained with the same short budget, the winner chosen by
   validation top-1 (never by test: the test set is for the final report only).
+- ``attention``: one backbone trained alike with each attention (SE, ECA, CBAM, none; optionally SE at
+  several ratios), the study's future work: what does attention buy, and does it change where the model looks?
 
 The runs go through the job queue like any other (one at a time per device slot), so a study is a
 list of ordinary runs plus ``DIR/study.json``: ``{"kind", "runs": [{"run", "macs", "params", "method" |
-"alpha", "beta", "gamma", "constraint"}, ...], "best"?}``, ``run`` relative to DIR where it can be. The
+"alpha", "beta", "gamma", "constraint" | "attention", "se_ratio"}, ...], "best"?}``, ``run`` relative to DIR where it can be. The
 app lists the studies under ``<checkpoints>/studies/``.
 """
 
@@ -32,7 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from effnet.arch.card import at_equal_macs, model_card
-from effnet.arch.scaling import CONSTRAINT_TARGET, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS, ScalingSpec
+from effnet.arch.scaling import (
+    ATTENTIONS,
+    CONSTRAINT_TARGET,
+    PAPER_ALPHA,
+    PAPER_BETA,
+    PAPER_GAMMA,
+    SCALINGS,
+    SE_RATIO,
+    ScalingSpec,
+)
 from effnet.base import files, schemas
 from effnet.base.access import Caller
 from effnet.base.text import slug
@@ -40,7 +52,10 @@ from effnet.training import runs
 from effnet.training.config import TrainConfig
 
 STUDY = "study.json"
-KINDS = ("methods", "grid")
+KINDS = ("methods", "grid", "attention")
+# What each kind's rows must carry (check_row), and the default attentions of an attention study.
+ROW_FIELDS = {"methods": ("method", "phi"), "grid": ("alpha", "beta", "gamma"), "attention": ("attention",)}
+STUDY_ATTENTIONS = tuple(ATTENTIONS)
 STUDIES = runs.STUDIES  # <checkpoints>/studies/<id>/study.json: the studies the app lists (never a run's name)
 PAPER_POINT = (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA)
 # The grid's default box: alpha * beta^2 * gamma^2 = 2 with all three >= 1 puts alpha <= 2 and beta,
@@ -68,6 +83,36 @@ def methods_plan(spec: ScalingSpec, phis: list[float] | None = None) -> list[dic
             single = at_equal_macs(budget, method)
             rows.append({"method": method, "phi": budget.phi, "spec": single})
     return rows
+
+
+def attention_plan(spec: ScalingSpec, attentions: list[str] | tuple[str, ...] = STUDY_ATTENTIONS,
+                   se_ratios: list[float] | None = None) -> list[dict[str, Any]]:
+    """One row per attention on ``spec``'s backbone (its shape, classes and geometry kept), SE once per ratio of
+    ``se_ratios`` (default: the spec's own). ``ValueError`` naming the field for an unknown kind or a repeat."""
+    if not attentions:
+        raise ValueError(f"attentions: give at least one of {', '.join(ATTENTIONS)}")
+    unknown = [a for a in attentions if a not in ATTENTIONS]
+    if unknown:
+        raise ValueError(f"attentions: {unknown[0]!r} is not one of {', '.join(ATTENTIONS)}")
+    if len(set(attentions)) < len(attentions) or (se_ratios and len(set(se_ratios)) < len(se_ratios)):
+        raise ValueError("attentions: each kind (and each SE ratio) once")
+    rows = []
+    for kind in attentions:
+        ratios = (se_ratios or [spec.se_ratio]) if kind == "se" else [spec.se_ratio]
+        rows += [{"attention": kind, "se_ratio": r, "spec": spec.replace(attention=kind, se_ratio=r)} for r in ratios]
+    return rows
+
+
+def row_name(kind: str, row: dict[str, Any]) -> str:
+    """How a study row is named on its page: the method, the grid point, or the attention (``SE 0.5``, ``ECA``)."""
+    if kind == "methods":
+        return row["method"]
+    if kind == "grid":
+        return f"α={row['alpha']:g} β={row['beta']:g} γ={row['gamma']:g}"
+    ratio = row.get("se_ratio")
+    if row["attention"] in ("se", "cbam") and ratio not in (None, SE_RATIO):
+        return f"{ATTENTIONS[row['attention']]} {ratio:g}"
+    return ATTENTIONS[row["attention"]]
 
 
 def grid_points(phi: float = 1.0, step: float = GRID_STEP, tolerance: float = GRID_TOLERANCE,
@@ -180,6 +225,17 @@ def queue_methods(spec: ScalingSpec, config: TrainConfig, out: Path, phis: list[
     return queue("methods", configs, fields, out, root, labels, caller, budget=spec.name, phis=phis)
 
 
+def queue_attention(spec: ScalingSpec, config: TrainConfig, out: Path,
+                    attentions: list[str] | tuple[str, ...] = STUDY_ATTENTIONS, se_ratios: list[float] | None = None,
+                    root: str | os.PathLike | None = None, caller: Caller | None = None) -> dict[str, Any]:
+    """The attention study: ``spec``'s backbone with each attention, every run with ``config``'s settings."""
+    plan = attention_plan(spec, attentions, se_ratios)
+    configs = [config.replace(spec=r["spec"]) for r in plan]
+    labels = [runs.describe(r["spec"], c) for r, c in zip(plan, configs, strict=True)]
+    fields = [{"attention": r["attention"], "se_ratio": r["se_ratio"]} for r in plan]
+    return queue("attention", configs, fields, out, root, labels, caller, budget=spec.name)
+
+
 def queue_grid(config: TrainConfig, out: Path, phi: float = 1.0, step: float = GRID_STEP,
                tolerance: float = GRID_TOLERANCE, max_points: int | None = GRID_MAX_POINTS,
                ranges: dict[str, tuple[float, float]] | None = None, root: str | os.PathLike | None = None,
@@ -257,15 +313,18 @@ class Study:
 
 def check_row(row: object, kind: str) -> dict[str, Any]:
     """One run row of a study.json, validated by its schema (a study file is read like any other untrusted file),
-    with what its kind needs: a method and φ for a methods study, α, β and γ for a grid."""
+    with what its kind needs (``ROW_FIELDS``): a method and φ for a methods study, α, β and γ for a grid, the
+    attention for an attention study."""
     try:
         checked = schemas.parse(schemas.StudyRow, row, STUDY)
     except files.Damaged as exc:
         raise StudyError(str(exc)) from exc
-    needs = ("method", "phi") if kind == "methods" else ("alpha", "beta", "gamma")
+    needs = ROW_FIELDS[kind]
     missing = [n for n in needs if getattr(checked, n) is None]
     if missing:
         raise StudyError(f"{STUDY}: a {kind} study's run row needs {', '.join(missing)}")
+    if checked.attention is not None and checked.attention not in ATTENTIONS:
+        raise StudyError(f"{STUDY}: attention {checked.attention!r} is not one of {', '.join(ATTENTIONS)}")
     return row
 
 
@@ -350,6 +409,11 @@ def _parser() -> argparse.ArgumentParser:
     methods = kinds.add_parser("methods", help="compound vs one dimension alone at equal multiply-adds")
     add_spec_arguments(methods, num_classes_default=None)
     methods.add_argument("--phis", help="several budgets at once, e.g. 1,2,3 (with --alpha/--beta/--gamma)")
+    attention = kinds.add_parser("attention", help="one backbone with each attention (SE, ECA, CBAM, none)")
+    add_spec_arguments(attention, num_classes_default=None)
+    attention.add_argument("--attentions", default=",".join(STUDY_ATTENTIONS),
+                           help="the kinds to train, comma separated (default %(default)s)")
+    attention.add_argument("--se-ratios", help="SE at several bottleneck ratios, e.g. 0.125,0.25,0.5")
     grid = kinds.add_parser("grid", help="the alpha/beta/gamma grid search at phi=1")
     grid.add_argument("--phi", type=float, default=1.0)
     grid.add_argument("--step", type=float, default=GRID_STEP)
@@ -360,7 +424,7 @@ def _parser() -> argparse.ArgumentParser:
         grid.add_argument(f"--{name}-range", default=f"{low},{high}", help="LOW,HIGH (default %(default)s)")
     grid.add_argument("--geometry", choices=("cifar", "imagenet"), default="cifar")
     grid.add_argument("--num-classes", type=int, help="default: 100, or the folder's class count (--dataset folder)")
-    for sub in (methods, grid):
+    for sub in (methods, attention, grid):
         add_training_arguments(sub)
         sub.add_argument("--out", required=True, help="the study's folder (study.json is written there)")
         sub.add_argument("--checkpoints", help="where the runs go (default: $EFFNET_CHECKPOINTS or ./checkpoints)")
@@ -368,7 +432,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _numbers(text: str, name: str) -> list[float]:
+def numbers(text: str, name: str) -> list[float]:
+    """``"1, 2,3"`` -> [1.0, 2.0, 3.0]; ``ValueError`` naming ``name`` otherwise (the CLI's lists and the page's)."""
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
@@ -388,11 +453,21 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"model: a scaling-methods study scales an EfficientNet; {spec.name} has no φ to scale "
                              "(train it beside them with python -m effnet.train --model ...)")
         config = config_from_args(args, spec)
-        phis = _numbers(args.phis, "phis") if args.phis else None
+        phis = numbers(args.phis, "phis") if args.phis else None
         return queue_methods(spec, config, Path(args.out), phis, args.checkpoints)
+    if args.kind == "attention":
+        if args.attention is not None or args.se_ratio is not None:
+            raise ValueError("attention: an attention study trains each of --attentions (and --se-ratios); leave "
+                             "--attention and --se-ratio out")
+        spec = spec_from_args(args, num_classes=num_classes_from_args(args), normalization=norm)
+        if not isinstance(spec, ScalingSpec):
+            raise ValueError(f"model: an attention study changes an EfficientNet's blocks; {spec.name} has none")
+        ratios = numbers(args.se_ratios, "se_ratios") if args.se_ratios else None
+        kinds = [k.strip().lower() for k in args.attentions.split(",") if k.strip()]
+        return queue_attention(spec, config_from_args(args, spec), Path(args.out), kinds, ratios, args.checkpoints)
     ranges = {}
     for name in GRID_RANGES:
-        low_high = _numbers(getattr(args, f"{name}_range"), f"{name}_range")
+        low_high = numbers(getattr(args, f"{name}_range"), f"{name}_range")
         if len(low_high) != 2:
             raise ValueError(f"{name}_range: expected LOW,HIGH")
         ranges[name] = (low_high[0], low_high[1])
