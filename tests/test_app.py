@@ -12,6 +12,7 @@ from effnet.base.text import si
 from effnet.queue import jobs
 from effnet.training import runs
 from effnet.training.config import TrainConfig
+from views.prefill import TABS
 
 PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.py", "views/lesson.py", "views/study.py",
          "views/compress.py"]
@@ -85,16 +86,37 @@ def test_train_page_starts_a_run_that_appears_in_the_list(app_env):
                        "t_batch": 32}.items():
         at.number_input(key=key).set_value(value)
     at.selectbox(key="t_device").set_value("cpu")
+    at.selectbox(key="t_block_attention").set_value("eca")  # a block of one's own goes through like the rest
+    at.selectbox(key="t_block_fused_stages").set_value(2)
     next(b for b in at.button if b.label == "Start").click().run()
     assert not at.exception and at.success, [e.value for e in at.error]
     # 100 held out of the archive's 320 is more than a fifth: cut to 64, and the page says so under Start.
     assert any(i.value.startswith("The dataset has 320 training and 100 test images") for i in at.info)
     [info] = runs.list_runs(app_env)
     assert info.spec.phi == -4.0 and info.config.val_size == 64 and info.config.subset == 96
+    assert (info.spec.attention, info.spec.fused_stages) == ("eca", 2) and "φ=-4 · ECA · 2 fused" in info.label
     wait_for(lambda: runs.read_run(info.path).state == "finished", timeout=120, what="the run to finish")
     at.run()
     assert any(info.run_id in m.value and "finished" in m.value for m in at.markdown)
     assert len(at.get("plotly_chart")) >= 2  # curves of the finished run
+
+
+def test_explorer_compares_b0_with_another_attention_and_shows_v2(app_env):
+    at = open_page(PAGES[0])
+    at.selectbox(key="block_attention").set_value("eca").run()
+    assert at.subheader[0].value == "B0 · ECA"
+    assert metrics(at)["Parameters"] == si(model_card(ScalingSpec.official("b0", attention="eca")).params)
+    at.session_state["explorer_tab"] = TABS[1]  # the Compare tab, as a prefill opens it
+    at.run()
+    at.radio(key="cmp_kind").set_value("A with another attention").run()
+    at.selectbox(key="cmp_attention").set_value("se").run()
+    table = at.dataframe[0].value
+    se, eca = (model_card(ScalingSpec.official("b0", attention=a)) for a in ("se", "eca"))
+    assert table.loc["total", "params"] == f"{si(eca.params)} → {si(se.params)}"
+    assert table.loc["stage 1", "output"] == "32×32"  # the shapes stay: only params and MACs differ
+    at.select_slider(key="variant").set_value("V2-S").run()
+    assert not at.exception
+    assert metrics(at)["Stages"] == "6 (3 fused)" and any("EfficientNetV2" in i.value for i in at.info)
 
 
 def test_train_page_refuses_invalid_runs_before_anything_starts(app_env):

@@ -6,7 +6,7 @@ import streamlit as st
 from effnet import ScalingSpec, model_card
 from effnet.analysis import results
 from effnet.analysis.charts import imagenet_figure1
-from effnet.arch.card import scaling_methods
+from effnet.arch.card import block_table, scaling_methods
 from effnet.arch.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA
 from effnet.arch.zoo import SOURCE, imagenet_models
 from effnet.base.text import si
@@ -15,7 +15,7 @@ from views.prefill import EXPLORER, METHODS_TAB, Prefill, open_page
 from views.widgets import chart, csv_safe
 
 st.title("Lesson")
-st.caption("Compound scaling in six steps, about 45 minutes. Each step says what to look for and links to the page "
+st.caption("Compound scaling in six steps, about 45 minutes, and a last one on what comes next. Each step says what to look for and links to the page "
            "that goes deeper.")
 
 st.header("1. The question: how should a network grow?")
@@ -97,3 +97,17 @@ st.markdown(
     "prediction.")
 st.page_link("views/cam.py", label="Go deeper: Class activation maps (your images, each run side by side)",
              icon=":material/visibility:")
+
+st.header("7. Next: the block itself (attention, EfficientNetV2)")
+attention = pd.DataFrame(block_table(ScalingSpec.official("b0")))
+left, right = st.columns([2, 3])
+left.dataframe(attention, hide_index=True, width="stretch")
+right.markdown(
+    "Every B0 block ends its depthwise conv with **squeeze-and-excitation** (SE): pool each channel, a small "
+    "bottleneck, a gate per channel. **ECA** replaces the bottleneck with a 1-D conv across the channels (a few "
+    "weights per block); **CBAM** adds a spatial gate after SE's channel gate. The study this lab reproduces names "
+    "attention as its future work. The same authors' **EfficientNetV2** replaced the early MBConv blocks with "
+    "**Fused-MBConv** (one kxk conv instead of 1x1 + depthwise): depthwise convolutions are cheap in FLOPs but slow "
+    "on accelerators. **Look for:** how little of B0's size attention is, and whether it buys accuracy.")
+st.page_link("views/study.py", label="Train it: the attention study (one backbone with SE, ECA, CBAM and none; their "
+             "accuracy and where each looks)", icon=":material/science:")

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from effnet.arch.scaling import CBAM_SPATIAL_KERNEL, OFFICIAL, SCALINGS, Block, ScalingSpec
+from effnet.arch.scaling import ATTENTIONS, CBAM_SPATIAL_KERNEL, OFFICIAL, SCALINGS, Block, ScalingSpec
 
 BYTES_FP32 = 4
 # Weights, their gradients and SGD's momentum buffer: three fp32 copies while training.
@@ -252,6 +252,15 @@ def scaling_methods(spec: ScalingSpec) -> list[dict[str, object]]:
                      "MACs (G)": round(c.macs / 1e9, 3), "FLOPs vs phi=0": round(c.flops_ratio, 2),
                      "final map": f"{c.final_map}x{c.final_map}"})
     return rows
+
+
+def block_table(spec: ScalingSpec) -> list[dict[str, object]]:
+    """``spec`` with each attention (SE, ECA, CBAM, none) and with its first three stages fused: params and MACs,
+    the cost of the block alone (the Lesson's and the README's table)."""
+    variants = [spec.replace(attention=a) for a in ATTENTIONS] + [spec.replace(fused_stages=3)]
+    # Exact parameter counts: ECA's few weights per block vanish in any rounding.
+    return [{"block": ", ".join(s.block_names) or "SE 0.25 (the paper's)", "params": f"{model_card(s).params:,}",
+             "MACs (M)": round(model_card(s).macs / 1e6, 1)} for s in variants]
 
 
 def official_vs_formula(spec: ScalingSpec) -> list[dict[str, object]]:
