@@ -73,7 +73,8 @@ with controls:
     batch = st.number_input("Batch size (for the memory estimate)", 1, 4096, 128, key="batch")
     table = V2[variant.lower()].stages if mode == OFFICIAL_MODE and variant.lower() in V2 else None
     st.markdown("**Block**")
-    block = block_widgets("block", len(table) if table else 7, sum(s.fused for s in table) if table else 0)
+    block = block_widgets("block", len(table) if table else 7, sum(s.fused for s in table) if table else 0,
+                          side_by_side=False)
 
 try:
     common = dict(geometry=geometry, num_classes=int(num_classes), base_resolution=int(base_resolution))
@@ -171,8 +172,8 @@ with compare_tab:
         if against == OTHER_BLOCK:
             cols = st.columns([1, 2])
             other_attention = cols[0].selectbox("B: attention", list(ATTENTIONS), format_func=ATTENTIONS.get,
-                                                index=1, key="cmp_attention")
-            label = f"{spec.name} with {ATTENTIONS[other_attention]} in every MBConv stage"
+                                                index=0 if spec.attention != "se" else 1, key="cmp_attention")
+            label = f"A with {ATTENTIONS[other_attention]} in every MBConv stage"
         else:
             cols = st.columns([1, 1, 2])
             other_variant = cols[0].selectbox("B: variant", [v.upper() for v in OFFICIAL], index=3, key="cmp_variant")

@@ -22,7 +22,18 @@ from effnet.training.config import SEED_STUDY as SEED
 from effnet.training.devices import device_slots
 from effnet.training.plan import BlockChoice
 from views.routes import download_url
-from views.widgets import block_widgets, caller, chart, fit_to_data, plain, refused, tidy_now, warn_if_no_cifar
+from views.widgets import (
+    OWN_TABLE,
+    block_choice,
+    block_widgets,
+    caller,
+    chart,
+    fit_to_data,
+    plain,
+    refused,
+    tidy_now,
+    warn_if_no_cifar,
+)
 
 VARIANTS = [v.upper() for v in ALL_VARIANTS]  # B0-B7, then V2-S/M/L
 B_LINE = [v.upper() for v in OFFICIAL]  # the seed study's B0-B7
@@ -52,7 +63,8 @@ def form_settings() -> dict:
 DEFAULTS = {"variants": ["B0"], "baselines": [], "custom": False, "c_phi": QUICK_DEMO_PHI, "c_alpha": PAPER_ALPHA,
             "c_beta": PAPER_BETA, "c_gamma": PAPER_GAMMA, "scaling": "compound", "geometry": "cifar",
             "start": "scratch", "dataset": CIFAR, "init": None, **widget_values(TrainConfig().to_dict())}
-PAPER_BLOCK = {f"block_{k}": v for k, v in BlockChoice().fields().items()}  # the block widgets (t_block_*)
+# The block widgets (t_block_*) at the paper's block; "the model's own" fused stages is OWN_TABLE in its box.
+PAPER_BLOCK = {f"block_{k}": v for k, v in BlockChoice().fields().items()} | {"block_fused_stages": OWN_TABLE}
 DEFAULTS |= PAPER_BLOCK
 QUICK_CPU = {"variants": [], "baselines": [], "custom": True, "c_phi": QUICK_DEMO_PHI, "geometry": "cifar",
              **widget_values(QUICK_DEMO)}
@@ -232,7 +244,7 @@ def planned_specs() -> list[ScalingSpec | BaselineSpec]:
     return plan.specs(s.t_variants, s.t_baselines, custom, scaling=s.t_scaling, geometry=s.t_geometry,
                       num_classes=plan.class_count(dataset_kind(), own.get(s.t_dataset)),
                       normalization=plan.input_statistics(s.t_start, init),
-                      block=BlockChoice(s.t_block_attention, s.t_block_se_ratio, s.t_block_fused_stages))
+                      block=block_choice("t_block"))
 
 
 def dataset_kind() -> str:
