@@ -55,6 +55,10 @@ def test_v2_card_equals_torchvisions_weights_metadata(variant):
     # The cifar geometry: the released resolution ratio at 32 px and B0-B7's output-stride rule (4x4 final maps).
     cifar = model_card(ScalingSpec.official(variant))
     assert cifar.spec.resolution == round(32 * size / 224) and cifar.final_map == math.ceil(cifar.spec.resolution / 8)
+    # A V2 is not on B0's line: its reference is B0 as released, whatever blocks the V2 has (one per stage here).
+    n = len(cifar.spec.stages)
+    mixed = ScalingSpec.official(variant, attention=",".join(["none"] * 3 + ["eca"] * (n - 3)))
+    assert model_card(mixed).flops_ratio == model_card(mixed).macs / model_card(ScalingSpec.official("b0")).macs
 
 
 BLOCK_SPECS = [

@@ -16,7 +16,7 @@ from effnet.analysis.cam import (
     imagenet_model,
     randomised,
 )
-from effnet.arch.scaling import OFFICIAL, ScalingSpec
+from effnet.arch.scaling import VARIANTS, ScalingSpec
 from effnet.data.cifar import DataError
 from effnet.data.images import UPLOAD_TYPES
 from effnet.training import runs
@@ -59,7 +59,7 @@ with controls:
     chosen_runs = st.pills("Trained runs to compare", list(by_id), selection_mode="multi", default=list(by_id)[:4],
                            format_func=lambda rid: plain(by_id[rid].label), key="cam_runs") or []
     chosen_imagenet = st.multiselect("torchvision ImageNet weights (for photos; downloaded once)",
-                                     [v.upper() for v in OFFICIAL], key="cam_imagenet")
+                                     [v.upper() for v in VARIANTS], key="cam_imagenet")
     method = st.selectbox("Method", list(METHODS), key="cam_method",
                           format_func=lambda m: METHOD_NAMES[m] + (" (slow)" if m == "scorecam" else ""))
     st.caption(METHOD_NOTES[method])

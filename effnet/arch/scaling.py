@@ -325,7 +325,11 @@ class ScalingSpec:
 
     @property
     def baseline(self) -> ScalingSpec:
-        """The phi=0 model (B0's shape) in the same geometry, resolution base and class count."""
+        """The phi=0 model (B0's shape) in the same geometry, resolution base and class count, with this spec's block
+        (B3 · ECA's is phi=0 · ECA). A V2 has no phi=0 model: its reference is B0 as released."""
+        if self.is_v2:
+            return replace(self, phi=0.0, variant=None, scaling="compound", dropout=None, attention="se",
+                           se_ratio=SE_RATIO, fused_stages=None)
         return replace(self, phi=0.0, variant=None, scaling="compound", dropout=None)
 
     def with_scaling(self, method: str) -> ScalingSpec:
