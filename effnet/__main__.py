@@ -45,12 +45,12 @@ def format_card(card: ModelCard, batch_size: int) -> str:
         ]
     w = max(8, *(len(r.name) for r in card.stages))  # DenseNet's stages are named features.denseblock1 ...
     lines += [
-        f"{'stage':<{w}} {'operator':<18} {'k':>2} {'s':>2} {'in':>5} {'out':>5} {'rep':>4} {'input':>9} {'output':>9}"
+        f"{'stage':<{w}} {'operator':<22} {'k':>2} {'s':>2} {'in':>5} {'out':>5} {'rep':>4} {'input':>9} {'output':>9}"
         f" {'params':>12} {'MACs':>15}",
     ]
     for r in card.stages:
         lines.append(
-            f"{r.name:<{w}} {r.operator:<18} {_or_dash(r.kernel):>2} {_or_dash(r.stride):>2} {r.in_channels:>5}"
+            f"{r.name:<{w}} {r.operator:<22} {_or_dash(r.kernel):>2} {_or_dash(r.stride):>2} {r.in_channels:>5}"
             f" {r.out_channels:>5}"
             f" {r.repeats:>4} {f'{r.input_size}x{r.input_size}':>9} {f'{r.output_size}x{r.output_size}':>9}"
             f" {r.params:>12,} {r.macs:>15,}"

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from effnet import ScalingSpec, build_model, model_card
 from effnet.arch import specs
+from effnet.arch.card import at_equal_macs
 from effnet.arch.model import CBAM, ECA, torchvision_name
 from effnet.experiments.bundle import import_bundle
 from effnet.training import runs
@@ -182,6 +183,13 @@ def test_equal_models_are_equal_specs_and_the_paper_block_is_the_default():
     b0 = ScalingSpec.official("b0")
     assert ScalingSpec.official("b0", fused_stages=0, attention="se,se,se,se,se,se,se") == b0
     assert ScalingSpec.official("v2-s", fused_stages=3) == ScalingSpec.official("v2-s")
+    # What the explorer's per-stage boxes make of an unchanged V2 is V2 (its fused stages carry none anyway).
+    assert ScalingSpec.official("v2-s", attention="none,none,none,se,se,se") == ScalingSpec.official("v2-s")
+    # A name never claims what the model lacks: no MBConv stage left, or a ratio no SE reads.
+    assert ScalingSpec.official("b0", fused_stages=7, attention="eca", se_ratio=0.5).name == "B0 · 7 fused"
+    assert ScalingSpec.official("b0", attention="none", se_ratio=0.5) == ScalingSpec.official("b0", attention="none")
+    with pytest.raises(ValueError, match="^scaling: V2-S is not on B0's scaling line"):
+        at_equal_macs(ScalingSpec.official("v2-s"), "depth")
     assert ScalingSpec.from_dict({k: v for k, v in b0.to_dict().items()
                                   if k not in ("attention", "se_ratio", "fused_stages")}) == b0
     with pytest.raises(ValueError, match="^attention: ImageNet weights exist only for B0's own blocks"):
@@ -221,5 +229,8 @@ def test_card_cli_takes_the_block_and_v2_flags():
                                             model_card(ScalingSpec.official("b0", attention="eca")).macs)
     v2 = card("--variant", "v2-s", "--geometry", "imagenet", "--num-classes", "1000")
     assert (v2["params"], round(v2["macs"] / 1e9, 3)) == (21_458_488, 8.366)
+    empty = subprocess.run([sys.executable, "-m", "effnet", "card", "b0", "--attention", ""], capture_output=True,
+                           text=True)
+    assert empty.returncode == 2 and "attention: '' is not one of" in empty.stderr
     fused = card("--phi", "0", "--fused-stages", "2", "--se-ratio", "0.5")
     assert [r["operator"] for r in fused["stages"][1:4]] == ["Fused-MBConv1", "Fused-MBConv6", "MBConv6 + SE 0.5"]

@@ -46,6 +46,8 @@ def test_pretrained_loader_fails_clearly_offline(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="without internet, copy that file to"):
         load_pretrained(spec)
     assert not list(tmp_path.rglob("*.pth")), "a failed download must not leave a file behind"
+    with pytest.raises(RuntimeError, match="efficientnet_v2_s.*without internet, copy that file to"):
+        load_pretrained(ScalingSpec.official("v2-s", normalization="imagenet"))
 
 
 def test_pretrained_loader_uses_a_cached_weights_file(tmp_path, monkeypatch):

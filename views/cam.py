@@ -90,7 +90,7 @@ for variant in chosen_imagenet:
     try:
         model, spec, names = cached_imagenet_model(variant.lower())
         models.append((f"{variant} (ImageNet)", model, spec, names))
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         controls.error(f"{variant} ImageNet weights are unavailable here. {exc}")
 
 if sanity:

@@ -126,9 +126,11 @@ with main:
         st.warning(f"α·β²·γ² = {spec.constraint:.2f} is far from {CONSTRAINT_TARGET:g}: each unit of φ multiplies "
                    f"the FLOPs by about {spec.constraint:.2f} instead of the paper's {CONSTRAINT_TARGET:g}.")
     if spec.is_v2:
-        st.info(f"{spec.name} is EfficientNetV2 (Tan & Le, 2021) as torchvision builds it: its first "
-                f"{sum(s.fused for s in spec.stages)} stages are Fused-MBConv (depthwise convolutions are slow on "
-                "accelerators), without attention there; S, M and L were sized by hand, not by φ.")
+        fused = sum(s.fused for s in spec.stages)
+        st.info(f"{spec.name} is EfficientNetV2 (Tan & Le, 2021): torchvision's table, whose first 3 stages are "
+                "Fused-MBConv (depthwise convolutions are slow on accelerators), without attention there"
+                + ("" if spec.fused_stages is None else f"; here {fused} are") + ". S, M and L were sized by hand, "
+                "not by φ.")
     elif spec.variant not in (None, "b0"):
         st.info(f"{spec.name} as released: depth ×{spec.depth_mult:g}, width ×{spec.width_mult:g}, "
                 f"{spec.resolution} px. The formula α^φ, β^φ, γ^φ at φ={spec.phi:g} would give depth "
@@ -186,12 +188,16 @@ with compare_tab:
         try:
             if against == OTHER_BLOCK:
                 other = spec.replace(attention=other_attention)
-            else:
-                other = at_equal_macs(ScalingSpec.official(other_variant.lower(), **common, **block.fields()),
-                                      other_method)
+            else:  # B0-B7 share A's block, unless A is a V2 (its per-stage blocks follow its own table)
+                other = at_equal_macs(ScalingSpec.official(other_variant.lower(), **common,
+                                                           **({} if spec.is_v2 else block.fields())), other_method)
+            if len(model_card(other).stages) != len(card.stages):
+                raise ValueError(f"{spec.name} has {len(spec.stages)} stages and {other.name} "
+                                 f"{len(other.stages)}: stage by stage needs two specs of one table; compare A "
+                                 "with another attention, or B0-B7 from a B-variant or custom φ")
             rows = side_by_side(card, model_card(other))
         except ValueError as exc:
-            st.error(f"B cannot be built: {exc}")
+            st.error(f"B cannot be compared here: {exc}")
         else:
             text, style = compared(rows)
             st.dataframe(text.style.apply(lambda _: style, axis=None), width="stretch", height=390)

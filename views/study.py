@@ -286,7 +286,10 @@ def study_cams(s: study.Study) -> None:
         return
     st.image(colour_bar(), caption="dark purple: no evidence · yellow: strongest evidence", width=420)
     road = s.kind == "attention"
-    _, fit = cam_budget(len(models), len(images), "gradcam", sanity=False)
+    fit_models, fit = cam_budget(len(models), len(images), "gradcam", sanity=False)
+    if len(models) > fit_models:  # one rerun's work stays bounded on a shared server
+        st.warning(f"{len(models)} models: the first {fit_models} are explained.")
+        models = models[:fit_models]
     for name, raw in images[:fit]:
         cam_strip(name, raw, models, "gradcam", 0.5, road=road)
     st.caption("Grad-CAM on each model (the other CAM methods are on the Class activation maps page). "

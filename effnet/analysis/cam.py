@@ -322,14 +322,14 @@ def run_model(run_dir: Path, device: str = "cpu") -> tuple[nn.Module, Spec, list
 
 
 def imagenet_model(variant: str, device: str = "cpu") -> tuple[nn.Module, Spec, list[str]]:
-    """torchvision's ImageNet weights for B0-B7 (RuntimeError saying why when they cannot be had)."""
+    """torchvision's ImageNet weights for B0-B7 and V2-S/M/L (RuntimeError saying why when they cannot be had)."""
     import torchvision.models as tvm
 
-    from effnet.arch.model import load_pretrained
+    from effnet.arch.model import load_pretrained, torchvision_name
     from effnet.arch.scaling import ScalingSpec
 
     spec = ScalingSpec.official(variant, geometry="imagenet", num_classes=1000, normalization="imagenet")
-    names = tvm.get_model_weights(f"efficientnet_{variant}").IMAGENET1K_V1.meta["categories"]
+    names = tvm.get_model_weights(torchvision_name(spec)).IMAGENET1K_V1.meta["categories"]
     return load_pretrained(spec, device).eval(), spec, list(names)
 
 

@@ -199,9 +199,13 @@ def sweep(spec: ScalingSpec, phis: list[float]) -> list[ModelCard]:
 
 
 def official_cards(spec: ScalingSpec) -> list[ModelCard]:
-    """B0-B7 in the spec's geometry, resolution base and class count."""
+    """B0-B7 in the spec's geometry, resolution base and class count, built of its block (B0-B7 · ECA beside a
+    formula line of ECA blocks; a V2's reference line is the released B0-B7)."""
+    block = spec.baseline
     return [model_card(ScalingSpec.official(name, geometry=spec.geometry, num_classes=spec.num_classes,
-                                            base_resolution=spec.base_resolution, output_stride=spec.output_stride))
+                                            base_resolution=spec.base_resolution, output_stride=spec.output_stride,
+                                            attention=block.attention, se_ratio=block.se_ratio,
+                                            fused_stages=block.fused_stages))
             for name in OFFICIAL]
 
 

@@ -311,11 +311,17 @@ class ScalingSpec:
 
     def __post_init__(self) -> None:
         _validate(self)
-        # One spelling per model, so equal models are equal specs (and share a cached card): a per-stage list of one
-        # kind is that kind, the table's own fused-stage count is the default.
-        kinds = set(self.attention.split(","))
-        if len(kinds) == 1:
-            object.__setattr__(self, "attention", kinds.pop())
+        # One spelling per model, so equal models are equal specs (and share a cached card) and a name never claims
+        # what the model lacks: a per-stage list whose MBConv stages share one kind is that kind (the fused ones carry
+        # none anyway), a model with no MBConv stage left has the default attention, a ratio that no SE or CBAM
+        # reads is the default, and the table's own fused-stage count is the default.
+        fused = self._table_fused if self.fused_stages is None else self.fused_stages
+        kinds = self.attention.split(",")
+        mbconv = set(kinds[fused:] if len(kinds) > 1 else kinds) if fused < len(self._table) else {"se"}
+        if len(mbconv) == 1:
+            object.__setattr__(self, "attention", mbconv.pop())
+        if not {"se", "cbam"} & set(self.attention.split(",")) or fused == len(self._table):
+            object.__setattr__(self, "se_ratio", SE_RATIO)
         if self.fused_stages == self._table_fused:
             object.__setattr__(self, "fused_stages", None)
 
@@ -336,9 +342,13 @@ class ScalingSpec:
         """This spec's FLOPs budget reached by ``method`` (compound, or one dimension alone at 2^phi).
 
         An official variant becomes a custom spec at its phi (B3 -> phi 3): it is no longer the released model.
+        A V2 has no phi: ``ValueError``.
         """
         if method == "compound":
             return self
+        if self.is_v2:
+            raise ValueError(f"scaling: {self.name} is not on B0's scaling line (its table was sized by hand), so it "
+                             "has no depth-, width- or resolution-only version; use compound, or a B-variant")
         return replace(self, variant=None, scaling=method)
 
     # ------------------------------------------------------------------ formula values

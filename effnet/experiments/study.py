@@ -74,8 +74,10 @@ def methods_plan(spec: ScalingSpec, phis: list[float] | None = None) -> list[dic
     """One row per (budget, method): the compound spec and each single dimension at its actual MACs.
 
     ``spec`` is the budget (an official variant or a custom phi); ``phis`` asks for several budgets with
-    its coefficients instead. ``ValueError`` when a method cannot reach a budget.
+    its coefficients instead. ``ValueError`` when a method cannot reach a budget, or for a V2 (no phi to scale).
     """
+    if spec.is_v2:
+        spec.with_scaling("depth")  # raises, saying why
     budgets = [spec] if not phis else [spec.baseline.replace(phi=float(p)) for p in phis]
     rows = []
     for budget in budgets:

@@ -73,7 +73,7 @@ class BlockChoice:
     @classmethod
     def of(cls, attention: str | None, se_ratio: float | None, fused_stages: int | None) -> BlockChoice:
         """From optional flags: each one not given keeps the paper's."""
-        return cls(attention or "se", SE_RATIO if se_ratio is None else se_ratio, fused_stages)
+        return cls("se" if attention is None else attention, SE_RATIO if se_ratio is None else se_ratio, fused_stages)
 
     def fields(self) -> dict[str, Any]:
         return dict(attention=self.attention, se_ratio=self.se_ratio, fused_stages=self.fused_stages)
