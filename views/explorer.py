@@ -73,8 +73,7 @@ with controls:
     batch = st.number_input("Batch size (for the memory estimate)", 1, 4096, 128, key="batch")
     table = V2[variant.lower()].stages if mode == OFFICIAL_MODE and variant.lower() in V2 else None
     st.markdown("**Block**")
-    block = block_widgets("block", len(table) if table else 7, sum(s.fused for s in table) if table else 0,
-                          side_by_side=False)
+    block = block_widgets("block", len(table) if table else 7, sum(s.fused for s in table) if table else 0)
 
 try:
     common = dict(geometry=geometry, num_classes=int(num_classes), base_resolution=int(base_resolution))
@@ -126,8 +125,8 @@ with main:
         st.warning(f"α·β²·γ² = {spec.constraint:.2f} is far from {CONSTRAINT_TARGET:g}: each unit of φ multiplies "
                    f"the FLOPs by about {spec.constraint:.2f} instead of the paper's {CONSTRAINT_TARGET:g}.")
     if spec.is_v2:
-        fused = sum(s.fused for s in spec.stages)
-        st.info(f"{spec.name} is EfficientNetV2 (Tan & Le, 2021): torchvision's table, whose first 3 stages are "
+        fused, own = sum(s.fused for s in spec.stages), sum(s.fused for s in V2[spec.variant].stages)
+        st.info(f"{spec.name} is EfficientNetV2 (Tan & Le, 2021): torchvision's table, whose first {own} stages are "
                 "Fused-MBConv (depthwise convolutions are slow on accelerators), without attention there"
                 + ("" if spec.fused_stages is None else f"; here {fused} are") + ". S, M and L were sized by hand, "
                 "not by φ.")

@@ -338,25 +338,23 @@ SE_RATIOS = (0.0625, 0.125, 0.25, 0.5, 1.0)
 OWN_TABLE = -1  # "the model's own fused stages" in the box (a None option would read as nothing chosen)
 
 
-def block_widgets(key: str, stages: int | None = None, table_fused: int = 0, where=st,
-                  side_by_side: bool = True) -> BlockChoice:
+def block_widgets(key: str, stages: int | None = None, table_fused: int = 0, where=st) -> BlockChoice:
     """The block controls (attention, SE ratio, Fused-MBConv stages) under widget keys ``<key>_*``, and what they
     choose. ``stages``: the spec's stage count (``table_fused`` of them fused by its own table), which offers one
-    attention per stage; None (several specs at once, as on the Train page) offers one for all. ``side_by_side``:
-    the three boxes in a row (a wide form), else one under the other (a narrow column: labels stay whole)."""
+    attention per stage; None (several specs at once, as on the Train page) offers one for all. The boxes stand one
+    under the other: both pages give them a narrow column, where three in a row cut their labels and values."""
     state = st.session_state
     state.setdefault(f"{key}_attention", "se")
     state.setdefault(f"{key}_se_ratio", SE_RATIO)
     state.setdefault(f"{key}_fused_stages", OWN_TABLE)
-    cols = where.columns(3) if side_by_side else [where] * 3
-    attention = cols[0].selectbox("Attention", list(ATTENTIONS), format_func=ATTENTIONS.get, key=f"{key}_attention",
+    attention = where.selectbox("Attention", list(ATTENTIONS), format_func=ATTENTIONS.get, key=f"{key}_attention",
                                   help="After each MBConv block's depthwise conv. SE: the paper's squeeze-and-"
                                        "excitation; ECA: a 1-D conv across channels, no bottleneck; CBAM: SE's "
                                        "bottleneck on average- and max-pooled features, then a 7x7 spatial gate.")
-    ratio = cols[1].selectbox("SE ratio", SE_RATIOS, key=f"{key}_se_ratio", format_func=lambda r: f"{r:g}",
+    ratio = where.selectbox("SE ratio", SE_RATIOS, key=f"{key}_se_ratio", format_func=lambda r: f"{r:g}",
                               help="SE's (and CBAM's) bottleneck: this fraction of the block's input channels "
                                    "(the paper's 0.25).")
-    fused = cols[2].selectbox("Fused-MBConv stages", [OWN_TABLE, *range((stages or 7) + 1)],
+    fused = where.selectbox("Fused-MBConv stages", [OWN_TABLE, *range((stages or 7) + 1)],
                               key=f"{key}_fused_stages",
                               format_func=lambda n: "model's own" if n == OWN_TABLE else f"first {n}",
                               help="EfficientNetV2's block in the first N stages: one kxk conv instead of expand "
@@ -365,7 +363,7 @@ def block_widgets(key: str, stages: int | None = None, table_fused: int = 0, whe
     fused = None if fused == OWN_TABLE else fused
     if stages is not None and where.toggle("One attention per stage", key=f"{key}_per_stage"):
         n_fused = table_fused if fused is None else fused
-        cols = where.columns(min(stages, 4)) if side_by_side else where.columns(2)
+        cols = where.columns(2)
         kinds = []
         for i in range(stages):  # a fused stage carries no attention: shown, fixed
             box = cols[i % len(cols)]
