@@ -629,3 +629,19 @@ def test_refused_commands_say_why_in_one_line_and_write_nothing(tmp_path, cifar_
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     assert not Path(os.getcwd(), "wd").exists()
+
+
+def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(tmp_path):
+    """A run's status lock lives in the run folder: a student who plants it as a link to another file must not
+    have the lab create, append to or lock that file."""
+    from effnet.base import locks
+    from effnet.training import runs
+
+    target = tmp_path / "teachers-file.txt"
+    target.write_text("keep me")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.STATUS_LOCK).symlink_to(target)
+    with pytest.raises(OSError), locks.exclusive(run_dir / runs.STATUS_LOCK):
+        pass
+    assert target.read_text() == "keep me"

@@ -91,7 +91,8 @@ def test_a_requeued_job_resumes_and_ends_bitwise_like_an_uninterrupted_run(on_sl
     wait_for(lambda: squeue("-j", job, "-o", "%T").strip() == "PENDING", what="the job to be pending again")
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     info = until(on_slurm, run_id, lambda i: i.state in runs.ENDED, timeout=300, what="the requeued job")
-    assert info.state == "finished" and [r["epoch"] for r in runs.load_metrics(info.path)] == [1, 2]
+    assert info.state == "finished", (info.error, info.status)
+    assert [r["epoch"] for r in runs.load_metrics(info.path)] == [1, 2]
     done = run_train(tmp_path / "straight", cifar_dir, "--epochs", "2", "--checkpoint-minutes", "0")
     assert done.returncode == 0, done.stderr
     ours, straight = load_checkpoint(info.path / runs.LAST)["model"], load_checkpoint(tmp_path / "straight" /

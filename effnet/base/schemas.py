@@ -93,7 +93,8 @@ class Status(Strict):
     slurm_batch: str | None = None
     slurm_state: str | None = None
     slurm_reason: str | None = None
-    slurm_node: str | None = None
+    slurm_node: str | None = None  # written before slurm_nodes existed (v0.3); read, never written
+    slurm_nodes: str | None = None  # the job's node list (Slurm's spelling: n[1-2]) once it runs
     slurm_requeues: Count | None = None
     node: str | None = None
 

@@ -255,7 +255,7 @@ def detail(status: dict[str, Any]) -> str | None:
         reason = status.get("slurm_reason")
         return f"Slurm job {job}: pending" + (f" ({reason})" if reason and reason != "None" else "")
     if state in ("RUNNING", "COMPLETING"):
-        return f"Slurm job {job}: running on {status.get('node') or status.get('slurm_node') or '?'}"
+        return f"Slurm job {job}: running on {status.get('slurm_nodes') or status.get('node') or '?'}"
     return f"Slurm job {job}: {state.lower()}"
 
 
@@ -335,8 +335,8 @@ def _merged(status: dict[str, Any], job: JobState | None, asked_to_stop: bool, b
             return status | _requeued(status, job)
         again = "requeued; " if status.get("slurm_requeues") else ""
         return status | {"slurm_state": "PENDING", "slurm_reason": again + job.reason}
-    if job is not None and theirs in RUNNING:
-        return status | {"slurm_state": "RUNNING", "slurm_node": job.node}
+    if job is not None and theirs in RUNNING:  # the trainer writes its node list itself once it runs
+        return status | {"slurm_state": "RUNNING"} | ({} if status.get("slurm_nodes") else {"slurm_nodes": job.node})
     if theirs == "COMPLETED" and ours not in runs.ACTIVE:
         return status | {"state": "failed", "slurm_state": theirs,
                          "error": "the Slurm job ended before the trainer started: " + _ended_reason(job, batch)}
@@ -347,12 +347,13 @@ def _merged(status: dict[str, Any], job: JobState | None, asked_to_stop: bool, b
 
 def _merge(run_dir: Path, job: JobState | None, root: Path) -> None:
     """Write Slurm's word on a run's job into its status.json (only when something changed)."""
-    status = files.read_json(run_dir / runs.STATUS) or {}
     asked_to_stop = "stop_requested" in (files.read_json(run_dir / runs.JOB) or {})
-    batch = root / FOLDER / str(status["slurm_batch"]) if status.get("slurm_batch") else None
-    new = _merged(status, job, asked_to_stop, batch)
-    if new != status:
-        files.write_json(run_dir / runs.STATUS, new)
+    with locks.exclusive(run_dir / runs.STATUS_LOCK):  # the trainer may be writing it right now
+        status = files.read_json(run_dir / runs.STATUS) or {}
+        batch = root / FOLDER / str(status["slurm_batch"]) if status.get("slurm_batch") else None
+        new = _merged(status, job, asked_to_stop, batch)
+        if new != status:
+            files.write_json(run_dir / runs.STATUS, new)
 
 
 def ensure_watcher(root: Path) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from effnet.base import files, tasks
+from effnet.base import files, locks, tasks
 from effnet.training import runs
 from effnet.training.evaluate import evaluate
 
@@ -30,10 +30,11 @@ class Status:
         self.lock = threading.Lock()
         # The queue's generation stays: it tells the runner this status belongs to the run it started.
         kept = {k: v for k, v in (files.read_json(self.path) or {}).items()
-                if k in ("generation", "slot", "slurm_job_id", "slurm_batch")}
+                if k in ("generation", "slot", "slurm_job_id", "slurm_batch", "slurm_requeues")}
         self.fields: dict[str, Any] = {**kept, "state": "starting", "pid": os.getpid(), "started": time.time()}
         if os.environ.get("SLURM_JOB_ID"):  # a Slurm job: where it runs, for the pages (its pid is the node's)
-            self.fields |= {"slurm_state": "RUNNING", "node": os.environ.get("SLURMD_NODENAME", "?")}
+            self.fields |= {"slurm_state": "RUNNING", "node": os.environ.get("SLURMD_NODENAME", "?"),
+                            "slurm_nodes": os.environ.get("SLURM_JOB_NODELIST", "?")}
         self.last_write = 0.0
         self._stop = threading.Event()
         if enabled:
@@ -49,7 +50,8 @@ class Status:
 
     def _write(self) -> None:
         self.fields["heartbeat"] = self.last_write = time.time()
-        files.write_status(self.path, self.fields)
+        with locks.exclusive(self.path.with_name(runs.STATUS_LOCK)):  # see runs.STATUS_LOCK
+            files.write_status(self.path, self.fields)
 
     def _beat(self) -> None:
         while not self._stop.wait(tasks.HEARTBEAT_S):

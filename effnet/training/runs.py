@@ -44,6 +44,9 @@ from effnet.training.config import TrainConfig
 CONFIG, STATUS, METRICS, CONFUSION = "config.json", "status.json", "metrics.jsonl", "confusion.json"
 LOG, JOB, LABEL, LIVE = "log.txt", "job.json", "label.json", "live.jsonl"
 LAST, BEST = "last.pt", "best.pt"
+# Held by whoever writes status.json while its trainer may be writing it too (the trainer, Slurm's sync): a
+# read-modify-write of one never lands on top of the other's newer word ("running" over "finished").
+STATUS_LOCK = ".status.lock"
 __all__ = ["ACTIVE", "ENDED", "STATES"]  # the states, defined with the file schemas
 # A run id: letters, digits, dot, dash, underscore; never starting with a dot (no "..", no hidden files).
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
