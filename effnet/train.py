@@ -26,7 +26,7 @@ from effnet.training.flags import (
     spec_from_args,
 )
 from effnet.training.loop import failure, train
-from effnet.training.start import distributed_env
+from effnet.training.start import RendezvousError, distributed_env
 
 # With --config, the file is the whole config; only where to write and where to run may be given beside it.
 CONFIG_COMPANIONS = ("--config", "--out", "--resume", "--device", "--data-dir")
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = distributed_env()[1]
     try:
         train(config, out, resume, checked=True)
-    except (DataError, ValueError, CheckpointError) as exc:
+    except (DataError, ValueError, CheckpointError, RendezvousError) as exc:
         # Expected failures get one clear line; anything else keeps its traceback.
         if rank == 0:
             print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -254,7 +254,8 @@ def finished_runs(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> 
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real one-node Slurm cluster (tests/slurm_cluster.py), started for the session and stopped after it."""
+    """A real two-node Slurm cluster (tests/slurm_cluster.py), started for the session and stopped after it; its
+    folder (for faults) is the one holding SLURM_CONF."""
     import slurm_cluster as cluster
 
     why = cluster.available()

@@ -1,12 +1,16 @@
-"""A real one-node Slurm cluster for the tests (Debian's slurm-wlm and munge; ../shared/notes/slurm-testing.md).
+"""A real two-node Slurm cluster for the tests (Debian's slurm-wlm and munge; ../shared/notes/slurm-testing.md).
 
-``start_cluster`` writes a private slurm.conf (free ports, its own state and spool folders), makes sure munge
-runs, starts slurmctld and slurmd, and waits until the node is idle; ``stop_cluster`` stops both by the pids in
-their pid files. Nothing of Slurm is mocked: jobs really run, on this machine's two cores.
+Two slurmd daemons on this host are two nodes, ``n1`` and ``n2`` (one CPU each: this machine's two cores), each
+with its own spool, log, pid file and port, reached at NodeAddr 127.0.0.1 (their names resolve nowhere, as on a
+cluster whose node names are not in DNS). ``start_cluster`` writes a private slurm.conf (free ports, its own
+folders), makes sure munge runs, starts slurmctld and both slurmd, and waits until both nodes are idle;
+``stop_cluster`` stops them by the pids in their pid files. Faults are real too: ``kill_slurmd`` and
+``start_slurmd`` for one node, ``stop_controller`` and ``start_controller``. Nothing of Slurm is mocked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -47,26 +51,32 @@ def available() -> str | None:
     return None
 
 
+NODES = ("n1", "n2")
+NODE_MEMORY_MB = 4000
+PARTITION_MAX_MINUTES = 60  # a partition time limit, so a longer request can be refused at submit
+
+
 def start_cluster(folder: Path) -> dict[str, str]:
     """Start a cluster whose files live in ``folder``; returns the environment its clients need."""
     _munge()
     host = socket.gethostname()
-    for sub in ("state", "spool"):
+    for sub in ("state", *(f"spool/{n}" for n in NODES)):
         (folder / sub).mkdir(parents=True, exist_ok=True)
+    nodes = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} CPUs=1 "
+                      f"RealMemory={NODE_MEMORY_MB} State=UNKNOWN" for n in NODES)
     conf = folder / "slurm.conf"
     conf.write_text(f"""ClusterName=effnettest
 SlurmctldHost={host}
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
 AuthType=auth/munge
 StateSaveLocation={folder}/state
-SlurmdSpoolDir={folder}/spool
+SlurmdSpoolDir={folder}/spool/%n
 SlurmctldPidFile={folder}/slurmctld.pid
-SlurmdPidFile={folder}/slurmd.pid
+SlurmdPidFile={folder}/slurmd.%n.pid
 SlurmctldLogFile={folder}/slurmctld.log
-SlurmdLogFile={folder}/slurmd.log
+SlurmdLogFile={folder}/slurmd.%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -74,27 +84,77 @@ AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
-ReturnToService=2
+ReturnToService=1
 MinJobAge=600
 KillWait=20
-NodeName={host} CPUs={os.cpu_count() or 2} RealMemory=4000 State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+SlurmdTimeout=15
+{nodes}
+PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime={PARTITION_MAX_MINUTES} State=UP
 """)
-    env = {**os.environ, "SLURM_CONF": str(conf)}
-    subprocess.run(["slurmctld", "-f", str(conf)], check=True, env=env)
-    subprocess.run(["slurmd", "-f", str(conf)], check=True, env=env)
-    deadline = time.monotonic() + 60
+    env = {"SLURM_CONF": str(conf)}
+    start_controller(folder, env)
+    for node in NODES:
+        start_slurmd(folder, env, node)
+    wait_idle(env, NODES)
+    return env
+
+
+def _run(command: list[str], env: dict[str, str]) -> str:
+    return subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, **env}).stdout
+
+
+def start_controller(folder: Path, env: dict[str, str]) -> None:
+    _run(["slurmctld", "-f", str(folder / "slurm.conf")], env)
+
+
+def start_slurmd(folder: Path, env: dict[str, str], node: str) -> None:
+    _run(["slurmd", "-f", str(folder / "slurm.conf"), "-N", node], env)
+
+
+def wait_idle(env: dict[str, str], nodes: tuple[str, ...], timeout: float = 90) -> None:
+    """Wait until every node in ``nodes`` is idle (after a start, or after a fault is repaired)."""
+    deadline = time.monotonic() + timeout
+    out = ""
     while time.monotonic() < deadline:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=env).stdout
-        if "idle" in out:
-            return {"SLURM_CONF": str(conf)}
+        try:
+            out = _run(["sinfo", "-h", "-N", "-o", "%N %T"], env)
+        except subprocess.CalledProcessError:
+            out = "(no answer)"
+        if all(f"{n} idle" in out for n in nodes):
+            return
         time.sleep(0.5)
-    raise RuntimeError("the test cluster did not come up: " + (folder / "slurmctld.log").read_text()[-2000:])
+    raise RuntimeError(f"the test cluster's nodes are not idle after {timeout:.0f} s: {out}")
+
+
+def _kill(pid_file: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+def kill_slurmd(folder: Path, node: str) -> None:
+    """A slurmd killed (SIGKILL, as a crash): its node stops answering; its job steps keep running for now."""
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int((folder / f"slurmd.{node}.pid").read_text()), signal.SIGKILL)
+
+
+def stop_controller(folder: Path) -> None:
+    """slurmctld stopped by its pid file; returns once it has exited (its port is free again)."""
+    pid_file = folder / "slurmctld.pid"
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.2)
 
 
 def stop_cluster(folder: Path) -> None:
-    for name in ("slurmd.pid", "slurmctld.pid"):
-        try:
-            os.kill(int((folder / name).read_text()), signal.SIGTERM)
-        except (OSError, ValueError):
-            continue
+    for node in NODES:
+        _kill(folder / f"slurmd.{node}.pid")
+    stop_controller(folder)

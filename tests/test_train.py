@@ -299,3 +299,22 @@ def test_the_static_buffer_step_gives_bitwise_the_eager_steps_weights(augment, m
     ours, theirs = static_model.state_dict(), eager_model.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     assert not torch.equal(ours["classifier.1.weight"], build_model(spec).state_dict()["classifier.1.weight"])
+
+
+def test_a_rendezvous_that_cannot_complete_fails_the_run_in_bounded_time_saying_why(tmp_path, cifar_dir):
+    """Rank 0 of a 2-process run whose other process never comes (a node down, an address it cannot reach): the run
+    fails after EFFNET_RENDEZVOUS_S with the reason in one line and in status.json, never a silent hang."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "alone"
+    env = python_env(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                     EFFNET_RENDEZVOUS_S="3")
+    done = subprocess.run(train_cmd(out, cifar_dir, "--epochs", "1"), capture_output=True, text=True, cwd=PROJECT,
+                          env=env, timeout=120)
+    assert done.returncode == 1 and "did not meet within 3 s at 127.0.0.1" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and "did not meet within 3 s" in status["error"]

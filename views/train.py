@@ -88,20 +88,23 @@ has_gpu = slots[0].startswith("cuda")
 st.title("Train")
 
 warn_if_no_cifar()
-if slurm.backend() == "slurm":
-    cluster = slurm.settings()
-    down = slurm.reachable()
-    if down:
-        st.warning(f"**Runs go to a Slurm cluster, and Slurm is not answering now:** {plain(down)} Nothing can be "
-                   "started until it does; everything else on these pages works.")
-    else:
-        st.info(f"**Runs train on the Slurm cluster** (partition {plain(cluster.partition or 'default')}, "
-                f"{cluster.gpus} GPU(s) and {cluster.cpus} CPUs per run"
-                + (f", {cluster.minutes} min per job, requeued before the limit" if cluster.minutes else "")
-                + "): each run is one Slurm job; its state and reason show on its card.")
-elif has_gpu:
-    st.success("A CUDA GPU is available: runs use it (bf16, channels_last, data and augmentation on the GPU).")
+on_slurm = True  # until the backend says otherwise: a broken setting never falls back to this machine silently
+try:
+    on_slurm = slurm.backend() == "slurm"
+    cluster = slurm.request(bool(st.session_state.get("t_distributed"))) if on_slurm else None
+except slurm.SlurmError as exc:
+    st.warning(f"**Runs go to a Slurm cluster, and Slurm is not answering now:** {plain(exc)} Nothing can be "
+               "started until it does; runs already there keep their last known state.")
+except ValueError as exc:  # a setting that cannot work (a typo, or more than the partition has): said, not a crash
+    st.error(f"**The cluster settings cannot work:** {plain(exc)} Nothing can be started until the server's "
+             "operator fixes it.")
 else:
+    if cluster is not None:
+        st.info(f"**Runs train on the Slurm cluster** ({plain(slurm.summary(cluster, bool(st.session_state.get('t_distributed'))))}): each run is one Slurm "
+                "job; its state and reason show on its card.")
+if not on_slurm and has_gpu:
+    st.success("A CUDA GPU is available: runs use it (bf16, channels_last, data and augmentation on the GPU).")
+elif not on_slurm:
     st.info("**No GPU here: training runs on the CPU, which is slow.** B0 trains at roughly 30-50 images/s on two "
             "cores, so one epoch of the 45k training images takes 15-25 minutes, and evaluating the 10k test "
             f"images about 2 minutes. For a demo in minutes, use the quick CPU setting (φ={QUICK_DEMO_PHI:g}, "

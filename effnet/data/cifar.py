@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import errno
 import os
 import pickle
 import shutil
@@ -183,7 +184,11 @@ def _extract(archive: Path, root: Path) -> None:
         if not extracted.is_dir():
             raise DataError(f"{archive} does not contain a '{FOLDER}' folder")
         read_folder(extracted)  # check before it becomes the data
-        os.replace(extracted, root / FOLDER)
+        try:
+            os.replace(extracted, root / FOLDER)
+        except OSError as exc:  # another process (a second rank, a second run) unpacked the same archive first
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (root / FOLDER).is_dir():
+                raise
 
 
 def _download(root: Path) -> None:

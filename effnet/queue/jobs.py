@@ -118,8 +118,9 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
         config = config.replace(data_dir=str(Path(config.data_dir or data_dir()).resolve()))
         pinned.append(config)
     on_slurm = slurm.backend() == "slurm"
-    if on_slurm and (why := slurm.reachable()) is not None:
-        raise slurm.SlurmError(why)  # said where Start was pressed; nothing is written
+    # Said where Start was pressed, before anything is written: Slurm not answering, or a request no node of the
+    # partition could ever run (ValueError naming the setting).
+    request = slurm.request(distributed) if on_slurm else None
     ids = []
     with locks.exclusive(root / QUEUE_LOCK):
         _check_quota(root, caller, len(pinned))
@@ -135,7 +136,7 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
             ids.append(run_id)
     if on_slurm:
         try:
-            slurm.submit([root / i for i in ids], root, distributed)
+            slurm.submit([root / i for i in ids], root, distributed, request)
         except slurm.SlurmError:
             for run_id in ids:  # all or none
                 shutil.rmtree(root / run_id, ignore_errors=True)
@@ -149,6 +150,9 @@ def resume(run_id: str, root: str | os.PathLike | None = None, caller: Caller | 
     """Queue a stopped or failed run again; it continues from its last checkpoint."""
     root = checkpoints_dir(root).resolve()
     run_dir = run_path(root, run_id)
+    job = files.load_json(run_dir / runs.JOB) or {}
+    on_slurm = runs.on_slurm(files.read_json(run_dir / runs.STATUS) or {}) or slurm.backend() == "slurm"
+    request = slurm.request(bool(job.get("distributed"))) if on_slurm else None  # refused before anything changes
     with locks.exclusive(root / QUEUE_LOCK):
         info = runs.read_run(run_dir)
         access.check(caller, info, "resume")
@@ -163,10 +167,10 @@ def resume(run_id: str, root: str | os.PathLike | None = None, caller: Caller | 
                                              "generation": generation})
         files.write_json(run_dir / runs.STATUS, {**info.status, "state": "queued", "error": None,
                                                 "generation": generation})
-    if info.on_slurm or slurm.backend() == "slurm":
+    if request is not None:
         job = files.load_json(run_dir / runs.JOB) or {}
         files.write_json(run_dir / runs.JOB, {k: v for k, v in job.items() if k != "stop_requested"})
-        slurm.submit([run_dir], root, bool(job.get("distributed")))  # a new job continues from the checkpoint
+        slurm.submit([run_dir], root, bool(job.get("distributed")), request)  # a new job resumes the checkpoint
     else:
         ensure_runner(root)
 
@@ -398,20 +402,49 @@ def run_queue(root: Path) -> None:
                 return
 
 
+def _submit_command(args: argparse.Namespace) -> int:
+    """``jobs submit``: one run into the queue (this machine's, or Slurm's with EFFNET_BACKEND=slurm), as Start
+    does; a refusal is one line on stderr, exit code 2, and nothing written."""
+    from effnet.training.flags import config_from_args, normalization_from_args, num_classes_from_args, spec_from_args
+
+    try:
+        spec = spec_from_args(args, num_classes=num_classes_from_args(args),
+                              normalization=normalization_from_args(args))
+        run_id = submit(config_from_args(args, spec), args.root, args.label, distributed=args.distributed)
+    except (ValueError, PermissionError, slurm.SlurmError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(run_id)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from effnet.training.flags import add_spec_arguments, add_training_arguments
+
     parser = argparse.ArgumentParser(prog="python -m effnet.jobs", description="training job queue")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("runner", help="train queued runs (started automatically)").add_argument("--root", required=True)
     sub.add_parser("list", help="list runs and their states").add_argument("--root")
+    queue_it = sub.add_parser("submit", help="queue a training run (the same flags as python -m effnet.train)")
+    add_spec_arguments(queue_it, num_classes_default=None)
+    add_training_arguments(queue_it)
+    queue_it.add_argument("--root", help="the checkpoints folder (default: $EFFNET_CHECKPOINTS or ./checkpoints)")
+    queue_it.add_argument("--label", help="the run's name on the pages (default: its spec)")
+    queue_it.add_argument("--distributed", action="store_true",
+                          help="one DDP run over every device slot (on Slurm: EFFNET_SLURM_NODES x _TASKS)")
     args = parser.parse_args(argv)
     if args.root is not None and not Path(args.root).is_dir():  # never created here: a typo is not a new queue
         parser.error(f"--root: {args.root} is not a folder")
     if args.command == "runner":
         run_queue(Path(args.root))
         return 0
+    if args.command == "submit":
+        return _submit_command(args)
     infos = list_runs(args.root)
     if heal(args.root, infos):
         print("(queued runs had no runner: started one)", file=sys.stderr)
+    if any(r.on_slurm and r.pending for r in infos) and (down := slurm.reachable()):
+        print(f"Slurm is not answering ({down}): the Slurm runs below are as last seen", file=sys.stderr)
     for r in infos:
         state = r.error if r.damaged else r.state
         where = slurm.detail(r.status) if r.active or r.state in ("queued", "failed") else None

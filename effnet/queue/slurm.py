@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +80,23 @@ def backend() -> str:
 class Settings:
     partition: str | None = None
     account: str | None = None
-    gpus: int = 1  # per run (per task for a distributed run); 0: a CPU-only cluster
-    cpus: int = 4  # per task
-    mem: str | None = None  # e.g. "16G"
+    gpus: int | None = None  # per run (per task for a distributed run); None: one where the partition has GPUs
+    cpus: int | None = None  # per task; None: up to DEFAULT_CPUS, as many as the partition's nodes have
+    mem: str | None = None  # per node, e.g. "16G" (sbatch's --mem)
     minutes: int | None = None  # the time limit; the script requeues itself before it
     nodes: int = 1  # nodes of a distributed run
     tasks: int | None = None  # processes per node of a distributed run (default: its GPUs; CPU clusters: set it)
     signal_s: int = 120  # warning before the time limit (at most a tenth of it)
+    max_parallel: int | None = None  # a job array's runs at once (sbatch's --array=0-N%M)
     extra: tuple[str, ...] = ()
+
+
+DEFAULT_CPUS = 4  # per task, where the partition's nodes have them (data loading and augmentation threads)
+# A partition or account name: what Slurm's names use; never a space, quote or newline (each would end the #SBATCH
+# line it is written into, or start a shell line of its own).
+NAME = re.compile(r"[A-Za-z0-9_.,+:@-]{1,128}")
+MEM = re.compile(r"([0-9]{1,9})([KMGT]?)", re.IGNORECASE)  # sbatch's --mem: a number, megabytes unless a unit
+MEM_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 ** 2}
 
 
 def _table() -> dict[str, Any]:
@@ -101,26 +111,62 @@ def _table() -> dict[str, Any]:
         raise ValueError(f"slurm: {path} is not readable TOML ({exc})") from exc
 
 
-def settings() -> Settings:
-    """The operator's Slurm settings: environment variables over the ``[slurm]`` table of the config file."""
-    table = _table()
-    given = {k: os.environ.get(f"EFFNET_SLURM_{k.upper()}", table.get(k)) for k in
-             ("partition", "account", "gpus", "cpus", "mem", "time", "nodes", "tasks", "signal_s", "extra")}
-    d = Settings()  # the defaults, written once (in the dataclass)
+def _env(key: str) -> str:
+    return f"EFFNET_SLURM_{key.upper()}"
+
+
+def _whole(given: dict[str, Any], key: str, low: int, default: int | None) -> int | None:
+    value = given[key]
+    if value is None or str(value).strip() == "":
+        return default
     try:
-        values = Settings(partition=given["partition"] or None, account=given["account"] or None,
-                          gpus=int(given["gpus"] if given["gpus"] is not None else d.gpus),
-                          cpus=int(given["cpus"] or d.cpus), mem=str(given["mem"]) if given["mem"] else None,
-                          minutes=int(given["time"]) if given["time"] else None, nodes=int(given["nodes"] or d.nodes),
-                          tasks=int(given["tasks"]) if given["tasks"] else None,
-                          signal_s=int(given["signal_s"] or d.signal_s),
-                          extra=tuple(shlex.split(given["extra"]) if isinstance(given["extra"], str)
-                                      else given["extra"] or ()))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"slurm settings: {exc}") from exc
-    if values.gpus < 0 or values.cpus < 1 or values.nodes < 1 or (values.minutes is not None and values.minutes < 1):
-        raise ValueError("slurm settings: GPUs must be 0 or more, CPUs, nodes and minutes 1 or more")
-    return values
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{_env(key)}: must be a whole number, got {str(value)!r}") from None
+    if number < low:
+        raise ValueError(f"{_env(key)}: must be {low} or more, got {number}")
+    return number
+
+
+def _name(given: dict[str, Any], key: str) -> str | None:
+    value = str(given[key]).strip() if given[key] is not None else ""
+    if value and not NAME.fullmatch(value):
+        raise ValueError(f"{_env(key)}: must be a Slurm name (letters, digits, . _ - , + : @), got {value!r}")
+    return value or None
+
+
+def mem_mb(mem: str) -> float:
+    """Megabytes of a --mem value ("16G", "4000", "512M")."""
+    number, unit = MEM.fullmatch(mem).groups()
+    return int(number) * MEM_MB[unit.upper()]
+
+
+def _extra(value: Any) -> tuple[str, ...]:
+    options = tuple(shlex.split(value) if isinstance(value, str) else value or ())
+    for option in options:
+        if not str(option).startswith("-") or any(c in str(option) for c in "\n\r"):
+            raise ValueError(f"{_env('extra')}: sbatch options only, each starting with - and on one line, "
+                             f"got {str(option)!r}")
+    return tuple(str(o) for o in options)
+
+
+def settings() -> Settings:
+    """The operator's Slurm settings: environment variables over the ``[slurm]`` table of the config file, each
+    checked as it is read (``ValueError`` naming the variable): what is written into the batch script is only
+    ever a number, a size or a Slurm name."""
+    table = _table()
+    given = {k: os.environ.get(_env(k), table.get(k)) for k in
+             ("partition", "account", "gpus", "cpus", "mem", "time", "nodes", "tasks", "signal_s", "max_parallel",
+              "extra")}
+    mem = str(given["mem"]).strip() if given["mem"] not in (None, "") else None
+    if mem is not None and not MEM.fullmatch(mem):
+        raise ValueError(f"{_env('mem')}: a size per node like 16G or 16000M, got {mem!r}")
+    d = Settings()  # the defaults, written once (in the dataclass)
+    return Settings(partition=_name(given, "partition"), account=_name(given, "account"),
+                    gpus=_whole(given, "gpus", 0, d.gpus), cpus=_whole(given, "cpus", 1, d.cpus), mem=mem,
+                    minutes=_whole(given, "time", 1, d.minutes), nodes=_whole(given, "nodes", 1, d.nodes),
+                    tasks=_whole(given, "tasks", 1, d.tasks), signal_s=_whole(given, "signal_s", 1, d.signal_s),
+                    max_parallel=_whole(given, "max_parallel", 1, d.max_parallel), extra=_extra(given["extra"]))
 
 
 # ----------------------------------------------------------------------------- talking to Slurm
@@ -148,16 +194,150 @@ def reachable() -> str | None:
     return None
 
 
+# ----------------------------------------------------------------------------- what the partition can run
+@dataclass(frozen=True)
+class Node:
+    name: str
+    addr: str  # NodeAddr: where the other nodes reach it (its name may resolve nowhere)
+    cpus: int
+    mem_mb: int
+    gpus: int
+    state: str
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    state: str  # UP, DOWN, DRAIN, INACTIVE
+    max_minutes: int | None  # None: no limit
+    max_nodes: int | None
+    nodes: tuple[Node, ...]
+
+
+def _fields(line: str) -> dict[str, str]:
+    """``key=value`` pairs of one ``scontrol show -o`` line (values with spaces come back cut: none used here)."""
+    return dict(re.findall(r"(\w+)=(\S*)", line))
+
+
+def _minutes(limit: str) -> int | None:
+    """Slurm's time limit (``UNLIMITED``, ``MM``, ``HH:MM:SS``, ``D-HH:MM:SS``) in minutes; None for no limit."""
+    if limit.upper() in ("UNLIMITED", "INFINITE", "NONE", ""):
+        return None
+    days, _, clock = limit.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:  # D-HH, D-HH:MM, D-HH:MM:SS
+        hours, minutes = parts[0], (parts[1] if len(parts) > 1 else 0)
+    elif len(parts) == 3:  # HH:MM:SS (how scontrol writes it)
+        hours, minutes = parts[0], parts[1]
+    else:  # MM or MM:SS
+        hours, minutes = 0, parts[0]
+    return (int(days or 0) * 24 + hours) * 60 + minutes
+
+
+def _gpus(gres: str) -> int:
+    """GPUs in a node's ``Gres`` (``gpu:4``, ``gpu:a100:2(S:0-1)``, ``(null)``)."""
+    return sum(int(n) for n in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", gres))
+
+
+def partition(name: str | None) -> Partition:
+    """The partition runs go to (the cluster's default when ``name`` is None) and its nodes, from ``scontrol``;
+    ``SlurmError`` when Slurm does not answer, ``ValueError`` when there is no such partition."""
+    listed = [_fields(line) for line in _slurm("scontrol", "show", "partition", "-o").splitlines() if line.strip()]
+    chosen = [p for p in listed if (p.get("PartitionName") == name if name else p.get("Default") == "YES")]
+    if not chosen:
+        known = ", ".join(p.get("PartitionName", "?") for p in listed) or "none"
+        raise ValueError(f"{_env('partition')}: " + (f"this cluster has no partition {name!r}" if name else
+                         "this cluster has no default partition: set one") + f" (partitions: {known})")
+    part = chosen[0]
+    names = set(_slurm("scontrol", "show", "hostnames", part.get("Nodes", "")).split()) if part.get("Nodes") else set()
+    nodes = tuple(Node(f["NodeName"], f.get("NodeAddr") or f["NodeName"], int(f.get("CPUTot", 0)),
+                       int(f.get("RealMemory", 0)), _gpus(f.get("Gres", "")), f.get("State", "?"))
+                  for f in (_fields(line) for line in _slurm("scontrol", "show", "node", "-o").splitlines())
+                  if f.get("NodeName") in names)
+    max_nodes = part.get("MaxNodes", "UNLIMITED")
+    return Partition(part["PartitionName"], part.get("State", "UP"), _minutes(part.get("MaxTime", "UNLIMITED")),
+                     None if max_nodes.upper() == "UNLIMITED" else int(max_nodes), nodes)
+
+
+def fit(s: Settings, part: Partition, distributed: bool) -> Settings:
+    """``s`` with its defaults chosen for ``part`` (GPUs only where it has them, CPUs up to what its nodes have), or
+    ``ValueError`` naming the setting when no node (no set of nodes, for a distributed run) of the partition could
+    ever run it: Slurm would keep such a job pending for ever (PartitionConfig) or refuse it in its own words."""
+    where = f"partition {part.name}"
+    if part.state in ("DOWN", "INACTIVE"):
+        raise ValueError(f"{_env('partition')}: {where} is {part.state}: no run can start there; choose another "
+                         "partition or ask the cluster's administrator")
+    most_gpus = max((n.gpus for n in part.nodes), default=0)
+    gpus = (1 if most_gpus else 0) if s.gpus is None else s.gpus
+    tasks = (s.tasks or max(1, gpus)) if distributed else 1
+    nodes = s.nodes if distributed else 1
+    most_cpus = max((n.cpus for n in part.nodes), default=0)
+    cpus = max(1, min(DEFAULT_CPUS, most_cpus // tasks)) if s.cpus is None else s.cpus
+    per_node_gpus = tasks if distributed and gpus else gpus
+
+    def enough(n: Node) -> bool:
+        return (n.cpus >= cpus * tasks and n.gpus >= per_node_gpus
+                and (s.mem is None or n.mem_mb >= mem_mb(s.mem)))
+
+    if (part.max_nodes is not None and nodes > part.max_nodes) or nodes > len(part.nodes):
+        most = min(len(part.nodes), part.max_nodes or len(part.nodes))
+        raise ValueError(f"{_env('nodes')}: asks {nodes} nodes; {where} has at most {most} for a job: "
+                         f"set {_env('nodes')}={most}")
+    if s.minutes is not None and part.max_minutes is not None and s.minutes > part.max_minutes:
+        raise ValueError(f"{_env('time')}: asks {s.minutes} minutes; {where} allows at most {part.max_minutes}: "
+                         f"set {_env('time')}={part.max_minutes} (runs requeue themselves before the limit)")
+    if sum(map(enough, part.nodes)) >= nodes:
+        return replace(s, gpus=gpus, cpus=cpus)
+    if per_node_gpus > most_gpus:
+        fix = f"set {_env('gpus')}=0 to train on CPUs" if not most_gpus else f"set {_env('gpus')}={most_gpus}"
+        raise ValueError(f"{_env('gpus')}: asks {per_node_gpus} GPU(s) per node; {where}'s largest node has "
+                         f"{most_gpus}: {fix}, or choose a partition with GPUs")
+    if cpus * tasks > most_cpus:
+        each = f" ({tasks} tasks x {cpus})" if tasks > 1 else ""
+        fix = (f"set {_env('cpus')}={most_cpus // tasks}" if most_cpus >= tasks
+               else f"set {_env('tasks')}={most_cpus} or fewer")
+        raise ValueError(f"{_env('cpus')}: asks {cpus * tasks} CPUs per node{each}; {where}'s largest node has "
+                         f"{most_cpus}: {fix}")
+    most_mem = max((n.mem_mb for n in part.nodes), default=0)
+    if s.mem is not None and mem_mb(s.mem) > most_mem:
+        raise ValueError(f"{_env('mem')}: asks {s.mem} per node; {where}'s largest node has {most_mem} MB: "
+                         f"set {_env('mem')}={most_mem}M or less")
+    raise ValueError(f"{_env('nodes')}: asks {nodes} nodes with {cpus * tasks} CPUs and {per_node_gpus} GPU(s) "
+                     f"each; {where} has only {sum(map(enough, part.nodes))} such node(s): set {_env('nodes')} "
+                     "lower or ask for less per node")
+
+
+def request(distributed: bool = False) -> Settings:
+    """The settings a run is submitted with, checked against the cluster: ``SlurmError`` when Slurm does not
+    answer, ``ValueError`` naming the setting when the run could never start (said where Start was pressed)."""
+    s = settings()
+    return fit(s, partition(s.partition), distributed)
+
+
+def summary(s: Settings, distributed: bool = False) -> str:
+    """What one run asks the cluster for, in words (the Train page's banner)."""
+    per = f"{s.nodes} node(s) x {s.tasks or max(1, s.gpus or 0)} task(s)" if distributed else "one task"
+    return (f"partition {s.partition or 'default'}, {per}, {s.gpus} GPU(s) and {s.cpus} CPU(s) per task"
+            + (f", {s.mem} per node" if s.mem else "")
+            + (f", {s.minutes} min per job, requeued before the limit" if s.minutes else ""))
+
+
 def _directives(s: Settings, n_runs: int, distributed: bool, batch: Path) -> list[str]:
+    if any(c in str(batch) for c in '"\n\r'):
+        raise ValueError(f"the checkpoints folder {str(batch.parent.parent)!r} has a quote or a line break in its "
+                         "path, which a #SBATCH line cannot carry: use a folder without them")
+    output = f"{batch}/slurm-%A_%a.out" if n_runs > 1 else f"{batch}/slurm-%j.out"
     lines = [f"--job-name={JOB_NAME}", "--open-mode=append", "--requeue", "--export=ALL",
-             f"--output={batch}/slurm-%A_%a.out" if n_runs > 1 else f"--output={batch}/slurm-%j.out"]
+             f'--output="{output}"']  # quoted: sbatch reads #SBATCH values with spaces only between quotes
     if n_runs > 1:
-        lines.append(f"--array=0-{n_runs - 1}")
-    tasks = (s.tasks or max(1, s.gpus)) if distributed else 1
+        lines.append(f"--array=0-{n_runs - 1}" + (f"%{s.max_parallel}" if s.max_parallel else ""))
+    tasks = (s.tasks or max(1, s.gpus or 0)) if distributed else 1
     lines += ([f"--nodes={s.nodes}", f"--ntasks-per-node={tasks}"] if distributed else ["--ntasks=1"])
-    lines.append(f"--cpus-per-task={s.cpus}")
-    if s.gpus > 0:
+    lines.append(f"--cpus-per-task={s.cpus or DEFAULT_CPUS}")
+    if s.gpus:
         lines.append(f"--gpus-per-task={1 if distributed else s.gpus}")
+    if s.mem:
+        lines.append(f"--mem={s.mem}")
     if s.minutes is not None:
         lines.append(f"--time={s.minutes}")
         lines.append(f"--signal=B:USR1@{min(s.signal_s, max(10, 6 * s.minutes))}")
@@ -185,7 +365,11 @@ filesystem the compute nodes share" >&2
   exit {NO_FOLDER_EXIT}
 fi
 export PYTHONPATH={shlex.quote(str(PROJECT))}${{PYTHONPATH:+:$PYTHONPATH}}
-export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+export EFFNET_SLURM_BATCH={shlex.quote(batch.name)}
+# Rank 0 runs on the job's first node; the others reach it at that node's NodeAddr (its name may resolve nowhere).
+first="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+addr="$(scontrol show node "$first" -o 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)"
+export MASTER_ADDR="${{addr:-$first}}"
 export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
 self="${{SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}}${{SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}}"
 requeue=0
@@ -201,24 +385,50 @@ exit "$code"
 """
 
 
-def submit(run_dirs: list[Path], root: Path, distributed: bool = False) -> list[str]:
-    """Submit ``run_dirs`` (queued runs) as one job or one job array; returns their Slurm job ids, also written into
-    each run's status.json. ``SlurmError`` when Slurm is unreachable (nothing is submitted then)."""
-    s = settings()
+# sbatch's refusals that have a plain reason and a fix (the checks at submit catch most before sbatch sees them).
+REFUSALS = {
+    "Invalid generic resource (gres) specification":
+        "the partition has no GPUs (or none of the kind asked for): set EFFNET_SLURM_GPUS=0 to train on CPUs, or "
+        "choose a partition with GPUs (EFFNET_SLURM_PARTITION)",
+    "Memory specification can not be satisfied":
+        "no node of the partition has that much memory: lower EFFNET_SLURM_MEM",
+    "Requested node configuration is not available":
+        "no node of the partition has what one run asks for (CPUs, memory or GPUs): lower EFFNET_SLURM_CPUS, "
+        "EFFNET_SLURM_MEM or EFFNET_SLURM_GPUS, or choose another partition",
+    "Invalid account or account/partition combination":
+        "this account may not use that partition: check EFFNET_SLURM_ACCOUNT and EFFNET_SLURM_PARTITION",
+    "invalid partition specified": "there is no such partition: check EFFNET_SLURM_PARTITION (sinfo lists them)",
+}
+
+
+def _plain_refusal(message: str) -> str:
+    plain = next((why for code, why in REFUSALS.items() if code.lower() in message.lower()), None)
+    return f"Slurm refused the job: {plain} ({message})" if plain else message
+
+
+def submit(run_dirs: list[Path], root: Path, distributed: bool = False, s: Settings | None = None) -> list[str]:
+    """Submit ``run_dirs`` (queued runs) as one job or one job array with ``s`` (default: ``request``); returns their
+    Slurm job ids, also written into each run's status.json. ``SlurmError`` when Slurm is unreachable or refuses
+    (nothing is submitted then)."""
+    s = s or request(distributed)
     batch = root / FOLDER / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    text = script(run_dirs, s, distributed, batch)  # before anything is written: a path it cannot carry is refused
     batch.mkdir(parents=True)
     path = batch / "job.sbatch"
-    files.atomic_write_bytes(path, script(run_dirs, s, distributed, batch).encode())
+    files.atomic_write_bytes(path, text.encode())
     try:
         answer = _slurm("sbatch", "--parsable", str(path)).strip().split(";")[0]
-    except SlurmError:
+    except SlurmError as exc:
         shutil.rmtree(batch, ignore_errors=True)
-        raise
+        raise SlurmError(_plain_refusal(str(exc))) from exc
     ids = [f"{answer}_{i}" for i in range(len(run_dirs))] if len(run_dirs) > 1 else [answer]
     for run_dir, job_id in zip(run_dirs, ids, strict=True):
-        status = files.read_json(run_dir / runs.STATUS) or {}
-        files.write_json(run_dir / runs.STATUS, {**status, "state": "queued", "slurm_job_id": job_id,
-                                                 "slurm_batch": batch.name, "slurm_state": "PENDING"})
+        # Under the status lock, over what is there: a job that started at once may have written already.
+        with locks.exclusive(run_dir / runs.STATUS_LOCK):
+            status = files.read_json(run_dir / runs.STATUS) or {}
+            mine = {"slurm_job_id": job_id, "slurm_batch": batch.name}
+            files.write_json(run_dir / runs.STATUS, status | mine if status.get("slurm_job_id") == job_id else
+                             {**status, **mine, "state": "queued", "slurm_state": "PENDING"})
     ensure_watcher(root)
     return ids
 
@@ -245,15 +455,58 @@ def states(job_ids: list[str]) -> dict[str, JobState]:
     return found
 
 
+# squeue's pending reasons in plain words, with the fix. The first group never clears by itself: the run waits for
+# ever until someone changes the request or the cluster (the checks at submit refuse most such runs up front).
+STUCK = {
+    "PartitionConfig": "the partition cannot run what this run asks for (CPUs, memory, GPUs or nodes per job): stop "
+                       "it, lower EFFNET_SLURM_CPUS, _MEM, _GPUS or _NODES, and resume it",
+    "PartitionNodeLimit": "it asks more nodes than the partition allows a job: stop it, lower EFFNET_SLURM_NODES "
+                          "and resume it",
+    "PartitionTimeLimit": "its time limit is over the partition's: stop it, lower EFFNET_SLURM_TIME and resume it",
+    "BadConstraints": "no node has the features it asks for: stop it and fix --constraint in EFFNET_SLURM_EXTRA",
+    "InvalidQOS": "its QOS is not valid for the account: stop it and fix --qos in EFFNET_SLURM_EXTRA, or ask the "
+                  "cluster's administrator",
+    "AssocMaxJobsLimit": "the account's job limit is reached: it waits until other jobs of the account end, or the "
+                         "administrator raises the limit",
+    "PartitionDown": "the partition is down: it waits until the administrator brings it up",
+    "ReqNodeNotAvail": "the nodes it needs are down, drained or reserved: it starts when they are back (ask the "
+                       "cluster's administrator if they stay down)",
+}
+WAITING_FOR = {
+    "Resources": "waiting for free nodes",
+    "Priority": "waiting for jobs ahead of it",
+    "BeginTime": "waiting for its start time",
+    "Dependency": "waiting for another job",
+    "JobHeldUser": "held: release it with scontrol release",
+    "JobHeldAdmin": "held by the administrator",
+    "NodeDown": "a node it needs is down: it starts when the node is back",
+}
+
+
+# Where squeue gives the reason's description rather than its code (measured on Slurm 22.05).
+DESCRIBED = {"Nodes required for job are DOWN, DRAINED": "ReqNodeNotAvail"}
+
+
+def pending_reason(reason: str | None) -> str | None:
+    """Slurm's pending reason code as people read it, with the fix where it never clears by itself."""
+    if not reason or reason == "None":
+        return None
+    code = reason.removeprefix("requeued; ").split(",")[0].strip()
+    code = next((c for text, c in DESCRIBED.items() if reason.removeprefix("requeued; ").startswith(text)), code)
+    words = STUCK.get(code) or WAITING_FOR.get(code)
+    requeued = "requeued; " if reason.startswith("requeued; ") else ""
+    return f"{requeued}{code}: {words}" if words else reason
+
+
 def detail(status: dict[str, Any]) -> str | None:
-    """A Slurm run's state for people: "pending (Resources)", "running on node7", "ended: TIMEOUT"; None when the
-    run is not a Slurm job."""
+    """A Slurm run's state for people: "pending (Resources: waiting for free nodes)", "running on n[1-2]",
+    "timeout"; None when the run is not a Slurm job."""
     if not status.get("slurm_job_id"):
         return None
     job, state = status["slurm_job_id"], status.get("slurm_state") or "PENDING"
     if state == "PENDING":
-        reason = status.get("slurm_reason")
-        return f"Slurm job {job}: pending" + (f" ({reason})" if reason and reason != "None" else "")
+        reason = pending_reason(status.get("slurm_reason"))
+        return f"Slurm job {job}: pending" + (f" ({reason})" if reason else "")
     if state in ("RUNNING", "COMPLETING"):
         return f"Slurm job {job}: running on {status.get('slurm_nodes') or status.get('node') or '?'}"
     return f"Slurm job {job}: {state.lower()}"
@@ -336,7 +589,10 @@ def _merged(status: dict[str, Any], job: JobState | None, asked_to_stop: bool, b
         again = "requeued; " if status.get("slurm_requeues") else ""
         return status | {"slurm_state": "PENDING", "slurm_reason": again + job.reason}
     if job is not None and theirs in RUNNING:  # the trainer writes its node list itself once it runs
-        return status | {"slurm_state": "RUNNING"} | ({} if status.get("slurm_nodes") else {"slurm_nodes": job.node})
+        started = {"state": "starting", "phase": "Slurm started the job; the trainer is starting"} \
+            if ours == "queued" else {}  # the run's state follows Slurm's: running while the job runs
+        return status | {"slurm_state": "RUNNING"} | started | ({} if status.get("slurm_nodes")
+                                                                  else {"slurm_nodes": job.node})
     if theirs == "COMPLETED" and ours not in runs.ACTIVE:
         return status | {"state": "failed", "slurm_state": theirs,
                          "error": "the Slurm job ended before the trainer started: " + _ended_reason(job, batch)}
@@ -367,7 +623,19 @@ def watch(root: Path) -> None:
     with locks.exclusive(root / WATCHER_LOCK, wait=False) as mine:
         if not mine:
             return
-        while sync(root):
+        down_since = None
+        while True:
+            why = reachable()
+            if why and down_since is None:  # said once per outage, in the watcher's log; nothing is marked meanwhile
+                down_since = time.time()
+                print(f"{time.strftime('%H:%M:%S')} Slurm is not answering ({why}): runs keep their last known "
+                      "state until it does", flush=True)
+            elif not why and down_since is not None:
+                print(f"{time.strftime('%H:%M:%S')} Slurm answers again after {time.time() - down_since:.0f} s",
+                      flush=True)
+                down_since = None
+            if not sync(root):
+                return
             time.sleep(WATCH_S)
 
 
@@ -384,6 +652,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "sync":
         print(f"{sync(root)} Slurm run(s) still active")
     else:
-        print(script([root / "RUN"], settings(), False, root / FOLDER / "BATCH"))
+        try:
+            chosen = request()
+        except SlurmError:  # the script as it would be, for a cluster that does not answer now
+            chosen = settings()
+        print(script([root / "RUN"], chosen, False, root / FOLDER / "BATCH"))
     return 0
 

@@ -46,7 +46,15 @@ from effnet.training.config import (
 )
 from effnet.training.evaluate import PRECISE_BN_IMAGES, evaluate, precise_bn
 from effnet.training.progress import Diverged, Live, Status, Stopwatch
-from effnet.training.start import Data, distributed_env, initial_model, load_data, load_dataset, pick_device
+from effnet.training.start import (
+    Data,
+    distributed_env,
+    initial_model,
+    join_group,
+    load_data,
+    load_dataset,
+    pick_device,
+)
 from effnet.training.step import EMA, StaticStep, lr_at, make_optimizer, step_seed, train_step
 
 GRAPHS_ENV = "EFFNET_CUDA_GRAPHS"  # "0": no whole-step CUDA graphs
@@ -321,12 +329,11 @@ def train(config: TrainConfig, out: Path, resume: bool = False, checked: bool = 
         raise
     world, rank, local_rank = distributed_env()
     device = pick_device(config.device, local_rank)
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     status = Status(out, enabled=rank == 0)
     try:
+        if world > 1 and not dist.is_initialized():
+            status.update(state="starting", phase=f"waiting for the run's {world} processes to meet")
+            join_group(world, rank, device)  # bounded: a rendezvous that cannot complete fails the run, saying why
         with contextlib.ExitStack() as held:
             if rank == 0:
                 out.mkdir(parents=True, exist_ok=True)

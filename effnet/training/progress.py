@@ -35,6 +35,12 @@ class Status:
         if os.environ.get("SLURM_JOB_ID"):  # a Slurm job: where it runs, for the pages (its pid is the node's)
             self.fields |= {"slurm_state": "RUNNING", "node": os.environ.get("SLURMD_NODENAME", "?"),
                             "slurm_nodes": os.environ.get("SLURM_JOB_NODELIST", "?")}
+            if os.environ.get("EFFNET_SLURM_BATCH"):
+                # The job says who it is (effnet.queue.slurm's script): right even when it started before sbatch's
+                # answer was recorded, or when a resumed run's status still names the job before.
+                array = os.environ.get("SLURM_ARRAY_TASK_ID")
+                self.fields |= {"slurm_batch": os.environ["EFFNET_SLURM_BATCH"], "slurm_job_id":
+                                f"{os.environ['SLURM_ARRAY_JOB_ID']}_{array}" if array else os.environ["SLURM_JOB_ID"]}
         self.last_write = 0.0
         self._stop = threading.Event()
         if enabled:

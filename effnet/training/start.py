@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from effnet.arch.model import build_model, head_prefix, load_pretrained
@@ -100,6 +102,33 @@ def initial_model(config: TrainConfig, fresh: bool) -> nn.Module:
         return weights_from_run(config.spec, Path(config.init_from))
     return build_model(config.spec)
 
+
+
+class RendezvousError(RuntimeError):
+    """The processes of a distributed run did not all meet in time (the message says where, and why it may be)."""
+
+
+RENDEZVOUS_ENV = "EFFNET_RENDEZVOUS_S"
+RENDEZVOUS_S = 180  # a node that is up reaches rank 0 in seconds; one that never will must not hang the run
+
+
+def join_group(world: int, rank: int, device: torch.device) -> None:
+    """Meet the run's other processes at MASTER_ADDR:MASTER_PORT within ``$EFFNET_RENDEZVOUS_S`` seconds, else a
+    ``RendezvousError`` saying who did not come (torch's own default would wait 30 minutes, retrying for ever on a name
+    that does not resolve). Then the process group, NCCL on GPUs, gloo on CPUs: the same code path."""
+    addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
+    limit = float(os.environ.get(RENDEZVOUS_ENV) or RENDEZVOUS_S)
+    # Under torchrun its agent already serves the store at MASTER_PORT: every process joins it (as torch's env://).
+    serves = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    try:
+        store = dist.TCPStore(addr, port, world, is_master=serves, timeout=timedelta(seconds=limit))
+    except (RuntimeError, OSError, ValueError) as exc:  # torch's DistStoreError and DistNetworkError included
+        raise RendezvousError(f"the {world} processes of this distributed run did not meet within {limit:.0f} s at "
+                           f"{addr}:{port} (process {rank}: {str(exc).splitlines()[0] if str(exc) else exc!r}); "
+                           "a node may be down, or unable to reach the first node's address") from exc
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
 
 
 def distributed_env() -> tuple[int, int, int]:
