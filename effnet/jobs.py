@@ -1,4 +1,4 @@
-"""``python -m effnet.jobs``: the training queue: list, run (the runner), stop, delete (the code: ``effnet.queue.jobs``)."""
+"""``python -m effnet.jobs``: the training queue: submit a run, list runs, the runner (the code: ``effnet.queue.jobs``)."""
 
 import sys
 

@@ -235,6 +235,12 @@ def test_cam_page_gives_one_overlay_per_selected_run_and_refuses_garbage(with_ru
     assert len(at.get("image")) == shown(images=3, models=1) and not at.exception
     at.button(key="cam_random").click().run()
     assert len(at.get("image")) == shown(images=5, models=1) and not at.exception  # the upload, four test images
+    at.toggle(key="cam_sanity").set_value(True).run()
+    seen = [img.caption.split("where it sees '")[1].split("' (")[0] for el in at.get("image") for img in el.proto.imgs
+            if "where it sees" in img.caption]
+    assert seen and len(seen) % 2 == 0 and not at.exception
+    # Per image, the randomised copy explains the class its trained model explained (like for like).
+    assert seen[0::2] == seen[1::2], seen
 
 
 def test_cam_page_explains_imagenet_weights_are_unavailable_offline(with_runs, monkeypatch, tmp_path):

@@ -163,13 +163,15 @@ def test_the_cam_cli_writes_overlays_and_json(resnet_digits, tmp_path):
         Image.fromarray(held_out[i]).save(tmp_path / f"held-out-{i}.png")
         images.append(tmp_path / f"held-out-{i}.png")
     done = cli("effnet.cam", str(resnet_digits / "r18"), *map(str, images), "--method", "hirescam", "--out",
-               str(tmp_path / "cams"), "--json")
+               str(tmp_path / "cams"), "--json", "--sanity")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert [r["image"] for r in report] == [str(p) for p in images]
     for row in report:
         assert {"image", "predicted", "score", "top5", "road"} <= row.keys()
         assert row["predicted"].startswith("digit-") and row["top5"][0]["class"] == row["predicted"]
+        # The randomised copy explains the class the trained model explained (like for like), not its own top class.
+        assert row["explained"] == row["predicted"] == row["randomised"]["explained"]
         assert 0 < row["score"] <= 1 and -0.5 <= row["road"] <= 0.5
         with Image.open(row["overlay"]) as img:
             assert img.format == "PNG" and img.size == Image.open(images[0]).size

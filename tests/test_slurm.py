@@ -48,7 +48,7 @@ def on_slurm(slurm_cluster, monkeypatch, tmp_path):
         monkeypatch.setenv(name, value)
     for name in [n for n in os.environ if n.startswith("EFFNET_SLURM_") and n != "EFFNET_SLURM_SIGNAL_S"]:
         monkeypatch.delenv(name)
-    root = tmp_path / "check points"
+    root = tmp_path / "check points 100%"  # sbatch's --output must carry a space and its pattern character
     root.mkdir()
     scancel, scontrol = shutil.which("scancel"), shutil.which("scontrol")  # a test may hide Slurm from PATH
     yield root
@@ -82,6 +82,7 @@ def test_a_run_trains_as_a_slurm_job_and_appears_in_results(on_slurm, cifar_dir)
     script = next((on_slurm / slurm.FOLDER).glob("*/job.sbatch")).read_text()
     assert "--requeue" in script and "--signal=B:USR1@" in script
     assert "--cpus-per-task=1" in script and "--gpus" not in script, "the defaults fit a 1-CPU node without GPUs"
+    assert list((on_slurm / slurm.FOLDER).glob(f"*/slurm-{job}.out")), "Slurm's output lands in the batch folder"
 
 
 def test_stop_checkpoints_and_resume_continues_in_a_new_job(on_slurm, cifar_dir):
@@ -232,7 +233,7 @@ def test_settings_reach_the_script_and_sbatchs_own_refusals_are_said_plainly(on_
     monkeypatch.setenv("EFFNET_SLURM_MAX_PARALLEL", "1")
     ids = jobs.submit_many([tiny_config(cifar_dir, epochs=1, subset=64)] * 2, on_slurm)
     script = next((on_slurm / slurm.FOLDER).glob("*/job.sbatch")).read_text()
-    assert "#SBATCH --array=0-1%1" in script and f'--output="{on_slurm}/' in script
+    assert "#SBATCH --array=0-1%1" in script and f'--output="{str(on_slurm).replace("%", "%%")}/' in script
     for run_id in ids:
         jobs.stop(run_id, on_slurm)
     shutil.rmtree(on_slurm)
@@ -241,6 +242,12 @@ def test_settings_reach_the_script_and_sbatchs_own_refusals_are_said_plainly(on_
     with pytest.raises(slurm.SlurmError, match="the partition has no GPUs .*set EFFNET_SLURM_GPUS=0"):
         jobs.submit(tiny_config(cifar_dir), on_slurm)
     assert nothing_written(on_slurm)
+    monkeypatch.delenv("EFFNET_SLURM_EXTRA")
+    quoted = on_slurm.parent / 'say "hi"'
+    quoted.mkdir()
+    with pytest.raises(ValueError, match="has a quote, a backslash or a line break"):
+        jobs.submit(tiny_config(cifar_dir), quoted)
+    assert nothing_written(quoted) and not any(quoted.iterdir())
 
 
 def test_a_pending_reason_that_never_clears_is_said_with_its_fix(on_slurm, cifar_dir, monkeypatch):
@@ -262,20 +269,30 @@ def test_a_pending_reason_that_never_clears_is_said_with_its_fix(on_slurm, cifar
         subprocess.run(["scontrol", "update", "PartitionName=debug", f"MaxTime={cluster.PARTITION_MAX_MINUTES}"])
 
 
-def test_a_distributed_run_spans_two_nodes_and_matches_ddp_on_one_machine(on_slurm, cifar_dir, monkeypatch,
-                                                                          tmp_path):
-    """2 nodes x 1 task meet at the first node's NodeAddr (the names n1, n2 resolve nowhere) and train exactly as
-    two processes on one machine do: bit for bit. (Against one process with the same global batch the weights differ
-    by design: each process draws its own stochastic depth and normalises over its half of the batch; see README.)"""
+def test_a_distributed_run_spans_two_nodes_stops_resumes_and_matches_ddp_on_one_machine(on_slurm, cifar_dir,
+                                                                                        monkeypatch, tmp_path):
+    """2 nodes x 1 task meet at the first node's NodeAddr (the names n1, n2 resolve nowhere), stop mid-run and resume
+    in a new job, and end exactly as two processes on one machine do uninterrupted: bit for bit. (Against one process
+    with the same global batch the weights differ by design: each process draws its own stochastic depth and
+    normalises over its half of the batch; see README.)"""
     monkeypatch.setenv("EFFNET_SLURM_NODES", "2")
     monkeypatch.setenv("EFFNET_SLURM_TASKS", "1")
-    run_id = jobs.submit(tiny_config(cifar_dir, batch_size=16, subset=128), on_slurm, distributed=True)
-    info = until(on_slurm, run_id, lambda i: i.state in runs.ENDED, timeout=300, what="the 2-node DDP job")
+    run_id = jobs.submit(tiny_config(cifar_dir, epochs=2, batch_size=16, subset=128, checkpoint_minutes=0), on_slurm,
+                         distributed=True)
+    until(on_slurm, run_id, lambda i: i.state == "running" and i.status.get("step", 0) >= 1, what="both nodes training")
+    assert jobs.stop(run_id, on_slurm) == "stopping"
+    info = until(on_slurm, run_id, lambda i: i.state in runs.ENDED, what="the stop")
+    assert info.state == "stopped", (info.error, info.status)
+    jobs.resume(run_id, on_slurm)
+    info = until(on_slurm, run_id, lambda i: i.state in runs.ENDED, timeout=300, what="the resumed 2-node job")
     assert info.state == "finished", info.error
-    assert (files.read_json(info.path / runs.CONFIG) or {})["world_size"] == 2 and info.status["slurm_nodes"] == "n[1-2]"
+    assert (files.read_json(info.path / runs.CONFIG) or {})["world_size"] == 2
+    assert info.status["slurm_nodes"] == "n[1-2]"
+    assert each_epoch_once(info) == [1, 2]
     here = tmp_path / "two-processes-here"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           *train_cmd(here, cifar_dir, "--epochs", "1", "--batch-size", "16", "--subset", "128")[1:]],
+                           *train_cmd(here, cifar_dir, "--epochs", "2", "--batch-size", "16", "--subset", "128",
+                                      "--checkpoint-minutes", "0")[1:]],
                           capture_output=True, text=True, cwd=PROJECT, env=python_env(OMP_NUM_THREADS="1"),
                           timeout=scaled(300))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -93,7 +93,9 @@ for variant in chosen_imagenet:
     except (RuntimeError, ValueError) as exc:
         controls.error(f"{variant} ImageNet weights are unavailable here. {exc}")
 
+follows: dict[int, int] = {}  # each randomised copy explains the class its trained model explained
 if sanity:
+    follows = {len(models) + i: i for i in range(len(models))}
     models += [(f"{label} · randomised weights", cached_randomised(f"{label}|{id(model)}", model), spec, names)
                for label, model, spec, names in list(models)]
 
@@ -160,4 +162,4 @@ def target_for(spec: ScalingSpec, names: list[str]) -> int | None:
 
 
 for name, raw in images:
-    cam_strip(name, raw, models, method, alpha, target_for, layer=layer, road=road)
+    cam_strip(name, raw, models, method, alpha, target_for, layer=layer, road=road, follows=follows)

@@ -88,10 +88,27 @@ has_gpu = slots[0].startswith("cuda")
 st.title("Train")
 
 warn_if_no_cifar()
+@st.cache_data(ttl=10, show_spinner=False)
+def cluster_request(distributed: bool, given: slurm.Settings) -> tuple[str, object]:
+    """(``"ok"``, the request) or (``"down"``/``"bad"``, why): asked of Slurm at most every 10 s per setting (three
+    scontrol questions), not on every rerun of every student's page."""
+    try:
+        return "ok", slurm.request(distributed, given)
+    except slurm.SlurmError as exc:
+        return "down", str(exc)
+    except ValueError as exc:
+        return "bad", str(exc)
+
+
 on_slurm = True  # until the backend says otherwise: a broken setting never falls back to this machine silently
 try:
     on_slurm = slurm.backend() == "slurm"
-    cluster = slurm.request(bool(st.session_state.get("t_distributed"))) if on_slurm else None
+    asked = st.session_state.get("t_distributed")
+    answer, cluster = cluster_request(bool(asked), slurm.settings()) if on_slurm else ("ok", None)
+    if answer == "down":
+        raise slurm.SlurmError(cluster)
+    if answer == "bad":
+        raise ValueError(cluster)
 except slurm.SlurmError as exc:
     st.warning(f"**Runs go to a Slurm cluster, and Slurm is not answering now:** {plain(exc)} Nothing can be "
                "started until it does; runs already there keep their last known state.")
@@ -100,8 +117,8 @@ except ValueError as exc:  # a setting that cannot work (a typo, or more than th
              "operator fixes it.")
 else:
     if cluster is not None:
-        st.info(f"**Runs train on the Slurm cluster** ({plain(slurm.summary(cluster, bool(st.session_state.get('t_distributed'))))}): each run is one Slurm "
-                "job; its state and reason show on its card.")
+        st.info(f"**Runs train on the Slurm cluster** ({plain(slurm.summary(cluster, bool(asked)))}): each run is "
+                "one Slurm job; its state and reason show on its card.")
 if not on_slurm and has_gpu:
     st.success("A CUDA GPU is available: runs use it (bf16, channels_last, data and augmentation on the GPU).")
 elif not on_slurm:
@@ -229,7 +246,10 @@ with st.form("new_runs"):
             cols[1].number_input("Seed", step=1, key="t_seed", bind="query-params")
             cols[2].checkbox("Nesterov", key="t_nesterov", bind="query-params")
             st.checkbox("torch.compile (GPU; minutes to compile on a CPU)", key="t_compile", bind="query-params")
-        if len(slots) > 1:
+        if on_slurm:
+            st.checkbox("Each run across several nodes (one DDP job of EFFNET_SLURM_NODES x EFFNET_SLURM_TASKS)",
+                        key="t_distributed", bind="query-params")
+        elif len(slots) > 1:
             st.checkbox(f"Each run across all {len(slots)} devices (one DDP job; otherwise one run per device, "
                         "several at once)", key="t_distributed", bind="query-params")
     start = st.form_submit_button("Start", type="primary", disabled=readonly(),
@@ -276,7 +296,8 @@ if start:
     except (ValueError, TypeError, PermissionError, slurm.SlurmError) as exc:
         refused(exc, feedback)
     else:
-        at_once = "one at a time" if len(slots) == 1 else f"up to {len(slots)} at once, one per device"
+        at_once = ("as Slurm jobs; their state shows on their cards" if on_slurm else "one at a time"
+                   if len(slots) == 1 else f"up to {len(slots)} at once, one per device")
         feedback.success(f"Queued {len(started)} run(s): {', '.join(started)}. They train {at_once}.")
         st.toast(f"Queued {len(started)} run(s)", icon=":material/check_circle:")
 

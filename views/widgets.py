@@ -294,9 +294,11 @@ def _heatmap(key: tuple, compute: Callable[[], object]) -> object:
 
 def cam_strip(name: str, raw: object, models: Sequence[tuple[str, object, object, list[str]]], method: str,
               alpha: float, target_for: Callable[[object, list[str]], int | None] = lambda spec, names: None,
-              layer: str = "last", road: bool = False) -> None:
+              layer: str = "last", road: bool = False, follows: dict[int, int] | None = None) -> None:
     """One image: the original, then each model's map over it with its top-5, side by side, each captioned with the
-    run, the explained class and the method (and with ``road`` the map's faithfulness score)."""
+    run, the explained class and the method (and with ``road`` the map's faithfulness score). ``follows``: model
+    index -> the index of the model whose explained class it explains (the sanity check's randomised copy explains
+    what its trained model explained, not its own top class, so the pair is like for like)."""
     import hashlib
 
     from effnet.analysis.cam import METHOD_NAMES, SHOWN_MIN_SIDE, explain, for_display, image_size, load_image, overlay
@@ -313,8 +315,10 @@ def cam_strip(name: str, raw: object, models: Sequence[tuple[str, object, object
     cols = st.columns(len(models) + 1)
     cols[0].image(for_display(picture), caption=f"original ({size[0]}×{size[1]} px)", width="stretch",
                   output_format=fmt)
-    for col, (label, model, spec, names) in zip(cols[1:], models, strict=True):
-        target = target_for(spec, names)
+    explained: dict[int, int] = {}
+    for index, (col, (label, model, spec, names)) in enumerate(zip(cols[1:], models, strict=True)):
+        leader = (follows or {}).get(index)
+        target = explained[leader] if leader in explained else target_for(spec, names)
         scored = road and spec.resolution <= ROAD_MAX_RESOLUTION
         try:
             result = _heatmap((id(model), spec.name, digest, method, target, layer, scored),
@@ -323,6 +327,7 @@ def cam_strip(name: str, raw: object, models: Sequence[tuple[str, object, object
         except ValueError as exc:
             col.error(f"{plain(label)}: {plain(exc)}")
             continue
+        explained[index] = result.target_class
         col.image(for_display(overlay(picture, result.heatmap, alpha)), width="stretch", output_format=fmt,
                   caption=f"{plain(label)}: where it sees '{plain(names[result.target_class])}' "
                           f"({METHOD_NAMES[method]}, {result.layer})")

@@ -357,12 +357,14 @@ def cam_report(run_dir: Path, images: list[Path], method: str = "gradcam", layer
         result = explain(model, spec, data, method, layer=layer, road=True)
         row: dict[str, object] = {
             "image": str(path), "predicted": names[result.top5[0][0]], "score": result.top5[0][1],
+            "explained": names[result.target_class],
             "top5": [{"class": names[i], "probability": p} for i, p in result.top5],
             "road": result.road, "method": method, "layer": result.layer}
         if random_model is not None:
             other = explain(random_model, spec, data, method, target_class=result.target_class, layer=layer,
                             road=True)
-            row["randomised"] = {"road": other.road, "similarity": map_similarity(result.heatmap, other.heatmap)}
+            row["randomised"] = {"explained": names[other.target_class], "road": other.road,  # the same class
+                                 "similarity": map_similarity(result.heatmap, other.heatmap)}
         if out is not None:
             target = out / _overlay_name(index, path, method)
             buf = io.BytesIO()

@@ -8,6 +8,7 @@ holder exits, however it exits, so a killed process never leaves a lock behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Callable, Iterator
@@ -20,14 +21,22 @@ DEVICE_LOCK_ENV = "EFFNET_DEVICE_LOCK"
 QUEUE_LOCK, RUNNER_LOCK = ".queue.lock", ".runner.lock"
 
 
+# flock is missing on some shared filesystems (Lustre mounted without it answers one of these).
+UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
 @contextlib.contextmanager
-def exclusive(path: Path, wait: bool = True, on_busy: Callable[[], None] | None = None) -> Iterator[bool]:
+def exclusive(path: Path, wait: bool = True, on_busy: Callable[[], None] | None = None,
+              make_folder: bool = True, unlocked_if_unsupported: bool = False) -> Iterator[bool]:
     """Hold an exclusive lock on ``path`` for the ``with`` block; yields whether it is held.
 
     When another process holds it: with ``wait=False`` yield False at once; otherwise call ``on_busy``
-    (to tell a user why nothing happens) and wait for it.
+    (to tell a user why nothing happens) and wait for it. ``make_folder=False``: a missing folder is a
+    ``FileNotFoundError`` (a writer whose folder was deleted must not bring it back). ``unlocked_if_unsupported``:
+    where the filesystem has no flock, go ahead unlocked (yields True) rather than fail.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
     # Never through a symbolic link: a lock file planted as a link would have the lab create or touch its target.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "a") as f:
@@ -40,6 +49,11 @@ def exclusive(path: Path, wait: bool = True, on_busy: Callable[[], None] | None 
             if on_busy is not None:
                 on_busy()
             fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as exc:
+            if not (unlocked_if_unsupported and exc.errno in UNSUPPORTED):
+                raise
+            yield True
+            return
         try:
             yield True
         finally:

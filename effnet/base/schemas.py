@@ -89,11 +89,12 @@ class Status(Strict):
     device: str | None = None
     slot: str | None = None
     world_size: Count | None = None
+    backend: str | None = None  # "slurm": submitted to Slurm (set before sbatch answers, so no local runner takes it)
     slurm_job_id: str | None = None  # a run on the Slurm backend: its job (1234, or 1234_5 in an array)
     slurm_batch: str | None = None
     slurm_state: str | None = None
     slurm_reason: str | None = None
-    slurm_node: str | None = None  # written before slurm_nodes existed (v0.3); read, never written
+    slurm_node: str | None = None  # written before slurm_nodes existed (v0.3): still accepted in old files
     slurm_nodes: str | None = None  # the job's node list (Slurm's spelling: n[1-2]) once it runs
     slurm_requeues: Count | None = None
     node: str | None = None

@@ -16,9 +16,9 @@ training step's (``effnet.training.step.augment``).
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
-import errno
 import os
 import pickle
 import shutil

@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 
 from effnet.base import access, files, locks
 from effnet.base.access import Caller
+from effnet.base.safezip import UnsafeZip, check_zip, extract_member
 from effnet.data.cifar import Cifar100, DataError, Split
 from effnet.data.images import decode_image
-from effnet.base.safezip import UnsafeZip, check_zip, extract_member
 
 TEST_FRACTION = 0.2
 MIN_PER_CLASS = 2  # one to train on and one to test: fewer and the class cannot be learned or measured

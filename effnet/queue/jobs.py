@@ -121,6 +121,8 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
     # Said where Start was pressed, before anything is written: Slurm not answering, or a request no node of the
     # partition could ever run (ValueError naming the setting).
     request = slurm.request(distributed) if on_slurm else None
+    if on_slurm:
+        slurm.check_folder(root)
     ids = []
     with locks.exclusive(root / QUEUE_LOCK):
         _check_quota(root, caller, len(pinned))
@@ -132,12 +134,14 @@ def submit_many(configs: list[TrainConfig], root: str | os.PathLike | None = Non
             files.write_json(run_dir / runs.JOB, {"config": config.to_dict(), "label": label, "queued_at": time.time_ns(),
                                                  "generation": 1, "owner": caller.owner if caller else None,
                                                  "resume": False, "distributed": distributed})
-            files.write_json(run_dir / runs.STATUS, {"state": "queued", "generation": 1})
+            # A Slurm run is marked as one from the start: no local runner takes it while sbatch answers.
+            files.write_json(run_dir / runs.STATUS, {"state": "queued", "generation": 1,
+                                                    **({"backend": "slurm"} if on_slurm else {})})
             ids.append(run_id)
     if on_slurm:
         try:
             slurm.submit([root / i for i in ids], root, distributed, request)
-        except slurm.SlurmError:
+        except (slurm.SlurmError, ValueError, OSError):
             for run_id in ids:  # all or none
                 shutil.rmtree(root / run_id, ignore_errors=True)
             raise

@@ -26,10 +26,11 @@ How a run lives on Slurm:
   never left "running".
 
 Settings (environment variables, over a ``[slurm]`` table in ``$EFFNET_SLURM_CONFIG`` or
-``.streamlit/secrets.toml``): ``EFFNET_SLURM_PARTITION``, ``_ACCOUNT``, ``_GPUS`` (per run; 0 asks for none),
-``_CPUS`` (per task), ``_MEM`` (e.g. 16G), ``_TIME`` (minutes), ``_NODES`` and ``_TASKS`` (per node) for a
-distributed run,
-``_SIGNAL_S`` (the warning before the limit) and ``_EXTRA`` (raw sbatch options).
+``.streamlit/secrets.toml``), each checked when read: ``EFFNET_SLURM_PARTITION``, ``_ACCOUNT``, ``_GPUS`` (per
+run; default one where the partition has GPUs, else none), ``_CPUS`` (per task; default up to 4, what its nodes
+have), ``_MEM`` (per node, e.g. 16G), ``_TIME`` (minutes), ``_NODES`` and ``_TASKS`` (per node) for a distributed
+run, ``_MAX_PARALLEL`` (a job array's runs at once), ``_SIGNAL_S`` (the warning before the limit) and ``_EXTRA``
+(raw sbatch options). ``request`` checks them against the partition before anything is written (``fit``).
 """
 
 from __future__ import annotations
@@ -144,9 +145,9 @@ def mem_mb(mem: str) -> float:
 def _extra(value: Any) -> tuple[str, ...]:
     options = tuple(shlex.split(value) if isinstance(value, str) else value or ())
     for option in options:
-        if not str(option).startswith("-") or any(c in str(option) for c in "\n\r"):
-            raise ValueError(f"{_env('extra')}: sbatch options only, each starting with - and on one line, "
-                             f"got {str(option)!r}")
+        if not str(option).startswith("-") or any(c.isspace() for c in str(option)):
+            raise ValueError(f"{_env('extra')}: sbatch options only, each starting with - and without spaces "
+                             f"(a #SBATCH line ends at the first), got {str(option)!r}")
     return tuple(str(o) for o in options)
 
 
@@ -198,17 +199,15 @@ def reachable() -> str | None:
 @dataclass(frozen=True)
 class Node:
     name: str
-    addr: str  # NodeAddr: where the other nodes reach it (its name may resolve nowhere)
     cpus: int
     mem_mb: int
     gpus: int
-    state: str
 
 
 @dataclass(frozen=True)
 class Partition:
-    name: str
-    state: str  # UP, DOWN, DRAIN, INACTIVE
+    name: str  # one partition, or several as sbatch takes them ("a,b": the job runs in whichever starts it first)
+    state: str  # UP, DOWN, DRAIN, INACTIVE (of several: UP when one is)
     max_minutes: int | None  # None: no limit
     max_nodes: int | None
     nodes: tuple[Node, ...]
@@ -239,24 +238,66 @@ def _gpus(gres: str) -> int:
     return sum(int(n) for n in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", gres))
 
 
+def _largest(values: list[int | None]) -> int | None:
+    return None if any(v is None for v in values) else max(values, default=None)
+
+
 def partition(name: str | None) -> Partition:
-    """The partition runs go to (the cluster's default when ``name`` is None) and its nodes, from ``scontrol``;
-    ``SlurmError`` when Slurm does not answer, ``ValueError`` when there is no such partition."""
-    listed = [_fields(line) for line in _slurm("scontrol", "show", "partition", "-o").splitlines() if line.strip()]
-    chosen = [p for p in listed if (p.get("PartitionName") == name if name else p.get("Default") == "YES")]
-    if not chosen:
+    """The partition(s) runs go to (the cluster's default when ``name`` is None) and their nodes, from ``scontrol``
+    (15 s at most per question); ``SlurmError`` when Slurm does not answer, ``ValueError`` for an unknown name."""
+    listed = [_fields(line) for line in _slurm("scontrol", "show", "partition", "-o", timeout=15).splitlines()
+              if line.strip()]
+    wanted = name.split(",") if name else None
+    chosen = [p for p in listed if (p.get("PartitionName") in wanted if wanted else p.get("Default") == "YES")]
+    missing = sorted(set(wanted or ()) - {p.get("PartitionName") for p in chosen})
+    if not chosen or missing:
         known = ", ".join(p.get("PartitionName", "?") for p in listed) or "none"
-        raise ValueError(f"{_env('partition')}: " + (f"this cluster has no partition {name!r}" if name else
+        raise ValueError(f"{_env('partition')}: " + (f"this cluster has no partition {missing[0]!r}" if wanted else
                          "this cluster has no default partition: set one") + f" (partitions: {known})")
-    part = chosen[0]
-    names = set(_slurm("scontrol", "show", "hostnames", part.get("Nodes", "")).split()) if part.get("Nodes") else set()
-    nodes = tuple(Node(f["NodeName"], f.get("NodeAddr") or f["NodeName"], int(f.get("CPUTot", 0)),
-                       int(f.get("RealMemory", 0)), _gpus(f.get("Gres", "")), f.get("State", "?"))
-                  for f in (_fields(line) for line in _slurm("scontrol", "show", "node", "-o").splitlines())
+    lists = " ".join(p["Nodes"] for p in chosen if p.get("Nodes") not in (None, "", "(null)"))
+    names = set(_slurm("scontrol", "show", "hostnames", lists, timeout=15).split()) if lists else set()
+    nodes = tuple(Node(f["NodeName"], int(f.get("CPUTot", 0)), int(f.get("RealMemory", 0)), _gpus(f.get("Gres", "")))
+                  for f in (_fields(line) for line in
+                            _slurm("scontrol", "show", "node", "-o", timeout=15).splitlines())
                   if f.get("NodeName") in names)
-    max_nodes = part.get("MaxNodes", "UNLIMITED")
-    return Partition(part["PartitionName"], part.get("State", "UP"), _minutes(part.get("MaxTime", "UNLIMITED")),
-                     None if max_nodes.upper() == "UNLIMITED" else int(max_nodes), nodes)
+    states = [p.get("State", "UP") for p in chosen]
+    return Partition(",".join(p["PartitionName"] for p in chosen), "UP" if "UP" in states else states[0],
+                     _largest([_minutes(p.get("MaxTime", "UNLIMITED")) for p in chosen]),
+                     _largest([None if p.get("MaxNodes", "UNLIMITED").upper() == "UNLIMITED" else int(p["MaxNodes"])
+                               for p in chosen]), nodes)
+
+
+def tasks_per_node(s: Settings, distributed: bool) -> int:
+    """Processes per node: one for a single run; for a distributed run ``_TASKS``, else one per GPU asked."""
+    return (s.tasks or max(1, s.gpus or 0)) if distributed else 1
+
+
+def _refusal(s: Settings, part: Partition, distributed: bool, cpus: int, gpus: int) -> str:
+    """Why no node of ``part`` can run one node's share of the request, naming the setting and the fix."""
+    where, tasks = f"partition {part.name}", tasks_per_node(replace(s, gpus=gpus), distributed)
+    per_node_gpus = tasks if distributed and gpus else gpus
+    most_gpus, most_cpus = max(n.gpus for n in part.nodes), max(n.cpus for n in part.nodes)
+    if per_node_gpus > most_gpus:
+        if not most_gpus:
+            fix = f"set {_env('gpus')}=0 to train on CPUs, or choose a partition with GPUs"
+        else:
+            fix = f"set {_env('tasks') if distributed else _env('gpus')}={most_gpus}"
+        return f"{_env('gpus')}: asks {per_node_gpus} GPU(s) per node; {where}'s largest node has {most_gpus}: {fix}"
+    if cpus * tasks > most_cpus:
+        each = f" ({tasks} tasks x {cpus})" if tasks > 1 else ""
+        fix = (f"set {_env('cpus')}={most_cpus // tasks}" if most_cpus >= tasks
+               else f"set {_env('tasks')}={most_cpus} or fewer")
+        return f"{_env('cpus')}: asks {cpus * tasks} CPUs per node{each}; {where}'s largest node has {most_cpus}: {fix}"
+    most_mem = max(n.mem_mb for n in part.nodes)
+    if s.mem is not None and mem_mb(s.mem) > most_mem:
+        return (f"{_env('mem')}: asks {s.mem} per node; {where}'s largest node has {most_mem} MB: "
+                f"set {_env('mem')}={most_mem}M or less")
+    ask = f"{cpus * tasks} CPUs, {per_node_gpus} GPU(s)" + (f" and {s.mem}" if s.mem else "")
+    if not distributed:
+        return (f"{_env('cpus')}: no node of {where} has {ask} together: ask for less "
+                f"({_env('cpus')}, {_env('gpus')}, {_env('mem')})")
+    return (f"{_env('nodes')}: asks {s.nodes} nodes with {ask} each; {where} has fewer such nodes: set "
+            f"{_env('nodes')} lower or ask for less per node")
 
 
 def fit(s: Settings, part: Partition, distributed: bool) -> Settings:
@@ -264,75 +305,64 @@ def fit(s: Settings, part: Partition, distributed: bool) -> Settings:
     ``ValueError`` naming the setting when no node (no set of nodes, for a distributed run) of the partition could
     ever run it: Slurm would keep such a job pending for ever (PartitionConfig) or refuse it in its own words."""
     where = f"partition {part.name}"
-    if part.state in ("DOWN", "INACTIVE"):
-        raise ValueError(f"{_env('partition')}: {where} is {part.state}: no run can start there; choose another "
-                         "partition or ask the cluster's administrator")
-    most_gpus = max((n.gpus for n in part.nodes), default=0)
-    gpus = (1 if most_gpus else 0) if s.gpus is None else s.gpus
-    tasks = (s.tasks or max(1, gpus)) if distributed else 1
+    if part.state in ("DOWN", "DRAIN", "INACTIVE") or not part.nodes:
+        why = f"is {part.state}" if part.nodes else "has no nodes"
+        raise ValueError(f"{_env('partition')}: {where} {why}: no run can start there; choose another partition "
+                         "or ask the cluster's administrator")
+    gpus = (1 if any(n.gpus for n in part.nodes) else 0) if s.gpus is None else s.gpus
+    tasks = tasks_per_node(replace(s, gpus=gpus), distributed)
+    cpus = max(1, min(DEFAULT_CPUS, max(n.cpus for n in part.nodes) // tasks)) if s.cpus is None else s.cpus
     nodes = s.nodes if distributed else 1
-    most_cpus = max((n.cpus for n in part.nodes), default=0)
-    cpus = max(1, min(DEFAULT_CPUS, most_cpus // tasks)) if s.cpus is None else s.cpus
-    per_node_gpus = tasks if distributed and gpus else gpus
-
-    def enough(n: Node) -> bool:
-        return (n.cpus >= cpus * tasks and n.gpus >= per_node_gpus
-                and (s.mem is None or n.mem_mb >= mem_mb(s.mem)))
-
-    if (part.max_nodes is not None and nodes > part.max_nodes) or nodes > len(part.nodes):
-        most = min(len(part.nodes), part.max_nodes or len(part.nodes))
+    most = min(len(part.nodes), part.max_nodes or len(part.nodes))
+    if nodes > most:
         raise ValueError(f"{_env('nodes')}: asks {nodes} nodes; {where} has at most {most} for a job: "
                          f"set {_env('nodes')}={most}")
     if s.minutes is not None and part.max_minutes is not None and s.minutes > part.max_minutes:
         raise ValueError(f"{_env('time')}: asks {s.minutes} minutes; {where} allows at most {part.max_minutes}: "
                          f"set {_env('time')}={part.max_minutes} (runs requeue themselves before the limit)")
-    if sum(map(enough, part.nodes)) >= nodes:
-        return replace(s, gpus=gpus, cpus=cpus)
-    if per_node_gpus > most_gpus:
-        fix = f"set {_env('gpus')}=0 to train on CPUs" if not most_gpus else f"set {_env('gpus')}={most_gpus}"
-        raise ValueError(f"{_env('gpus')}: asks {per_node_gpus} GPU(s) per node; {where}'s largest node has "
-                         f"{most_gpus}: {fix}, or choose a partition with GPUs")
-    if cpus * tasks > most_cpus:
-        each = f" ({tasks} tasks x {cpus})" if tasks > 1 else ""
-        fix = (f"set {_env('cpus')}={most_cpus // tasks}" if most_cpus >= tasks
-               else f"set {_env('tasks')}={most_cpus} or fewer")
-        raise ValueError(f"{_env('cpus')}: asks {cpus * tasks} CPUs per node{each}; {where}'s largest node has "
-                         f"{most_cpus}: {fix}")
-    most_mem = max((n.mem_mb for n in part.nodes), default=0)
-    if s.mem is not None and mem_mb(s.mem) > most_mem:
-        raise ValueError(f"{_env('mem')}: asks {s.mem} per node; {where}'s largest node has {most_mem} MB: "
-                         f"set {_env('mem')}={most_mem}M or less")
-    raise ValueError(f"{_env('nodes')}: asks {nodes} nodes with {cpus * tasks} CPUs and {per_node_gpus} GPU(s) "
-                     f"each; {where} has only {sum(map(enough, part.nodes))} such node(s): set {_env('nodes')} "
-                     "lower or ask for less per node")
+    per_node_gpus = tasks if distributed and gpus else gpus
+    fitting = [n for n in part.nodes if n.cpus >= cpus * tasks and n.gpus >= per_node_gpus
+               and (s.mem is None or n.mem_mb >= mem_mb(s.mem))]
+    if len(fitting) < nodes:
+        raise ValueError(_refusal(s, part, distributed, cpus, gpus))
+    return replace(s, gpus=gpus, cpus=cpus)
 
 
-def request(distributed: bool = False) -> Settings:
-    """The settings a run is submitted with, checked against the cluster: ``SlurmError`` when Slurm does not
-    answer, ``ValueError`` naming the setting when the run could never start (said where Start was pressed)."""
-    s = settings()
+def request(distributed: bool = False, given: Settings | None = None) -> Settings:
+    """The settings a run is submitted with (``given``, else ``settings()``), checked against the cluster:
+    ``SlurmError`` when Slurm does not answer, ``ValueError`` naming the setting when the run could never start
+    (said where Start was pressed)."""
+    s = given or settings()
     return fit(s, partition(s.partition), distributed)
 
 
 def summary(s: Settings, distributed: bool = False) -> str:
     """What one run asks the cluster for, in words (the Train page's banner)."""
-    per = f"{s.nodes} node(s) x {s.tasks or max(1, s.gpus or 0)} task(s)" if distributed else "one task"
-    return (f"partition {s.partition or 'default'}, {per}, {s.gpus} GPU(s) and {s.cpus} CPU(s) per task"
+    per = f"{s.nodes} node(s) x {tasks_per_node(s, distributed)} task(s)" if distributed else "one task"
+    gpus = min(1, s.gpus or 0) if distributed else s.gpus or 0  # a distributed run: one GPU per task
+    return (f"partition {s.partition or 'default'}, {per}, {gpus} GPU(s) and {s.cpus} CPU(s) per task"
             + (f", {s.mem} per node" if s.mem else "")
             + (f", {s.minutes} min per job, requeued before the limit" if s.minutes else ""))
 
 
+def check_folder(root: Path) -> None:
+    """Refuse a checkpoints folder whose path a #SBATCH line cannot carry (checked before anything is written)."""
+    if any(c in str(root) for c in '"\\\n\r'):
+        raise ValueError(f"checkpoints: the folder {str(root)!r} has a quote, a backslash or a line break in its "
+                         "path, which sbatch's --output cannot carry: use a folder without them")
+
+
 def _directives(s: Settings, n_runs: int, distributed: bool, batch: Path) -> list[str]:
-    if any(c in str(batch) for c in '"\n\r'):
-        raise ValueError(f"the checkpoints folder {str(batch.parent.parent)!r} has a quote or a line break in its "
-                         "path, which a #SBATCH line cannot carry: use a folder without them")
-    output = f"{batch}/slurm-%A_%a.out" if n_runs > 1 else f"{batch}/slurm-%j.out"
+    check_folder(batch)
+    # Quoted: sbatch reads #SBATCH values with spaces only between quotes; % is its file-name pattern, %% one %.
+    folder = str(batch).replace("%", "%%")
+    output = f"{folder}/slurm-%A_%a.out" if n_runs > 1 else f"{folder}/slurm-%j.out"
     lines = [f"--job-name={JOB_NAME}", "--open-mode=append", "--requeue", "--export=ALL",
-             f'--output="{output}"']  # quoted: sbatch reads #SBATCH values with spaces only between quotes
+             f'--output="{output}"']
     if n_runs > 1:
         lines.append(f"--array=0-{n_runs - 1}" + (f"%{s.max_parallel}" if s.max_parallel else ""))
-    tasks = (s.tasks or max(1, s.gpus or 0)) if distributed else 1
-    lines += ([f"--nodes={s.nodes}", f"--ntasks-per-node={tasks}"] if distributed else ["--ntasks=1"])
+    lines += ([f"--nodes={s.nodes}", f"--ntasks-per-node={tasks_per_node(s, distributed)}"] if distributed
+              else ["--ntasks=1"])
     lines.append(f"--cpus-per-task={s.cpus or DEFAULT_CPUS}")
     if s.gpus:
         lines.append(f"--gpus-per-task={1 if distributed else s.gpus}")
@@ -408,8 +438,8 @@ def _plain_refusal(message: str) -> str:
 
 def submit(run_dirs: list[Path], root: Path, distributed: bool = False, s: Settings | None = None) -> list[str]:
     """Submit ``run_dirs`` (queued runs) as one job or one job array with ``s`` (default: ``request``); returns their
-    Slurm job ids, also written into each run's status.json. ``SlurmError`` when Slurm is unreachable or refuses
-    (nothing is submitted then)."""
+    Slurm job ids, also written into each run's status.json. ``SlurmError`` when Slurm is unreachable or refuses,
+    ``ValueError`` for a request or folder it could never take (nothing is submitted then)."""
     s = s or request(distributed)
     batch = root / FOLDER / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     text = script(run_dirs, s, distributed, batch)  # before anything is written: a path it cannot carry is refused
@@ -424,7 +454,7 @@ def submit(run_dirs: list[Path], root: Path, distributed: bool = False, s: Setti
     ids = [f"{answer}_{i}" for i in range(len(run_dirs))] if len(run_dirs) > 1 else [answer]
     for run_dir, job_id in zip(run_dirs, ids, strict=True):
         # Under the status lock, over what is there: a job that started at once may have written already.
-        with locks.exclusive(run_dir / runs.STATUS_LOCK):
+        with runs.status_lock(run_dir):
             status = files.read_json(run_dir / runs.STATUS) or {}
             mine = {"slurm_job_id": job_id, "slurm_batch": batch.name}
             files.write_json(run_dir / runs.STATUS, status | mine if status.get("slurm_job_id") == job_id else
@@ -455,9 +485,10 @@ def states(job_ids: list[str]) -> dict[str, JobState]:
     return found
 
 
-# squeue's pending reasons in plain words, with the fix. The first group never clears by itself: the run waits for
-# ever until someone changes the request or the cluster (the checks at submit refuse most such runs up front).
-STUCK = {
+# squeue's pending reasons in plain words, with what to do. The first ones never clear by themselves (someone must
+# change the request or the cluster; the checks at submit refuse most such runs up front); the rest wait for
+# something that will come.
+REASONS = {
     "PartitionConfig": "the partition cannot run what this run asks for (CPUs, memory, GPUs or nodes per job): stop "
                        "it, lower EFFNET_SLURM_CPUS, _MEM, _GPUS or _NODES, and resume it",
     "PartitionNodeLimit": "it asks more nodes than the partition allows a job: stop it, lower EFFNET_SLURM_NODES "
@@ -466,13 +497,10 @@ STUCK = {
     "BadConstraints": "no node has the features it asks for: stop it and fix --constraint in EFFNET_SLURM_EXTRA",
     "InvalidQOS": "its QOS is not valid for the account: stop it and fix --qos in EFFNET_SLURM_EXTRA, or ask the "
                   "cluster's administrator",
-    "AssocMaxJobsLimit": "the account's job limit is reached: it waits until other jobs of the account end, or the "
-                         "administrator raises the limit",
-    "PartitionDown": "the partition is down: it waits until the administrator brings it up",
     "ReqNodeNotAvail": "the nodes it needs are down, drained or reserved: it starts when they are back (ask the "
                        "cluster's administrator if they stay down)",
-}
-WAITING_FOR = {
+    "AssocMaxJobsLimit": "the account's job limit is reached: it starts when other jobs of the account end",
+    "PartitionDown": "the partition is down: it starts when the administrator brings it up",
     "Resources": "waiting for free nodes",
     "Priority": "waiting for jobs ahead of it",
     "BeginTime": "waiting for its start time",
@@ -481,8 +509,6 @@ WAITING_FOR = {
     "JobHeldAdmin": "held by the administrator",
     "NodeDown": "a node it needs is down: it starts when the node is back",
 }
-
-
 # Where squeue gives the reason's description rather than its code (measured on Slurm 22.05).
 DESCRIBED = {"Nodes required for job are DOWN, DRAINED": "ReqNodeNotAvail"}
 
@@ -493,7 +519,7 @@ def pending_reason(reason: str | None) -> str | None:
         return None
     code = reason.removeprefix("requeued; ").split(",")[0].strip()
     code = next((c for text, c in DESCRIBED.items() if reason.removeprefix("requeued; ").startswith(text)), code)
-    words = STUCK.get(code) or WAITING_FOR.get(code)
+    words = REASONS.get(code)
     requeued = "requeued; " if reason.startswith("requeued; ") else ""
     return f"{requeued}{code}: {words}" if words else reason
 
@@ -514,11 +540,16 @@ def detail(status: dict[str, Any]) -> str | None:
 
 # ----------------------------------------------------------------------------- stop, and watching
 def stop(info: runs.RunInfo) -> str:
-    """Cancel a pending job; ask a running one's trainer to checkpoint and exit (SIGTERM to its step)."""
-    job = info.status["slurm_job_id"]
-    if info.state == "queued":
+    """Cancel a pending job, or one whose trainer has not started yet (there is no step to signal, and nothing to
+    checkpoint); ask a running trainer to checkpoint and exit (SIGTERM to its step)."""
+    job = info.status.get("slurm_job_id")
+    if job is None:  # queued a moment ago, sbatch has not answered: the run is marked, the job not yet known
+        raise ValueError(f"run {info.run_id} is being submitted to Slurm right now: stop it in a moment")
+    if info.state == "queued" or info.status.get("phase") == STARTING_PHASE:
         _slurm("scancel", job)
-        files.write_json(info.path / runs.STATUS, {**info.status, "state": "stopped", "slurm_state": "CANCELLED"})
+        with runs.status_lock(info.path):
+            status = files.read_json(info.path / runs.STATUS) or {}
+            files.write_json(info.path / runs.STATUS, {**status, "state": "stopped", "slurm_state": "CANCELLED"})
         return "stopped"
     _slurm("scancel", "--signal=TERM", job)
     return "stopping"
@@ -541,7 +572,7 @@ def _ended_reason(job: JobState | None, batch: Path | None) -> str:
 def sync(root: str | os.PathLike | None = None) -> int:
     """Merge Slurm's view into the status of every Slurm run not yet ended; returns how many are still active."""
     root = runs.checkpoints_dir(root)
-    watched = [i for i in runs.list_runs(root) if not i.damaged and i.on_slurm
+    watched = [i for i in runs.list_runs(root) if not i.damaged and i.status.get("slurm_job_id")
                and (i.pending or _maybe_requeued(i))]
     if not watched:
         return 0
@@ -555,6 +586,9 @@ def sync(root: str | os.PathLike | None = None) -> int:
     return sum(1 for i in watched if (found.get(i.status["slurm_job_id"]) or JobState("GONE", "", "")).state in ALIVE)
 
 
+# The phase this module writes when Slurm runs the job before its trainer has said a word (the trainer's first
+# status write replaces it): stop then cancels the job outright.
+STARTING_PHASE = "Slurm started the job; the trainer is starting"
 WAITING = ("PENDING", "REQUEUED", "CONFIGURING", "SUSPENDED")  # Slurm has the job, not yet (or not now) running
 RUNNING = ("RUNNING", "COMPLETING")
 ALIVE = WAITING + RUNNING
@@ -570,7 +604,7 @@ def _maybe_requeued(info: runs.RunInfo) -> bool:
 def _requeued(status: dict[str, Any], job: JobState) -> dict[str, Any]:
     """The one "requeued" rule: it ran (or checkpointed at the time limit), and Slurm has queued it again."""
     return {"state": "queued", "slurm_state": "PENDING", "slurm_reason": f"requeued; {job.reason}",
-            "slurm_requeues": int(status.get("slurm_requeues") or 0) + 1}
+            "slurm_requeues": int(status.get("slurm_requeues") or 0) + 1, "slurm_nodes": None}
 
 
 def _merged(status: dict[str, Any], job: JobState | None, asked_to_stop: bool, batch: Path | None) -> dict[str, Any]:
@@ -589,7 +623,7 @@ def _merged(status: dict[str, Any], job: JobState | None, asked_to_stop: bool, b
         again = "requeued; " if status.get("slurm_requeues") else ""
         return status | {"slurm_state": "PENDING", "slurm_reason": again + job.reason}
     if job is not None and theirs in RUNNING:  # the trainer writes its node list itself once it runs
-        started = {"state": "starting", "phase": "Slurm started the job; the trainer is starting"} \
+        started = {"state": "starting", "phase": STARTING_PHASE} \
             if ours == "queued" else {}  # the run's state follows Slurm's: running while the job runs
         return status | {"slurm_state": "RUNNING"} | started | ({} if status.get("slurm_nodes")
                                                                   else {"slurm_nodes": job.node})
@@ -604,12 +638,15 @@ def _merged(status: dict[str, Any], job: JobState | None, asked_to_stop: bool, b
 def _merge(run_dir: Path, job: JobState | None, root: Path) -> None:
     """Write Slurm's word on a run's job into its status.json (only when something changed)."""
     asked_to_stop = "stop_requested" in (files.read_json(run_dir / runs.JOB) or {})
-    with locks.exclusive(run_dir / runs.STATUS_LOCK):  # the trainer may be writing it right now
-        status = files.read_json(run_dir / runs.STATUS) or {}
-        batch = root / FOLDER / str(status["slurm_batch"]) if status.get("slurm_batch") else None
-        new = _merged(status, job, asked_to_stop, batch)
-        if new != status:
-            files.write_json(run_dir / runs.STATUS, new)
+    try:
+        with runs.status_lock(run_dir):  # the trainer may be writing it right now
+            status = files.read_json(run_dir / runs.STATUS) or {}
+            batch = root / FOLDER / str(status["slurm_batch"]) if status.get("slurm_batch") else None
+            new = _merged(status, job, asked_to_stop, batch)
+            if new != status:
+                files.write_json(run_dir / runs.STATUS, new)
+    except FileNotFoundError:
+        return  # the run was deleted meanwhile: nothing to merge into, and no folder brought back
 
 
 def ensure_watcher(root: Path) -> None:
@@ -644,6 +681,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=("watch", "sync", "script"))
     p.add_argument("--root", help="the checkpoints folder (default: $EFFNET_CHECKPOINTS or ./checkpoints)")
     args = p.parse_args(argv)
+    try:
+        settings()
+    except ValueError as exc:  # a bad setting is one line, not a traceback
+        p.error(str(exc))
     root = runs.checkpoints_dir(args.root).resolve()
     if args.command != "script" and not root.is_dir():  # never created here: a typo is not a new checkpoints folder
         p.error(f"--root: {root} is not a folder")
@@ -654,8 +695,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         try:
             chosen = request()
-        except SlurmError:  # the script as it would be, for a cluster that does not answer now
+        except SlurmError as exc:  # the settings as given; the partition's defaults need the cluster
+            print(f"# Slurm does not answer ({exc}): GPUs and CPUs are the settings' own, not fitted to a "
+                  "partition", file=sys.stderr)
             chosen = settings()
+        except ValueError as exc:
+            p.error(str(exc))
         print(script([root / "RUN"], chosen, False, root / FOLDER / "BATCH"))
     return 0
 

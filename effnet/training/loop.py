@@ -324,11 +324,14 @@ def train(config: TrainConfig, out: Path, resume: bool = False, checked: bool = 
         n_val = val_count(config, len(dataset.train))  # counted once: load_data splits by it
     except (DataError, ValueError) as exc:
         if queued:
-            files.write_status(out / runs.STATUS, {**(files.read_json(out / runs.STATUS) or {}), "state": "failed",
-                                                   **failure(exc)})
+            with runs.status_lock(out):
+                files.write_status(out / runs.STATUS, {**(files.read_json(out / runs.STATUS) or {}),
+                                                       "state": "failed", **failure(exc)})
         raise
     world, rank, local_rank = distributed_env()
     device = pick_device(config.device, local_rank)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)  # status.json's folder: its lock never creates it
     status = Status(out, enabled=rank == 0)
     try:
         if world > 1 and not dist.is_initialized():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from effnet.base import files, locks, tasks
+from effnet.base import files, tasks
 from effnet.training import runs
 from effnet.training.evaluate import evaluate
 
@@ -56,7 +56,7 @@ class Status:
 
     def _write(self) -> None:
         self.fields["heartbeat"] = self.last_write = time.time()
-        with locks.exclusive(self.path.with_name(runs.STATUS_LOCK)):  # see runs.STATUS_LOCK
+        with runs.status_lock(self.path.parent):
             files.write_status(self.path, self.fields)
 
     def _beat(self) -> None:

@@ -25,6 +25,7 @@ whose files changed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet.arch import specs
-from effnet.base import schemas, tasks
+from effnet.base import locks, schemas, tasks
 from effnet.base.files import Damaged, load_json, loads, read_file, read_tail
 from effnet.base.schemas import ACTIVE, ENDED, STATES, parse
 from effnet.base.text import duration
@@ -424,8 +425,17 @@ TRAINER = "effnet.train"  # the module a run's process runs: who may be signalle
 
 
 def on_slurm(status: dict[str, Any]) -> bool:
-    """A run a cluster scheduler runs is watched through the scheduler (``effnet.queue.slurm``), not by its local pid."""
-    return bool(status.get("slurm_job_id"))
+    """A run a cluster scheduler runs is watched through the scheduler (``effnet.queue.slurm``), not by its local pid.
+    Marked from the moment it is queued, before sbatch answers: a local runner never takes it in between."""
+    return bool(status.get("slurm_job_id")) or status.get("backend") == "slurm"
+
+
+def status_lock(run_dir: Path) -> contextlib.AbstractContextManager[bool]:
+    """``run_dir``'s STATUS_LOCK, held around each read-modify-write of status.json by its writers (the trainer,
+    the Slurm watcher, submit, stop). It never creates the folder (a writer whose run was deleted fails with
+    ``FileNotFoundError`` instead of bringing it back), and on a shared filesystem without flock it goes ahead
+    unlocked rather than fail the run."""
+    return locks.exclusive(run_dir / STATUS_LOCK, make_folder=False, unlocked_if_unsupported=True)
 
 
 def is_run_folder(d: str | os.PathLike) -> bool:

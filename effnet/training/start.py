@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
 
 from effnet.arch.model import build_model, head_prefix, load_pretrained
 from effnet.arch.specs import Spec
@@ -115,20 +116,40 @@ RENDEZVOUS_S = 180  # a node that is up reaches rank 0 in seconds; one that neve
 def join_group(world: int, rank: int, device: torch.device) -> None:
     """Meet the run's other processes at MASTER_ADDR:MASTER_PORT within ``$EFFNET_RENDEZVOUS_S`` seconds, else a
     ``RendezvousError`` saying who did not come (torch's own default would wait 30 minutes, retrying for ever on a name
-    that does not resolve). Then the process group, NCCL on GPUs, gloo on CPUs: the same code path."""
+    that does not resolve). Then the process group, NCCL on GPUs, gloo on CPUs: the same code path. Under torchrun,
+    torchrun's own rendezvous (with its own timeouts) has met them already."""
     addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
-    limit = float(os.environ.get(RENDEZVOUS_ENV) or RENDEZVOUS_S)
-    # Under torchrun its agent already serves the store at MASTER_PORT: every process joins it (as torch's env://).
-    serves = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-    try:
-        store = dist.TCPStore(addr, port, world, is_master=serves, timeout=timedelta(seconds=limit))
-    except (RuntimeError, OSError, ValueError) as exc:  # torch's DistStoreError and DistNetworkError included
-        raise RendezvousError(f"the {world} processes of this distributed run did not meet within {limit:.0f} s at "
-                           f"{addr}:{port} (process {rank}: {str(exc).splitlines()[0] if str(exc) else exc!r}); "
-                           "a node may be down, or unable to reach the first node's address") from exc
+    limit = _seconds(os.environ.get(RENDEZVOUS_ENV))
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        # Under torchrun its agent has met the processes already and serves the store: torch's own env:// path.
+        # (A TCPStore client of our own there aborted one run in three at exit, measured on torch 2.14.)
+        dist.init_process_group(backend)
+        return
+    try:
+        store = dist.TCPStore(addr, port, world, is_master=rank == 0, timeout=timedelta(seconds=limit))
+    except (RuntimeError, OSError, ValueError) as exc:  # torch's DistStoreError and DistNetworkError included
+        raise RendezvousError(f"the {world} processes of this distributed run did not meet within {limit:.0f} s at "
+                              f"{addr}:{port} (process {rank}: {str(exc).splitlines()[0] if str(exc) else exc!r}); "
+                              "a node may be down, or unable to reach the first node's address") from exc
+    # Met: from now on the store waits as long as torch's process groups do (NCCL reads its id from it at the first
+    # collective, which rank 0 may reach minutes later, e.g. after waiting for its device).
+    store.set_timeout(default_pg_timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+
+
+def _seconds(given: str | None) -> float:
+    if given is None or not given.strip():
+        return RENDEZVOUS_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        raise ValueError(f"{RENDEZVOUS_ENV}: seconds, a number, got {given!r}") from None
+    if not 0 < seconds < 86_400:
+        raise ValueError(f"{RENDEZVOUS_ENV}: more than 0 and less than a day, got {given}")
+    return seconds
 
 
 def distributed_env() -> tuple[int, int, int]:
