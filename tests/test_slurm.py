@@ -236,6 +236,14 @@ def test_settings_reach_the_script_and_sbatchs_own_refusals_are_said_plainly(on_
     assert "#SBATCH --array=0-1%1" in script and f'--output="{str(on_slurm).replace("%", "%%")}/' in script
     for run_id in ids:
         jobs.stop(run_id, on_slurm)
+    done = cli("effnet.jobs", "submit", "--phi", "-4", "--epochs", "1", "--subset", "64", "--data-dir",
+               str(cifar_dir), "--root", str(on_slurm), "--label", "from the CLI")
+    assert done.returncode == 0, done.stderr
+    info = runs.read_run(on_slurm / done.stdout.strip())
+    assert info.label == "from the CLI" and info.on_slurm
+    jobs.stop(info.run_id, on_slurm)
+    for run_id in [*ids, info.run_id]:  # ended before the folder goes: a trainer never writes into a vanishing one
+        until(on_slurm, run_id, lambda i: i.state in runs.ENDED, what="the stop")
     shutil.rmtree(on_slurm)
     on_slurm.mkdir()
     monkeypatch.setenv("EFFNET_SLURM_EXTRA", "--gres=gpu:1")  # past the checks, to sbatch itself

@@ -110,10 +110,10 @@ try:
     if answer == "bad":
         raise ValueError(cluster)
 except slurm.SlurmError as exc:
-    st.warning(f"**Runs go to a Slurm cluster, and Slurm is not answering now:** {plain(exc)} Nothing can be "
+    st.warning(f"**Runs go to a Slurm cluster, and Slurm is not answering now:** {plain(exc)}. Nothing can be "
                "started until it does; runs already there keep their last known state.")
 except ValueError as exc:  # a setting that cannot work (a typo, or more than the partition has): said, not a crash
-    st.error(f"**The cluster settings cannot work:** {plain(exc)} Nothing can be started until the server's "
+    st.error(f"**The cluster settings cannot work:** {plain(exc)}. Nothing can be started until the server's "
              "operator fixes it.")
 else:
     if cluster is not None:
