@@ -81,7 +81,8 @@ def backend() -> str:
 class Settings:
     partition: str | None = None
     account: str | None = None
-    gpus: int | None = None  # per run (per task for a distributed run); None: one where the partition has GPUs
+    gpus: int | None = None  # per run (a distributed run: one per task, and tasks per node default to it); None: one
+    # where the partition has GPUs, else none
     cpus: int | None = None  # per task; None: up to DEFAULT_CPUS, as many as the partition's nodes have
     mem: str | None = None  # per node, e.g. "16G" (sbatch's --mem)
     minutes: int | None = None  # the time limit; the script requeues itself before it

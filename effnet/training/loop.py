@@ -346,7 +346,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False, checked: bool = 
                     # Runs started by the queue hold their device's lock while they train (see effnet.queue.jobs).
                     held.enter_context(locks.exclusive(Path(path), on_busy=lambda: status.update(
                         state="waiting", phase="another run holds the device")))
-            status.update(state="loading data", device=str(device), world_size=world)
+            status.update(state="loading data", device=str(device), world_size=world, phase=None)
             run = Run(config, out, load_data(config, device, dataset, n_val), device, world, rank, status, checkpoint is None)
             return _loop(run, checkpoint)
     except BaseException as exc:

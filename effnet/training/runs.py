@@ -474,8 +474,9 @@ def progress(info: RunInfo) -> Progress:
     steps, epoch, step = int(s.get("steps") or 0), int(s.get("epoch") or 0), int(s.get("step") or 0)
     if info.state == "finished":
         return Progress(1.0, f"finished {epochs} epoch{'s' if epochs != 1 else ''}", None)
-    if not steps or not epoch:
-        return Progress(0.0, info.state, None)
+    if not steps or not epoch:  # before the first step: what it waits for (its processes meeting, Slurm starting it)
+        phase = s.get("phase") if info.active else None
+        return Progress(0.0, f"{info.state}: {phase}" if phase else info.state, None)
     fraction = min(1.0, ((epoch - 1) + step / steps) / epochs)
     if not info.active:
         return Progress(fraction, f"{info.state} at epoch {epoch}/{epochs} · step {step}/{steps}", None)
