@@ -184,7 +184,7 @@ def test_init_from_on_the_command_line_fine_tunes_a_finished_run(tmp_path, digit
 def test_compress_writes_every_variant_measured_on_the_same_images(tmp_path, digits_run):
     out = tmp_path / "compressed"
     done = cli("effnet.compress", str(digits_run), "--int8", "--qat-epochs", "1", "--prune", "0.3",
-               "--finetune-epochs", "1", "--threads", "2", "--time-budget", "0.1", "--out", str(out))
+               "--finetune-epochs", "1", "--threads", "1", "--time-budget", "0.1", "--out", str(out))
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "compress.json").read_text())
     rows = {r["name"]: r for r in result["variants"]}

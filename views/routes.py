@@ -3,7 +3,8 @@
 Streamlit pages cannot set cookies or stream a file from disk, and both matter on a class server:
 
 - ``OwnerCookie`` gives every browser a signed, HttpOnly owner cookie on its first page load. The pages read
-  it (``st.context.cookies``); nothing identifying ever appears in the address bar, a link or a screenshot.
+  it (``st.context.cookies``); nothing identifying ever appears in the address bar, a link or a screenshot. With
+  per-address quotas it notes the address each owner loads pages from (``access.remember_address``).
 - ``/effnet/teacher`` is the sign-in page (a plain form; every try is counted before it is checked, per browser,
   address and server, ``effnet.base.signin``); it sets the signed teacher cookie. ``/effnet/signout`` shows a
   button; only its POST (from this server's page) signs out, ending the cookie on the server too, so an outside
@@ -67,10 +68,15 @@ class OwnerCookie:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        if access.owner_from_cookie(request.cookies.get(access.OWNER_COOKIE), _key()) is not None:
+        address = request.client.host if request.client else None
+        owner = access.owner_from_cookie(request.cookies.get(access.OWNER_COOKIE), _key())
+        if owner is not None:
+            access.remember_address(_root(), owner, address)  # per-address quotas: this window is this computer's
             await self.app(scope, receive, send)
             return
-        value = access.sign_owner(access.new_owner_token(), _key())
+        owner = access.new_owner_token()
+        access.remember_address(_root(), owner, address)
+        value = access.sign_owner(owner, _key())
         cookie = (f"{access.OWNER_COOKIE}={value}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
                   + ("; Secure" if _secure(request) else ""))
 
@@ -219,7 +225,7 @@ def _caller(request: Request) -> access.Caller:
     """Who sends ``request``: its signed owner cookie and whether it holds a teacher cookie nobody signed out."""
     password = _password()
     owner = access.owner_from_cookie(request.cookies.get(access.OWNER_COOKIE), _key())
-    return access.Caller(owner, password is None or _is_teacher(request, password))
+    return access.caller_of(_root(), owner, password is None or _is_teacher(request, password))
 
 
 async def download_bundle(request: Request) -> Response:

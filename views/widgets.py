@@ -16,9 +16,11 @@ from effnet.base.access import (
     OWNER_COOKIE,
     TEACHER_COOKIE,
     Caller,
+    caller_of,
     limits,
     new_owner_token,
     owner_from_cookie,
+    per_address,
     readonly,
     server_secret,
     teacher_password,
@@ -107,7 +109,8 @@ def caller() -> Caller:
             st.session_state["owner"] = new_owner_token()
         token = st.session_state["owner"]
     password = teacher_password(secret("teacher_password"))
-    return Caller(token, password is None or signin.is_teacher(root, cookies.get(TEACHER_COOKIE), key, password))
+    teacher = password is None or signin.is_teacher(root, cookies.get(TEACHER_COOKIE), key, password)
+    return caller_of(root, token, teacher)
 
 
 def _link(where, text: str, href: str) -> None:
@@ -127,9 +130,11 @@ def teacher_sign_in(who: Caller) -> None:
         _link(st.sidebar, "Sign out", "/effnet/signout")
         return
     quota = limits()
-    st.sidebar.caption(f"You can have {quota.queued} runs queued or training at once, {quota.datasets} datasets of "
-                       f"your own ({quota.dataset_bytes / 1024**2:,.0f} MB) and {quota.imported_runs} imported runs; "
-                       "the teacher has no limit.")
+    shared = " (together with the other browser windows of your computer)" if per_address() else ""
+    st.sidebar.caption(f"You{shared} can have {quota.queued} runs queued or training at once, {quota.compressions} "
+                       f"compression{'s' if quota.compressions != 1 else ''} at work, {quota.datasets} datasets of your own "
+                       f"({quota.dataset_bytes / 1024**2:,.0f} MB) and {quota.imported_runs} imported runs; the "
+                       "teacher has no limit.")
     _link(st.sidebar, "Sign in as the teacher", "/effnet/teacher")
 
 

@@ -11,8 +11,10 @@
   is the teacher. Wrong passwords and signing out: ``signin``.
 - ``$EFFNET_READONLY=1`` (a public demo): nothing can be started, stopped, uploaded or deleted.
 - **Quotas** (students only; the teacher and the command line have none): runs queued or training at once,
-  own datasets (count and bytes), imported runs, and a total bytes budget for the data and checkpoints
-  folders (``limits``). Each is checked by the library function that writes, not by a button.
+  own datasets (count and bytes), imported runs, compressions at work, and a total bytes budget for the data
+  and checkpoints folders (``limits``). Each is checked by the library function that writes, not by a button,
+  under a lock held until the write is done (``quota_lock``, or the queue's and the imports' own locks), so
+  parallel clicks cannot all pass one count.
 
 Cookies are signed with HMAC-SHA256 under the server's secret: ``$EFFNET_SECRET``, else a random key kept in
 ``<checkpoints>/.secret`` (mode 0600), so every app process over one checkpoints folder agrees.
@@ -21,9 +23,11 @@ Cookies are signed with HMAC-SHA256 under the server's secret: ``$EFFNET_SECRET`
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
@@ -34,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from effnet.base import locks
+
 PASSWORD_ENV, READONLY_ENV, MAX_QUEUED_ENV = "EFFNET_TEACHER_PASSWORD", "EFFNET_READONLY", "EFFNET_MAX_QUEUED"
-SECRET_ENV, TEACHER_HOURS_ENV = "EFFNET_SECRET", "EFFNET_TEACHER_HOURS"
+SECRET_ENV, TEACHER_HOURS_ENV, PER_ADDRESS_ENV = "EFFNET_SECRET", "EFFNET_TEACHER_HOURS", "EFFNET_QUOTA_PER_ADDRESS"
 OWNER_COOKIE, TEACHER_COOKIE = "effnet_owner", "effnet_teacher"
 DEFAULT_MAX_QUEUED = 2
 OWNER_TOKEN = re.compile(r"[0-9a-f]{32}")
@@ -43,10 +49,13 @@ OWNER_TOKEN = re.compile(r"[0-9a-f]{32}")
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asks: a browser's owner token and whether it is the teacher. ``Caller.operator()``: the command line."""
+    """Who asks: a browser's owner token and whether it is the teacher. ``Caller.operator()``: the command line.
+    ``peers``: the other owners whose things count against this one's quotas (``quota_peers``; empty unless the
+    server counts quotas per address)."""
 
     owner: str | None
     teacher: bool = False
+    peers: frozenset[str] = frozenset()
 
     @classmethod
     def operator(cls) -> Caller:
@@ -55,6 +64,16 @@ class Caller:
     def may_manage(self, thing: Any) -> bool:
         """Only a thing's owner (``thing.owner``: a run, a dataset), or the teacher, may change or delete it."""
         return self.teacher or (thing.owner is not None and thing.owner == self.owner)
+
+    def counts(self, owner: str | None) -> bool:
+        """Whether a thing of ``owner`` counts against this caller's quotas: its own, or a peer's."""
+        return owner is not None and (owner == self.owner or owner in self.peers)
+
+
+def caller_of(root: Path, owner: str | None, teacher: bool) -> Caller:
+    """A browser's ``Caller``: its owner, whether it is the teacher, and (for a student, with per-address quotas)
+    the owners sharing its quotas."""
+    return Caller(owner, teacher, frozenset() if teacher else quota_peers(root, owner))
 
 
 def check(caller: Caller | None, thing: Any, action: str, what: str = "run") -> None:
@@ -120,6 +139,7 @@ class Limits:
     datasets: int  # own datasets ($EFFNET_MAX_DATASETS)
     dataset_bytes: int  # all of one's own datasets together ($EFFNET_MAX_DATASET_MB)
     imported_runs: int  # runs brought in by bundles ($EFFNET_MAX_IMPORTED)
+    compressions: int  # compressions at work at once ($EFFNET_MAX_COMPRESSING): each holds the CPU while it works
     disk_bytes: int  # the data and checkpoints folders together, for everybody ($EFFNET_DISK_BUDGET_GB)
 
 
@@ -128,6 +148,7 @@ def limits() -> Limits:
                   datasets=int(_env_number("EFFNET_MAX_DATASETS", 3)),
                   dataset_bytes=int(_env_number("EFFNET_MAX_DATASET_MB", 500) * 1024**2),
                   imported_runs=int(_env_number("EFFNET_MAX_IMPORTED", 20)),
+                  compressions=max(1, int(_env_number("EFFNET_MAX_COMPRESSING", 1))),
                   disk_bytes=int(_env_number("EFFNET_DISK_BUDGET_GB", 50) * 1024**3))
 
 
@@ -139,6 +160,10 @@ def max_queued() -> int:
 def limited(caller: Caller | None) -> bool:
     """Whether quotas apply: to students; the teacher and the command line (``None``) have none."""
     return caller is not None and not caller.teacher
+
+
+def _with_peers(caller: Caller) -> str:
+    return " (with the other browser windows of your computer)" if caller.peers else ""
 
 
 def check_runs(caller: Caller | None, adding: int, held: Callable[[], int]) -> None:
@@ -154,34 +179,58 @@ def check_runs(caller: Caller | None, adding: int, held: Callable[[], int]) -> N
                          f"${MAX_QUEUED_ENV} sets it)")
     mine = held()
     if mine + adding > limit:
-        raise ValueError(f"queue: you already have {mine} run(s) queued or training; each user may have "
-                         f"{limit} at once. Wait for one to finish or stop one")
+        raise ValueError(f"queue: you{_with_peers(caller)} already have {mine} run(s) queued or training; each "
+                         f"user may have {limit} at once. Wait for one to finish or stop one")
 
 
-def check_imports(caller: Caller | None, adding: int, held: Callable[[], int], size: int, root: Path) -> None:
-    """Refuse a bundle of ``adding`` runs (``size`` bytes) past a student's imported runs or the disk budget."""
+def quota_lock(root: Path, caller: Caller | None) -> contextlib.AbstractContextManager:
+    """Held around a student's quota check and the write it allows (one lock per owner, a file in ``root``):
+    parallel clicks then cannot all pass one count (3 imports at once gave 45 runs against a limit of 20).
+    Nothing to hold for the teacher or the command line, who have no quota."""
+    if not limited(caller):
+        return contextlib.nullcontext()
+    name = hashlib.sha256(caller.owner.encode()).hexdigest()[:16] if caller.owner else "anonymous"
+    return locks.exclusive(Path(root) / f".quota-{name}.lock")
+
+
+def check_imports(caller: Caller | None, adding: int, held: Callable[[], int], size: int, root: Path,
+                  fresh: bool = False) -> None:
+    """Refuse a bundle of ``adding`` runs (``size`` bytes) past a student's imported runs or the disk budget
+    (``fresh``: the last check, under the imports lock: the disk counted now)."""
     check_writable(caller, "import")
     if not limited(caller):
         return
     limit, mine = limits().imported_runs, held()
     if mine + adding > limit:
-        raise ValueError(f"quota: you have {mine} imported run(s) and this bundle holds {adding}; each user may "
+        raise ValueError(f"quota: you{_with_peers(caller)} have {mine} imported run(s) and this bundle holds {adding}; each user may "
                          f"import {limit}. Delete some, or ask the teacher to import it")
-    check_disk_budget(caller, size, root)
+    check_disk_budget(caller, size, root, fresh=fresh)
+
+
+def check_compressions(caller: Caller | None, held: Callable[[], int]) -> None:
+    """Refuse a student's compression while they have as many at work as one may (``held``: how many now)."""
+    check_writable(caller, "compressing")
+    if not limited(caller):
+        return
+    limit, mine = limits().compressions, held()
+    if mine >= limit:
+        raise ValueError(f"quota: you{_with_peers(caller)} have {mine} compression(s) at work; each user may have {limit} at once (each "
+                         "holds the CPU while it works). Wait for it to finish, or ask the teacher")
 
 
 def dataset_allowance(caller: Caller | None, held: Callable[[], tuple[int, int]], declared: int, root: Path,
-                      most: int) -> int:
+                      most: int, fresh: bool = False) -> int:
     """The bytes an upload of ``declared`` bytes may unpack to (at most ``most``): what is left of a student's
-    dataset allowance (``held``: their datasets' count and bytes); refused past the count or the disk budget."""
+    dataset allowance (``held``: their datasets' count and bytes); refused past the count or the disk budget
+    (``fresh``: the last check, under the names lock: the disk counted now)."""
     check_writable(caller, "adding a dataset")
     if not limited(caller):
         return most
     limit, (count, used) = limits(), held()
     if count >= limit.datasets:
-        raise ValueError(f"quota: you have {count} dataset(s); each user may have {limit.datasets}. Delete one "
+        raise ValueError(f"quota: you{_with_peers(caller)} have {count} dataset(s); each user may have {limit.datasets}. Delete one "
                          "first, or ask the teacher")
-    check_disk_budget(caller, declared, root)
+    check_disk_budget(caller, declared, root, fresh=fresh)
     return max(0, min(limit.dataset_bytes - used, most))
 
 
@@ -190,17 +239,23 @@ _USAGE_LOCK = threading.Lock()
 USAGE_TTL_S = 30.0
 
 
-def folder_bytes(*folders: Path) -> int:
-    """Bytes of regular files under ``folders`` (links not followed), remembered for ``USAGE_TTL_S``: walking
-    thousands of files on every click would cost more than the check is worth."""
+def folder_bytes(*folders: Path, fresh: bool = False) -> int:
+    """Bytes of regular files under ``folders`` that have landed, remembered for ``USAGE_TTL_S``: walking thousands
+    of files on every click would cost more than the check is worth. ``fresh``: count now (the last check before
+    a write, under its lock: 8 parallel uploads all passed one remembered count).
+
+    Links are not followed, and hidden folders (``.import-*``, ``.staging-*``: work in flight) are not counted:
+    each write's last check adds its own size, so parallel uploads do not refuse each other for bytes that are
+    only passing through."""
     key = tuple(str(f) for f in folders)
     with _USAGE_LOCK:
         hit = _USAGE.get(key)
-    if hit is not None and time.monotonic() - hit[0] < USAGE_TTL_S:
+    if not fresh and hit is not None and time.monotonic() - hit[0] < USAGE_TTL_S:
         return hit[1]
     total = 0
     for folder in folders:
-        for base, _dirs, names in os.walk(folder):
+        for base, dirs, names in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
             for name in names:
                 try:
                     st = os.lstat(os.path.join(base, name))
@@ -212,17 +267,77 @@ def folder_bytes(*folders: Path) -> int:
     return total
 
 
-def check_disk_budget(caller: Caller | None, adding: int, *folders: Path) -> None:
-    """``ValueError`` when a student's write of ``adding`` bytes would take the data and checkpoints folders past
-    the server's budget (the teacher is told too, but may go on)."""
+def check_disk_budget(caller: Caller | None, adding: int, *folders: Path, fresh: bool = False) -> None:
+    """``ValueError`` when a student's write of ``adding`` bytes would take ``folders`` past the server's budget
+    (``fresh``: counted now, not remembered)."""
     if not limited(caller):
         return
     budget = limits().disk_bytes
-    used = folder_bytes(*folders)
+    used = folder_bytes(*folders, fresh=fresh)
     if used + adding > budget:
         raise ValueError(f"disk budget: the data and checkpoints folders hold {used / 1024**3:.1f} GiB of the "
                          f"server's {budget / 1024**3:.0f} GiB budget; this would add {adding / 1024**2:,.0f} MB. "
                          "Delete old runs or datasets, or ask the teacher")
+
+
+# ----------------------------------------------------------------------------- quotas per address
+# A new private window is a new owner, with fresh quotas. Where the operator sets $EFFNET_QUOTA_PER_ADDRESS=1
+# (students reach the server directly, one computer each), quotas count everything of every owner that loaded a
+# page from the same address in the last day. Behind a reverse proxy every browser has the proxy's address, and
+# the whole class would share one quota: leave it off there.
+ADDRESSES, ADDRESS_MEMORY_S, ADDRESS_REFRESH_S = ".addresses.json", 24 * 3600.0, 3600.0
+MAX_OWNERS_PER_ADDRESS = 1000  # a script minting cookies grows the book by one line each, up to this per address
+
+
+def per_address() -> bool:
+    return os.environ.get(PER_ADDRESS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _address_book(root: Path) -> dict[str, dict[str, float]]:
+    """``<root>/.addresses.json``: a digest of each address -> {owner token: when last seen}; {} when unreadable."""
+    from effnet.base import files
+
+    book = files.read_json(Path(root) / ADDRESSES)
+    if not isinstance(book, dict):
+        return {}
+    return {k: {o: float(t) for o, t in v.items() if valid_owner_token(o) and isinstance(t, int | float)}
+            for k, v in book.items() if isinstance(k, str) and isinstance(v, dict)}
+
+
+def _address_key(address: str) -> str:
+    return hashlib.sha256(address.encode()).hexdigest()[:24]  # the book holds no address in the clear
+
+
+def remember_address(root: Path, owner: str | None, address: str | None, now: float | None = None) -> None:
+    """Note that ``owner`` loaded a page from ``address`` (only with per-address quotas; written at most once an
+    hour per owner and address, so page loads stay cheap)."""
+    if not per_address() or not valid_owner_token(owner) or not address:
+        return
+    from effnet.base import files
+
+    now, key = now or time.time(), _address_key(address)
+    if now - _address_book(root).get(key, {}).get(owner, -math.inf) < ADDRESS_REFRESH_S:
+        return
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with locks.exclusive(Path(root) / f"{ADDRESSES}.lock"):
+        book = {k: {o: t for o, t in v.items() if now - t < ADDRESS_MEMORY_S}
+                for k, v in _address_book(root).items()}
+        seen = book.setdefault(key, {})
+        seen[owner] = now
+        book[key] = dict(sorted(seen.items(), key=lambda item: item[1])[-MAX_OWNERS_PER_ADDRESS:])
+        files.write_json(Path(root) / ADDRESSES, {k: v for k, v in book.items() if v})
+
+
+def quota_peers(root: Path, owner: str | None, now: float | None = None) -> frozenset[str]:
+    """The other owners seen at an address ``owner`` loaded pages from in the last day (per-address quotas only)."""
+    if not per_address() or owner is None:
+        return frozenset()
+    now = now or time.time()
+    peers: set[str] = set()
+    for seen in _address_book(root).values():
+        if now - seen.get(owner, -math.inf) < ADDRESS_MEMORY_S:
+            peers |= {o for o, t in seen.items() if now - t < ADDRESS_MEMORY_S}
+    return frozenset(peers - {owner})
 
 
 def forget_usage() -> None:

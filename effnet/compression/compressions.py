@@ -68,6 +68,11 @@ def working(out: Path) -> bool:
     return tasks.at_work(files.read_json(out / runs.STATUS) or {})
 
 
+def at_work_of(root: Path, caller: access.Caller) -> int:
+    """Compressions at work on the runs counted against ``caller`` (a student may compress only their own)."""
+    return sum(working(out) for info in runs.list_runs(root) if caller.counts(info.owner) for out in outputs(info.path))
+
+
 def tidy(run_dir: Path) -> list[str]:
     """Compressions of ``run_dir`` whose process is gone (killed, or the server restarted) are marked failed, so
     the page says so at once and they can be deleted."""
@@ -89,9 +94,17 @@ def stop_all(run_dir: Path, wait_s: float = 30.0) -> None:
         return
     with locks.exclusive(run_dir / FOLDER / ".start.lock"):
         busy = [out for out in outputs(run_dir) if working(out)]
-        for out in busy:
-            tasks.signal_stop(files.read_json(out / runs.STATUS) or {}, COMPRESSOR, str(out))
-        tasks.wait_until(lambda: not any(working(out) for out in busy), wait_s, f"a compression of {run_dir.name}")
+        signalled: set[Path] = set()
+
+        def stopped() -> bool:
+            # One that has just started reports its pid only once Python and torch are loaded: signal it then.
+            for out in busy:
+                if out not in signalled and tasks.signal_stop(files.read_json(out / runs.STATUS) or {}, COMPRESSOR,
+                                                              str(out)):
+                    signalled.add(out)
+            return not any(working(out) for out in busy)
+
+        tasks.wait_until(stopped, wait_s, f"a compression of {run_dir.name}")
 
 
 def delete_output(run_dir: Path, name: str, caller: Any = None) -> None:
@@ -120,13 +133,15 @@ def start(run_dir: Path, root: Path, int8: bool, qat_epochs: int, ratios: list[f
     if (run_dir / FOLDER).is_symlink() or run_dir.is_symlink():
         raise ValueError(f"{run_dir.name}/{FOLDER} is a symbolic link: refused (compressions stay in the run's folder)")
     (run_dir / FOLDER).mkdir(exist_ok=True)  # not parents: a run deleted meanwhile is not brought back
-    with locks.exclusive(run_dir / FOLDER / ".start.lock"):  # two clicks at once: one starts, one is refused
+    # Two clicks at once (or a student's clicks on several runs): one starts, the others are refused.
+    with access.quota_lock(root, caller), locks.exclusive(run_dir / FOLDER / ".start.lock"):
         if not (run_dir / runs.STATUS).is_file():
             raise ValueError(f"run {run_dir.name} is being deleted")
         # The status is the process's own from here on; until it reports its pid, the start time says it is alive.
         busy = [d.name for d in outputs(run_dir) if working(d)]
         if busy:
             raise ValueError(f"this run is being compressed already (started {busy[0]}); wait for it to finish")
+        access.check_compressions(caller, lambda: at_work_of(root, caller))
         out = run_dir / FOLDER / time.strftime("%Y%m%d-%H%M%S")
         out.mkdir()
         files.write_json(out / runs.STATUS, {"heartbeat": time.time(), "pid": None, "state": "starting", "step": 0,

@@ -276,14 +276,14 @@ def _unwrap(staging: Path) -> None:
         top.rmdir()
 
 
-def _check_quota(base: Path, caller: Caller | None, declared: int) -> int:
+def _check_quota(base: Path, caller: Caller | None, declared: int, fresh: bool = False) -> int:
     """The bytes this upload may unpack to (``access.dataset_allowance``); ``DataError`` when refused."""
     def held() -> tuple[int, int]:
-        mine = [d for d in own_datasets(base.parent) if d.owner == caller.owner]
+        mine = [d for d in own_datasets(base.parent) if caller.counts(d.owner)]
         return len(mine), sum(d.bytes for d in mine)
 
     try:
-        return access.dataset_allowance(caller, held, declared, base.parent, MAX_ZIP_BYTES)
+        return access.dataset_allowance(caller, held, declared, base.parent, MAX_ZIP_BYTES, fresh)
     except ValueError as exc:
         raise DataError(str(exc)) from exc
 
@@ -333,7 +333,7 @@ def unpack_zip(data: bytes | io.BufferedIOBase, data_root: str | os.PathLike, na
                     raise DataError(f"a dataset called {name} exists already; choose another name")
                 # The quota again, under the lock, with the real size: parallel uploads all passed the first check
                 # (8 at once gave 8 datasets against a limit of 3).
-                if _check_quota(base, caller, size) < size:
+                if _check_quota(base, caller, size, fresh=True) < size:
                     raise DataError("quota: with your other datasets this one is over your allowance; delete one "
                                     "first, or ask the teacher")
                 os.rename(staging, base / name)

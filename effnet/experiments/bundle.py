@@ -354,12 +354,12 @@ def _finish(staging: Path, root: Path) -> Imported:
     return Imported(list(placed.values()), where)
 
 
-def _check_quota(caller: Caller | None, root: Path, adding: int, size: int) -> None:
+def _check_quota(caller: Caller | None, root: Path, adding: int, size: int, fresh: bool = False) -> None:
     def held() -> int:
-        return sum(1 for r in runs.list_runs(root) if r.owner == caller.owner and (r.job or {}).get("imported"))
+        return sum(1 for r in runs.list_runs(root) if caller.counts(r.owner) and (r.job or {}).get("imported"))
 
     try:
-        access.check_imports(caller, adding, held, size, root)
+        access.check_imports(caller, adding, held, size, root, fresh)
     except ValueError as exc:
         raise BundleError(str(exc)) from exc
 
@@ -392,7 +392,7 @@ def import_bundle(bundle: str | os.PathLike | Any, root: str | os.PathLike | Non
                 staging.mkdir()
                 _stage(zf, manifest, staging, caller, batch)
                 with locks.exclusive(root / IMPORTS_LOCK):  # names, quota and moves: one import at a time
-                    _check_quota(caller, root, len(manifest["runs"]), size)  # again: others may have landed since
+                    _check_quota(caller, root, len(manifest["runs"]), size, fresh=True)  # again, counted now
                     _plan(staging, manifest)
                     return _finish(staging, root)
             except BaseException:

@@ -76,7 +76,7 @@ def training_images(config: TrainConfig) -> int:
 
 
 def _check_quota(root: Path, caller: Caller | None, adding: int) -> None:
-    access.check_runs(caller, adding, lambda: sum(1 for r in list_runs(root) if r.owner == caller.owner and r.pending))
+    access.check_runs(caller, adding, lambda: sum(1 for r in list_runs(root) if caller.counts(r.owner) and r.pending))
 
 
 # ----------------------------------------------------------------------------- queue actions
