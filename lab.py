@@ -15,7 +15,6 @@ from views.widgets import caller, teacher_sign_in
 # an offline classroom logs as an error on every page.
 st.set_page_config(page_title="effnet-lab", page_icon=str(Path(__file__).parent / "views" / "icon.png"), layout="wide")
 
-teacher_sign_in(caller())
 navigation = st.navigation([
     st.Page("views/lesson.py", title="Lesson", icon=":material/school:", default=True),
     st.Page("views/explorer.py", title="Scaling explorer", icon=":material/tune:"),
@@ -25,4 +24,5 @@ navigation = st.navigation([
     st.Page("views/study.py", title="Studies", icon=":material/science:"),
     st.Page("views/compress.py", title="Compress", icon=":material/compress:"),
 ])
+teacher_sign_in(caller(), here=f"/{navigation.url_path}")  # signing in or out comes back to this page
 navigation.run()

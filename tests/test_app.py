@@ -12,7 +12,7 @@ from effnet.base.text import si
 from effnet.queue import jobs
 from effnet.training import runs
 from effnet.training.config import TrainConfig
-from views.prefill import TABS
+from views.prefill import CUSTOM_MODE, OFFICIAL_MODE, TABS
 
 PAGES = ["views/explorer.py", "views/train.py", "views/results.py", "views/cam.py", "views/lesson.py", "views/study.py",
          "views/compress.py"]
@@ -76,6 +76,9 @@ def test_explorer_official_variant_shows_the_formula_difference(app_env):
     assert metrics(at)["Resolution"] == "600 px"
     assert any("do not follow the formula" in i.value for i in at.info)
     assert len(at.latex) >= 3
+    at.radio(key="mode").set_value(CUSTOM_MODE).run()  # a look at a custom spec, then back: still B7
+    at.radio(key="mode").set_value(OFFICIAL_MODE).run()
+    assert at.select_slider(key="variant").value == "B7" and metrics(at)["Resolution"] == "600 px"
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from conftest import PROJECT, open_app, python_env, read_status, serve_app_from,
 
 from effnet import ScalingSpec
 from effnet.analysis import results
-from effnet.base import files, locks
+from effnet.base import access, files, locks
 from effnet.base.access import Caller
 from effnet.queue import jobs
 from effnet.training import checkpoint, runs
@@ -306,14 +306,57 @@ def test_a_run_is_refused_before_it_starts_when_the_disk_cannot_hold_its_checkpo
 
 
 # ----------------------------------------------------------------------------- owners and the teacher
+def test_a_run_the_teacher_stopped_tells_its_owner_why_and_the_owner_can_resume_it(sandbox, cifar_dir, monkeypatch):
+    """A student whose queued run the teacher stopped saw only "stopped", with no reason and no Resume."""
+    alice, teacher = Caller("a" * 32), Caller("c" * 32, teacher=True)
+    by_teacher, by_alice = jobs.submit_many([tiny_config(cifar_dir)] * 2, sandbox, caller=alice, start_runner=False)
+    assert jobs.stop(by_teacher, sandbox, caller=teacher) == "stopped"
+    assert jobs.stop(by_alice, sandbox, caller=alice) == "stopped"
+    stopped = runs.read_run(sandbox / by_teacher)
+    assert jobs.stopped_by_teacher(stopped) and jobs.resumable(stopped)  # never trained: it starts again
+    assert not jobs.stopped_by_teacher(runs.read_run(sandbox / by_alice))
+    serve_app_from(monkeypatch, sandbox, cifar_dir, EFFNET_TEACHER_PASSWORD="s3cret")
+    at = open_app("views/train.py", owner=alice.owner)
+    assert not at.exception
+    [told] = [w.value for w in at.warning if "Stopped by the teacher" in w.value]
+    assert "Press Resume" in told and at.button(key=f"resume_{by_teacher}")
+    assert any(f"`{by_teacher}` · stopped · by you" in m.value for m in at.markdown)
+    assert any(f"You are **{access.nickname(alice.owner)}**" in m.value for m in at.sidebar.markdown)
+    assert any('href="/effnet/teacher?next=%2Ftrain"' in m.value for m in at.sidebar.markdown)  # and back here
+    jobs.resume(by_teacher, sandbox, caller=alice)
+    job = json.loads((sandbox / by_teacher / runs.JOB).read_text())
+    assert job["resume"] is False and jobs.STOPPED_BY_TEACHER not in job  # from scratch: it had no checkpoint
+    assert runs.read_run(sandbox / by_teacher).state == "queued"
+
+
+def test_the_teachers_bulk_delete_names_whose_runs_they_are(sandbox, cifar_dir, monkeypatch):
+    """It listed the teacher's own runs as "all runs of student 9d4428 (12 runs)" and said "(1 runs)"."""
+    from fake_runs import fake_run, row
+
+    teacher, student = "c" * 32, "a" * 32
+    for i in range(3):
+        fake_run(sandbox, f"t{i}", [row(1, 50.0, 50.0)], job={"owner": teacher})
+    fake_run(sandbox, "s0", [row(1, 50.0, 50.0)], job={"owner": student})
+    fake_run(sandbox, "cli", [row(1, 50.0, 50.0)])
+    serve_app_from(monkeypatch, sandbox, cifar_dir)  # no password: one person, the teacher
+    at = open_app("views/train.py", owner=teacher)
+    assert not at.exception
+    pick = at.selectbox(key="bulk")
+    assert set(pick.options) == {
+        "all your own runs (3 runs)", f"all runs of {access.nickname(student)} (1 run)",
+        "all runs of the command line (1 run)"}
+    pick.set_value("all runs of the command line").run()
+    assert at.checkbox(key="bulk_confirm").label == "Yes, delete this run"
+
+
 def test_only_the_owner_or_the_teacher_manage_a_run_and_each_owner_has_a_quota(sandbox, cifar_dir, monkeypatch):
     alice, bob, teacher = Caller("a" * 32), Caller("b" * 32), Caller("c" * 32, teacher=True)
     first, second = jobs.submit_many([tiny_config(cifar_dir, epochs=30)] * 2, sandbox, caller=alice,
                                      start_runner=False)
     assert runs.read_run(sandbox / first).owner == alice.owner
-    with pytest.raises(ValueError, match="^queue: you already have 2"):
+    with pytest.raises(ValueError, match="^You already have 2"):
         jobs.submit(tiny_config(cifar_dir), sandbox, caller=alice, start_runner=False)
-    with pytest.raises(ValueError, match="^queue: this starts 3 runs.*ask the teacher"):  # never room by waiting
+    with pytest.raises(ValueError, match="^This starts 3 runs.*ask the teacher"):  # never room by waiting
         jobs.submit_many([tiny_config(cifar_dir)] * 3, sandbox, caller=bob, start_runner=False)
     for action in (jobs.stop, jobs.delete):
         with pytest.raises(PermissionError, match="belongs to another user"):

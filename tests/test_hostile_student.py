@@ -117,6 +117,21 @@ def test_the_teacher_signs_in_with_an_expiring_cookie_that_only_the_password_mak
     assert "Sign in as the teacher" in Browser(url).request("/effnet/teacher")[2]  # another browser is not
 
 
+def test_signing_in_and_out_return_to_the_page_you_came_from_and_never_elsewhere(class_server):
+    """After signing in the teacher landed on the Lesson, not on the page where they clicked "Sign in"."""
+    url, _ = class_server
+    teacher = Browser(url)
+    teacher.request("/")
+    assert 'name="next" value="/train"' in teacher.request("/effnet/teacher?next=/train")[2]
+    for given, back in (("/train", "/train"), ("https://elsewhere.example/", "/"), ("//elsewhere.example", "/")):
+        status, headers, _ = Browser(url).request("/effnet/teacher", {"password": PASSWORD, "next": given})
+        assert status == 303 and headers["location"] == back, (given, headers)
+    assert teacher.request("/effnet/teacher", {"password": PASSWORD, "next": "/results"})[0] == 303
+    assert 'name="next" value="/results"' in teacher.request("/effnet/signout?next=/results")[2]
+    status, headers, _ = teacher.request("/effnet/signout", {"next": "/results"})
+    assert status == 303 and headers["location"] == "/results"
+
+
 def test_signing_out_is_a_post_that_ends_every_copy_of_the_cookie(class_server):
     url, _ = class_server
     teacher, copy = Browser(url), Browser(url)

@@ -314,8 +314,12 @@ def test_a_student_is_told_to_ask_the_teacher_for_a_study_larger_than_the_quota(
     at = study_page(monkeypatch, root, cifar_dir)
     at.button(key="s_start").click().run()  # a methods study: four runs, the quota is two
     assert not at.exception and not at.success
-    assert any(e.value.startswith("Not started: queue: this starts 4 runs") and "ask the teacher" in e.value
+    assert any(e.value.startswith("Not started: This starts 4 runs") and "ask the teacher" in e.value
                for e in at.error)
+    # In a student's words (no field prefix, no environment variable), and a toast short enough to show whole.
+    assert not any("$" in e.value or "queue:" in e.value for e in at.error)
+    assert [t.value for t in at.toast] == ["Not started: This starts 4 runs, and each student may have 2 queued or "
+                                           "training at once"]
     assert study.list_studies(root) == [] and runs.list_runs(root) == []
 
 

@@ -55,9 +55,13 @@ controls, main = st.columns([1, 2.2], gap="large")
 with controls:
     mode = st.radio("Model", [OFFICIAL_MODE, CUSTOM_MODE], horizontal=True, key="mode")
     if mode == OFFICIAL_MODE:
+        # Streamlit forgets a widget's value on a run that does not draw it (Custom mode): kept beside it, B3 is
+        # still B3 after a look at Custom and back.
+        st.session_state.setdefault("variant", st.session_state.get("variant_kept", "B0"))
         variant = st.select_slider("Variant", options=[v.upper() for v in VARIANTS], key="variant",
                                    help="B0-B7: compound-scaled from B0. V2-S/M/L: EfficientNetV2, its own tables "
                                         "(Fused-MBConv in the first stages).")
+        st.session_state["variant_kept"] = variant
     else:
         phi = linked_number("φ (compound coefficient)", "phi", PHI_RANGE[0], PHI_RANGE[1], 0.1, 1.0,
                             help="Negative φ gives models smaller than B0, handy for CPU demos.")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -124,8 +125,15 @@ input,button{{font-size:22px;padding:.4rem .8rem}} .err{{color:#b00020;font-weig
 </head><body><h1>Teacher sign-in</h1>{body}<p><a href="/">Back to the lab</a></p></body></html>"""
 FORM = """<form method="post" action="{prefix}/teacher"><p><label>Teacher password<br>
 <input type="password" name="password" autofocus autocomplete="current-password"></label></p>
+<input type="hidden" name="next" value="{next}">
 <p><button type="submit">Sign in as the teacher</button></p></form>"""
-SIGN_OUT = """<form method="post" action="{prefix}/signout"><p><button type="submit">Sign out</button></p></form>"""
+SIGN_OUT = """<form method="post" action="{prefix}/signout"><input type="hidden" name="next" value="{next}">
+<p><button type="submit">Sign out</button></p></form>"""
+
+
+def _back(value: object) -> str:
+    """Where signing in or out returns: one of the lab's page paths (``/train``), never another site ("/" else)."""
+    return value if isinstance(value, str) and re.fullmatch(r"/[a-z0-9_-]{0,40}", value) else "/"
 
 
 def _page(body: str, status: int = 200) -> HTMLResponse:
@@ -147,10 +155,11 @@ async def teacher(request: Request) -> Response:
     password = _password()
     if password is None:
         return _page("<p>This server has no teacher password: everybody manages every run already.</p>")
+    back = _back(request.query_params.get("next"))
     if _is_teacher(request, password):
-        return _page("<p>You are signed in as the teacher.</p>" + SIGN_OUT.format(prefix=PREFIX))
+        return _page("<p>You are signed in as the teacher.</p>" + SIGN_OUT.format(prefix=PREFIX, next=back))
     if request.method == "GET":
-        return _page(FORM.format(prefix=PREFIX))
+        return _page(FORM.format(prefix=PREFIX, next=back))
     if not _same_origin(request):
         return _page('<p class="err">Refused: the form must be sent from this server\'s page.</p>', 403)
     guesses = signin.Guesses(_root())
@@ -159,15 +168,15 @@ async def teacher(request: Request) -> Response:
     wait = guesses.begin(keys)  # counted before the password is read or compared: parallel tries cannot outrun it
     if wait > 0:
         return _page(f'<p class="err">Too many wrong passwords: wait {wait:.0f} s, then try again.</p>'
-                     + FORM.format(prefix=PREFIX), 429)
+                     + FORM.format(prefix=PREFIX, next=back), 429)
     form = await request.form()
-    given = form.get("password")
+    given, back = form.get("password"), _back(form.get("next"))
     if not isinstance(given, str) or not access.is_teacher_password(given, password):
         wait = guesses.wait_s(keys)
         note = f" Wait {wait:.0f} s before the next try." if wait > 0 else ""
-        return _page(f'<p class="err">Wrong password.{note}</p>' + FORM.format(prefix=PREFIX), 401)
+        return _page(f'<p class="err">Wrong password.{note}</p>' + FORM.format(prefix=PREFIX, next=back), 401)
     guesses.succeeded(keys)
-    response = RedirectResponse("/", status_code=303)
+    response = RedirectResponse(back, status_code=303)
     response.set_cookie(access.TEACHER_COOKIE, access.sign_teacher(_key(), password),
                         max_age=int(3600 * access.teacher_hours()), httponly=True, samesite="strict",
                         secure=_secure(request))
@@ -179,11 +188,11 @@ async def signout(request: Request) -> Response:
     password = _password()
     if request.method == "GET":
         body = SIGN_OUT if _is_teacher(request, password) else "<p>You are not signed in as the teacher.</p>"
-        return _page(body.format(prefix=PREFIX))
+        return _page(body.format(prefix=PREFIX, next=_back(request.query_params.get("next"))))
     if not _same_origin(request):
         return _page('<p class="err">Refused: the form must be sent from this server\'s page.</p>', 403)
     signin.sign_out(_root(), request.cookies.get(access.TEACHER_COOKIE), _key(), password)
-    response = RedirectResponse("/", status_code=303)
+    response = RedirectResponse(_back((await request.form()).get("next")), status_code=303)
     response.delete_cookie(access.TEACHER_COOKIE)
     return response
 

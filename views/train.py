@@ -1,5 +1,6 @@
 """Train page: configure runs, queue them, watch them live. Training is reached only through effnet.queue.jobs."""
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from effnet.arch.baselines import MODELS as BASELINES
 from effnet.arch.baselines import BaselineSpec
 from effnet.arch.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
 from effnet.arch.scaling import VARIANTS as ALL_VARIANTS
-from effnet.base.access import limits, nickname, readonly
-from effnet.base.text import si
+from effnet.base.access import limits, readonly
+from effnet.base.text import counted, si
 from effnet.data.cifar import DataError, data_dir
 from effnet.data.folder import delete_dataset, own_datasets, unpack_zip
 from effnet.queue import jobs, slurm
@@ -33,6 +34,7 @@ from views.widgets import (
     refused,
     tidy_now,
     warn_if_no_cifar,
+    whose,
 )
 
 VARIANTS = [v.upper() for v in ALL_VARIANTS]  # B0-B7, then V2-S/M/L
@@ -155,7 +157,7 @@ def dataset_rows(found: list) -> None:
     Delete for its owner and the teacher."""
     for d in found:
         line, button = st.columns([6, 1], vertical_alignment="center")
-        mine = " · yours" if d.owner is not None and d.owner == who.owner else ""
+        mine = f" · by {whose(d.owner, who)}"
         line.caption(f"**{plain(d.name)}**{mine} · {d.split[0] + d.split[1]:,} images · {si(d.bytes, 1)}B · "
                      + ", ".join(plain(c) for c in d.classes[:12]) + (" …" if len(d.classes) > 12 else ""))
         if who.may_manage(d) and not readonly() and button.button("Delete", key=f"del_ds_{d.name}"):
@@ -346,8 +348,8 @@ def run_card(info: runs.RunInfo) -> None:
         on_cluster = slurm.detail(info.status)
         if on_cluster and (info.pending or info.state == "failed"):
             where = f" · {on_cluster}"
-        owner = " · yours" if info.owner is not None and info.owner == who.owner else ""
-        head.markdown(f"**{plain(info.label)}**  \n`{info.run_id}` · {info.state}{plain(where)}{owner}")
+        head.markdown(f"**{plain(info.label)}**  \n`{info.run_id}` · {info.state}{plain(where)} · "
+                      f"by {whose(info.owner, who)}")
         stopping = info.active and st.session_state.get(f"stopping_{info.run_id}")
         bar.progress(prog.fraction, text="stopping: saving a checkpoint at the next step" if stopping else prog.text)
         ips = info.status.get("images_per_second")
@@ -366,6 +368,12 @@ def run_card(info: runs.RunInfo) -> None:
             buttons.error(refused)
         if info.state in ("failed", "damaged") and info.error:
             st.error(plain(info.error, lines=True))
+        if jobs.stopped_by_teacher(info):
+            when = time.strftime("%H:%M", time.localtime(info.job[jobs.STOPPED_BY_TEACHER]))
+            st.warning(f"Stopped by the teacher at {when}. " + ("Its owner can resume it: it goes on from its last "
+                       "checkpoint, or starts again if it had not begun." if info.owner != who.owner else
+                       "Press Resume when the teacher says so: it goes on from its last checkpoint, or starts "
+                       "again if it had not begun."))
 
 
 def manage(infos: list[runs.RunInfo]) -> None:
@@ -405,7 +413,8 @@ def bulk_delete(infos: list[runs.RunInfo]) -> None:
     for info in infos:
         if info.active:
             continue
-        groups.setdefault(f"all runs of {nickname(info.owner)}", []).append(info.run_id)
+        owner = whose(info.owner, who)
+        groups.setdefault("all your own runs" if owner == "you" else f"all runs of {owner}", []).append(info.run_id)
         batch = (info.job or {}).get("imported")
         if batch:
             groups.setdefault(f"the import {batch}", []).append(info.run_id)
@@ -413,13 +422,15 @@ def bulk_delete(infos: list[runs.RunInfo]) -> None:
         if not groups:
             st.caption("Nothing to delete: every run is queued or training.")
             return
-        pick = st.selectbox("Which", list(groups), format_func=lambda g: f"{g} ({len(groups[g])} runs)", key="bulk")
-        sure = st.checkbox(f"Yes, delete these {len(groups[pick])} runs", key="bulk_confirm")
+        pick = st.selectbox("Which", list(groups), format_func=lambda g: f"{g} ({counted(len(groups[g]), 'run')})",
+                            key="bulk")
+        sure = st.checkbox(f"Yes, delete {'this run' if len(groups[pick]) == 1 else f'these {len(groups[pick])} runs'}",
+                           key="bulk_confirm")
         if st.button("Delete them", disabled=not sure, key="bulk_delete"):
             problems = jobs.delete_many(groups[pick], root, caller=who)
             st.session_state.pop("bulk_confirm", None)
             (st.error("Not all deleted: " + plain("; ".join(problems))) if problems else
-             st.toast(f"Deleted {len(groups[pick])} runs", icon=":material/delete:"))
+             st.toast(f"Deleted {counted(len(groups[pick]), 'run')}", icon=":material/delete:"))
 
 
 @st.fragment(run_every=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from effnet.base.access import (
     caller_of,
     limits,
     new_owner_token,
+    nickname,
     owner_from_cookie,
     per_address,
     readonly,
@@ -26,7 +28,7 @@ from effnet.base.access import (
     teacher_password,
     valid_owner_token,
 )
-from effnet.base.text import without_controls
+from effnet.base.text import headline, without_controls
 from effnet.training import runs
 from effnet.training.checkpoint import CheckpointError
 from effnet.training.plan import BlockChoice
@@ -113,13 +115,21 @@ def caller() -> Caller:
     return caller_of(root, token, teacher)
 
 
+def whose(owner: str | None, who: Caller) -> str:
+    """Who a run or dataset belongs to, as this browser reads it: "you", "the command line" or a student's nickname
+    (the one the sidebar shows that student, so the teacher can match it to a person)."""
+    return "you" if owner is not None and owner == who.owner else nickname(owner)
+
+
 def _link(where, text: str, href: str) -> None:
     """A link that opens in this tab (the lab's own pages; never user text)."""
     where.markdown(f'<a href="{href}" target="_self">{text}</a>', unsafe_allow_html=True)
 
 
-def teacher_sign_in(who: Caller) -> None:
-    """Sidebar: who this browser is (a student and their limits, or the teacher) and the way to sign in or out."""
+def teacher_sign_in(who: Caller, here: str = "/") -> None:
+    """Sidebar: who this browser is (a student and their limits, or the teacher) and the way to sign in or out,
+    which comes back to ``here`` (this page's path)."""
+    back = urllib.parse.urlencode({"next": here})
     if readonly():
         st.sidebar.info("Read-only demo: explore, read results and make CAMs; nothing can be started or deleted.")
         return
@@ -127,15 +137,16 @@ def teacher_sign_in(who: Caller) -> None:
         return  # a single user: everybody is the teacher
     if who.teacher:
         st.sidebar.caption("Signed in as the teacher: you can manage every run.")
-        _link(st.sidebar, "Sign out", "/effnet/signout")
+        _link(st.sidebar, "Sign out", f"/effnet/signout?{back}")
         return
     quota = limits()
     shared = " (together with the other browser windows of your computer)" if per_address() else ""
+    st.sidebar.markdown(f"You are **{nickname(who.owner)}** here: your runs show it, and so does the teacher's list.")
     st.sidebar.caption(f"You{shared} can have {quota.queued} runs queued or training at once, {quota.compressions} "
                        f"compression{'s' if quota.compressions != 1 else ''} at work, {quota.datasets} datasets of your own "
                        f"({quota.dataset_bytes / 1024**2:,.0f} MB) and {quota.imported_runs} imported runs; the "
                        "teacher has no limit.")
-    _link(st.sidebar, "Sign in as the teacher", "/effnet/teacher")
+    _link(st.sidebar, "Sign in as the teacher", f"/effnet/teacher?{back}")
 
 
 def tidy_now(root: Path) -> None:
@@ -207,9 +218,10 @@ def warn_if_no_cifar() -> None:
 
 
 def refused(exc: Exception, where=st) -> None:
-    """Why an action did not start, next to its button and as a toast (the eye may be anywhere on a projector)."""
+    """Why an action did not start: in full next to its button, and its first clause as a toast (the eye may be
+    anywhere on a projector; Streamlit folds a long toast, so that one is short enough to be read whole)."""
     where.error(f"Not started: {exc}")
-    st.toast(f"Not started: {exc}", icon=":material/error:")
+    st.toast(f"Not started: {headline(str(exc))}", icon=":material/error:")
 
 
 @st.cache_resource(show_spinner="Reading CIFAR-100...")

@@ -174,13 +174,12 @@ def check_runs(caller: Caller | None, adding: int, held: Callable[[], int]) -> N
         return
     limit = max_queued()
     if adding > limit:  # e.g. a student's 4-run methods study: waiting would never make room
-        raise ValueError(f"queue: this starts {adding} runs, and each user may have {limit} queued or "
-                         f"training at once; ask the teacher to start it (the teacher has no limit; the server's "
-                         f"${MAX_QUEUED_ENV} sets it)")
+        raise ValueError(f"This starts {adding} runs, and each student may have {limit} queued or training at "
+                         "once: ask the teacher to start it (the teacher has no limit)")
     mine = held()
     if mine + adding > limit:
-        raise ValueError(f"queue: you{_with_peers(caller)} already have {mine} run(s) queued or training; each "
-                         f"user may have {limit} at once. Wait for one to finish or stop one")
+        raise ValueError(f"You{_with_peers(caller)} already have {mine} run(s) queued or training, and each "
+                         f"student may have {limit} at once: wait for one to finish, or stop one")
 
 
 def quota_lock(root: Path, caller: Caller | None) -> contextlib.AbstractContextManager:
@@ -202,8 +201,9 @@ def check_imports(caller: Caller | None, adding: int, held: Callable[[], int], s
         return
     limit, mine = limits().imported_runs, held()
     if mine + adding > limit:
-        raise ValueError(f"quota: you{_with_peers(caller)} have {mine} imported run(s) and this bundle holds {adding}; each user may "
-                         f"import {limit}. Delete some, or ask the teacher to import it")
+        raise ValueError(f"Over your quota: you{_with_peers(caller)} have {mine} imported run(s), this bundle "
+                         f"holds {adding}, and each student may import {limit}. Delete some, or ask the teacher to "
+                         "import it")
     check_disk_budget(caller, size, root, fresh=fresh)
 
 
@@ -214,24 +214,31 @@ def check_compressions(caller: Caller | None, held: Callable[[], int]) -> None:
         return
     limit, mine = limits().compressions, held()
     if mine >= limit:
-        raise ValueError(f"quota: you{_with_peers(caller)} have {mine} compression(s) at work; each user may have {limit} at once (each "
-                         "holds the CPU while it works). Wait for it to finish, or ask the teacher")
+        raise ValueError(f"Over your quota: you{_with_peers(caller)} have {mine} compression(s) at work, and each "
+                         f"student may have {limit} at once (each holds the CPU while it works). Wait for it to "
+                         "finish, or ask the teacher")
 
 
 def dataset_allowance(caller: Caller | None, held: Callable[[], tuple[int, int]], declared: int, root: Path,
-                      most: int, fresh: bool = False) -> int:
+                      most: int, unpacked: int | None = None) -> int:
     """The bytes an upload of ``declared`` bytes may unpack to (at most ``most``): what is left of a student's
-    dataset allowance (``held``: their datasets' count and bytes); refused past the count or the disk budget
-    (``fresh``: the last check, under the names lock: the disk counted now)."""
+    dataset allowance (``held``: their datasets' count and bytes); refused past the count or the disk budget.
+    ``unpacked``: the last check, under the names lock, with the size it really unpacked to (refused past the
+    allowance; the disk counted now)."""
     check_writable(caller, "adding a dataset")
     if not limited(caller):
         return most
     limit, (count, used) = limits(), held()
     if count >= limit.datasets:
-        raise ValueError(f"quota: you{_with_peers(caller)} have {count} dataset(s); each user may have {limit.datasets}. Delete one "
-                         "first, or ask the teacher")
-    check_disk_budget(caller, declared, root, fresh=fresh)
-    return max(0, min(limit.dataset_bytes - used, most))
+        raise ValueError(f"Over your quota: you{_with_peers(caller)} have {count} dataset(s), and each student may "
+                         f"have {limit.datasets}. Delete one first, or ask the teacher")
+    check_disk_budget(caller, declared if unpacked is None else unpacked, root, fresh=unpacked is not None)
+    allowance = max(0, min(limit.dataset_bytes - used, most))
+    if unpacked is not None and unpacked > allowance:
+        raise ValueError(f"Over your quota: with your other datasets this one ({unpacked / 1024**2:,.1f} MB) is over "
+                         f"the {limit.dataset_bytes / 1024**2:,.0f} MB each student may have. Delete one first, or "
+                         "ask the teacher")
+    return allowance
 
 
 _USAGE: dict[tuple[str, ...], tuple[float, int]] = {}
@@ -275,9 +282,9 @@ def check_disk_budget(caller: Caller | None, adding: int, *folders: Path, fresh:
     budget = limits().disk_bytes
     used = folder_bytes(*folders, fresh=fresh)
     if used + adding > budget:
-        raise ValueError(f"disk budget: the data and checkpoints folders hold {used / 1024**3:.1f} GiB of the "
-                         f"server's {budget / 1024**3:.0f} GiB budget; this would add {adding / 1024**2:,.0f} MB. "
-                         "Delete old runs or datasets, or ask the teacher")
+        raise ValueError(f"The server's disk budget is used up: runs and data take {used / 1024**3:.1f} GiB of "
+                         f"its {budget / 1024**3:.0f} GiB, and this would add {adding / 1024**2:,.0f} MB. Delete old "
+                         "runs or datasets, or ask the teacher")
 
 
 # ----------------------------------------------------------------------------- quotas per address

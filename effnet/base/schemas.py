@@ -112,6 +112,7 @@ class Job(Strict):
     resume: bool = False
     distributed: bool = False
     imported: str | None = None  # the import batch that brought the run here (a bundle), if any
+    stopped_by_teacher: Moment | None = None  # when the teacher stopped this student's run (cleared on resume)
 
 
 class LabelFile(Strict):

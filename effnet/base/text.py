@@ -28,6 +28,11 @@ def duration(seconds: float) -> str:
     return f"{seconds} s"
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 run``, ``12 runs``: a count with its noun (regular plurals only)."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def slug(text: str, default: str = "run") -> str:
     """A piece of a folder name from any text: lower-case letters and digits joined by dashes, at most 40."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or default
@@ -37,3 +42,15 @@ def without_controls(text: str) -> str:
     """``text`` without control, format (bidirectional overrides, which can reorder what others see), private-use
     or unassigned characters (Unicode categories C*), whitespace collapsed to single spaces."""
     return " ".join("".join(c for c in text if unicodedata.category(c)[0] != "C").split())
+
+
+def headline(text: str, most: int = 90) -> str:
+    """The first clause of a message (up to its first ':', ';' or '. ', after a leading ``field:``), at most
+    ``most`` characters, ending at a word: what a toast can show whole (Streamlit folds a longer one), the full
+    message being shown elsewhere."""
+    field = re.match(r"[a-z_][a-z0-9_]*: ", text)
+    start = field.end() if field else 0
+    first = text[:start] + re.split(r"(?<=\w)[:;]\s|\.\s", text[start:], maxsplit=1)[0].strip()
+    if len(first) <= most:
+        return first
+    return first[:most].rsplit(" ", 1)[0].rstrip(",") + " …"

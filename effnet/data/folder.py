@@ -276,14 +276,14 @@ def _unwrap(staging: Path) -> None:
         top.rmdir()
 
 
-def _check_quota(base: Path, caller: Caller | None, declared: int, fresh: bool = False) -> int:
+def _check_quota(base: Path, caller: Caller | None, declared: int, unpacked: int | None = None) -> int:
     """The bytes this upload may unpack to (``access.dataset_allowance``); ``DataError`` when refused."""
     def held() -> tuple[int, int]:
         mine = [d for d in own_datasets(base.parent) if caller.counts(d.owner)]
         return len(mine), sum(d.bytes for d in mine)
 
     try:
-        return access.dataset_allowance(caller, held, declared, base.parent, MAX_ZIP_BYTES, fresh)
+        return access.dataset_allowance(caller, held, declared, base.parent, MAX_ZIP_BYTES, unpacked)
     except ValueError as exc:
         raise DataError(str(exc)) from exc
 
@@ -333,12 +333,12 @@ def unpack_zip(data: bytes | io.BufferedIOBase, data_root: str | os.PathLike, na
                     raise DataError(f"a dataset called {name} exists already; choose another name")
                 # The quota again, under the lock, with the real size: parallel uploads all passed the first check
                 # (8 at once gave 8 datasets against a limit of 3).
-                if _check_quota(base, caller, size, fresh=True) < size:
-                    raise DataError("quota: with your other datasets this one is over your allowance; delete one "
-                                    "first, or ask the teacher")
+                _check_quota(base, caller, declared, unpacked=size)
                 os.rename(staging, base / name)
         except (UnsafeZip, DataError, OSError, zipfile.BadZipFile) as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, DataError):
+                raise
             raise DataError(f"refused: {exc}") from exc
         finally:
             lock.unlink(missing_ok=True)

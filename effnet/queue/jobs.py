@@ -45,6 +45,7 @@ from effnet.training.measure import MAX_CPU_EPOCH_S, cpu_seconds
 from effnet.training.runs import ACTIVE, RunInfo, checkpoints_dir, list_runs, run_path
 
 POLL_S = 0.5
+STOPPED_BY_TEACHER = "stopped_by_teacher"  # job.json (schemas.Job): when the teacher stopped a student's run
 
 
 # ----------------------------------------------------------------------------- checks before queueing
@@ -165,10 +166,10 @@ def resume(run_id: str, root: str | os.PathLike | None = None, caller: Caller | 
                              + ("" if info.from_queue else " and was not started from the queue (use python -m "
                                 "effnet.train --resume)"))
         _check_quota(root, caller, 1)
-        job = files.load_json(run_dir / runs.JOB) or {}
+        job = {k: v for k, v in (files.load_json(run_dir / runs.JOB) or {}).items() if k != STOPPED_BY_TEACHER}
         generation = int(job.get("generation", 0)) + 1
-        files.write_json(run_dir / runs.JOB, {**job, "resume": True, "queued_at": time.time_ns(),
-                                             "generation": generation})
+        files.write_json(run_dir / runs.JOB, {**job, "resume": (run_dir / runs.LAST).is_file(),
+                                             "queued_at": time.time_ns(), "generation": generation})
         files.write_json(run_dir / runs.STATUS, {**info.status, "state": "queued", "error": None,
                                                 "generation": generation})
     if request is not None:
@@ -180,10 +181,18 @@ def resume(run_id: str, root: str | os.PathLike | None = None, caller: Caller | 
 
 
 def resumable(info: RunInfo) -> bool:
-    """Stopped or failed with a checkpoint to continue from (a run refused before training has none)."""
+    """Stopped or failed with a checkpoint to continue from, or stopped before it ever trained (it starts again;
+    a run refused before training has neither)."""
     if not info.from_queue or info.damaged:
         return False
-    return info.state in ("stopped", "failed") and (info.path / runs.LAST).is_file()
+    if (info.path / runs.LAST).is_file():
+        return info.state in ("stopped", "failed")
+    return info.state == "stopped" and not (info.path / runs.METRICS).exists() and not (info.path / runs.LOG).exists()
+
+
+def stopped_by_teacher(info: RunInfo) -> bool:
+    """Whether the teacher stopped this student's run (the card says so, and its owner may resume it)."""
+    return info.state == "stopped" and bool((info.job or {}).get(STOPPED_BY_TEACHER))
 
 
 def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | None = None) -> str:
@@ -193,6 +202,9 @@ def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | No
     with locks.exclusive(root / QUEUE_LOCK):
         info = runs.read_run(run_dir)
         access.check(caller, info, "stop")
+        if caller is not None and caller.teacher and info.owner not in (None, caller.owner) and info.pending:
+            job = files.load_json(run_dir / runs.JOB) or {}  # its owner is told who stopped it, and when
+            files.write_json(run_dir / runs.JOB, {**job, STOPPED_BY_TEACHER: time.time()})
         if info.on_slurm and info.pending:
             job = files.load_json(run_dir / runs.JOB) or {}
             files.write_json(run_dir / runs.JOB, {**job, "stop_requested": time.time()})  # not a requeue
