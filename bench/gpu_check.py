@@ -133,6 +133,7 @@ def _status(run: Path) -> dict:
 def end_to_end(device: str, work: Path) -> dict:
     """Train, SIGKILL mid-epoch 2, resume; compare with an uninterrupted run; a queued run; a CAM."""
     from effnet.analysis.cam import explain
+    from effnet.base import locks
     from effnet.queue import campaign
     from effnet.training import runs
     from effnet.training.checkpoint import load_checkpoint
@@ -167,6 +168,9 @@ def end_to_end(device: str, work: Path) -> dict:
                          val_size=32, device=device, data_dir=str(data))
     plan = campaign.ensure([config], work / "queue")
     [queued] = campaign.wait(plan.ids, work / "queue")
+    deadline = time.monotonic() + 60  # the runner leaves first: nothing may write into the folder as it is removed
+    while locks.is_held(work / "queue" / locks.RUNNER_LOCK) and time.monotonic() < deadline:
+        time.sleep(0.1)
     model, spec = runs.load_model(cut)
     image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     from PIL import Image

@@ -77,13 +77,24 @@ def test_curves_and_val_test_charts():
 
 
 def test_progress_and_eta_from_status(tmp_path):
+    """The ETA is the steps left at the measured pace plus one evaluation per epoch left; "estimating" until a step
+    is timed, "≈" while the evaluation's cost is a guess."""
     run = tmp_path / "r"
     run.mkdir()
     now = time.time()
-    files.write_json(run / runs.STATUS, {"state": "running", "pid": __import__("os").getpid(), "heartbeat": now,
-                                        "epoch": 2, "epochs": 4, "step": 5, "steps": 10,
-                                        "running_since": now - 100, "start_fraction": 0.0})
-    progress = runs.progress(runs.read_run(run))
-    assert progress.fraction == pytest.approx(1.5 / 4)
-    assert progress.eta_s == pytest.approx(100 / 0.375 * 0.625, rel=0.05)
-    assert "epoch 2/4" in progress.text and "step 5/10" in progress.text and "ETA" in progress.text
+    base = {"state": "running", "pid": __import__("os").getpid(), "heartbeat": now, "epoch": 2, "epochs": 4,
+            "step": 5, "steps": 10, "running_since": now - 100, "eval_images": 600, "step_images": 50}
+
+    def shown(**status):
+        files.write_json(run / runs.STATUS, {**base, **status})
+        return runs.progress(runs.read_run(run))
+
+    progress = shown()
+    assert progress.fraction == pytest.approx(1.5 / 4) and progress.eta_s is None
+    assert "epoch 2/4" in progress.text and "step 5/10" in progress.text and "ETA estimating" in progress.text
+    progress = shown(step_s=2.0)  # evaluation not timed: 600 images at a third of a 50-image step's 2 s = 8 s
+    assert progress.eta_s == pytest.approx(2 * (10 * 2 + 8) + 5 * 2 + 8) and "ETA ≈ 1 min 14 s" in progress.text
+    progress = shown(step_s=2.0, eval_s=10.0)  # timed: two epochs of 10 steps and an evaluation, then this one's rest
+    assert progress.eta_s == pytest.approx(2 * (10 * 2 + 10) + 5 * 2 + 10) and "ETA 1 min 20 s" in progress.text
+    progress = shown(step_s=2.0, eval_s=10.0, step=10, phase="evaluating", eval_started=now - 4, epoch=4)
+    assert progress.eta_s == pytest.approx(6, abs=0.5) and "evaluating" in progress.text  # the last one, 4 s in

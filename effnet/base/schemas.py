@@ -80,8 +80,15 @@ class Status(Strict):
     step: Count | None = None
     steps: Count | None = None
     running_since: Moment | None = None
-    start_fraction: float | None = None
+    start_fraction: float | None = None  # written by v0.2's trainers (an ETA from elapsed time); read, unused
     images_per_second: float | None = None
+    # The pace the ETA rests on (effnet.training.progress.Pace): seconds per step, per end-of-epoch evaluation, when
+    # the evaluation under way began, and the images one evaluation reads and one step trains.
+    step_s: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    eval_s: Annotated[float, Field(ge=0, le=1e7)] | None = None
+    eval_started: Moment | None = None
+    eval_images: Count | None = None
+    step_images: Annotated[int, Field(ge=1)] | None = None
     generation: Count | None = None
     exit_code: int | None = None
     error: str | None = None

@@ -45,7 +45,7 @@ from effnet.training.config import (
     val_count,
 )
 from effnet.training.evaluate import PRECISE_BN_IMAGES, evaluate, precise_bn
-from effnet.training.progress import Diverged, Live, Status, Stopwatch
+from effnet.training.progress import Diverged, Live, Pace, Status, Stopwatch
 from effnet.training.start import (
     Data,
     distributed_env,
@@ -103,6 +103,7 @@ class Run:
         self.acc = self._zero_acc()
         self.live = Live(self)
         self.clock = Stopwatch()
+        self.pace = Pace()
         self.last_save = time.monotonic()
 
     def _zero_acc(self) -> dict[str, Tensor]:
@@ -203,7 +204,7 @@ class Run:
                 sums["seen"] += len(y)
             self.step += 1
             images_done[0] += len(idx) * self.world
-            self.status.update(force=False, epoch=epoch + 1, step=self.step, phase="train",
+            self.status.update(force=False, epoch=epoch + 1, step=self.step, phase="train", **self.pace.stepped(),
                                images_per_second=images_done[0] / max(1e-9, time.time() - running_since))
             self.live.after_step(self)
             if time.monotonic() - self.last_save >= 60 * config.checkpoint_minutes:
@@ -219,7 +220,8 @@ class Run:
 
     def end_epoch(self) -> bool:
         """Evaluate, record the epoch's row, write best.pt/last.pt/metrics; False when a stop came first."""
-        self.status.update(phase="evaluating", step=self.steps)
+        started = time.time()
+        self.status.update(phase="evaluating", step=self.steps, eval_started=started)
         val_set, amp = self.data.val, self.amp
         measured = self.measured_model()
         val = evaluate(measured, val_set, self.config, amp, self.stop) if len(val_set) else None
@@ -237,7 +239,9 @@ class Run:
         self.acc, self.clock = self._zero_acc(), Stopwatch()
         if self.main:
             self._record(row, test["confusion"], measured if improved else None)
-        self.status.update(epoch=min(self.epoch + 1, self.config.epochs), step=0, phase="train")
+        self.pace.evaluated()  # the whole end of an epoch, checkpoints and files included, is what the next cost
+        self.status.update(epoch=min(self.epoch + 1, self.config.epochs), step=0, phase="train",
+                           eval_s=time.time() - started, eval_started=None)
         return True
 
     def _row(self, val: dict[str, Any] | None, test: dict[str, Any]) -> dict[str, Any]:
@@ -366,9 +370,11 @@ def _loop(run: Run, checkpoint: dict[str, Any] | None) -> list[dict[str, Any]]:
         run.live.write(run)
     running_since, images_done = time.time(), [0]
     config = run.config
+    # What one evaluation reads (precise BN's images, validation, test) and one step trains: the ETA's guess at an
+    # evaluation's cost until the first is timed.
+    eval_images = min(PRECISE_BN_IMAGES, len(run.data.train)) + len(run.data.val) + len(run.data.test)
     run.status.update(state="running", epoch=run.epoch + 1, epochs=config.epochs, step=run.step, steps=run.steps,
-                      running_since=running_since,
-                      start_fraction=(run.epoch + run.step / run.steps) / config.epochs)
+                      running_since=running_since, eval_images=eval_images, step_images=config.batch_size * run.world)
     while run.epoch < config.epochs:
         run.clock.start("epoch")
         if not run.train_epoch(running_since, images_done) or not run.end_epoch():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
@@ -30,7 +31,8 @@ class Status:
         self.lock = threading.Lock()
         # The queue's generation stays: it tells the runner this status belongs to the run it started.
         kept = {k: v for k, v in (files.read_json(self.path) or {}).items()
-                if k in ("generation", "slot", "slurm_job_id", "slurm_batch", "slurm_requeues")}
+                if k in ("generation", "slot", "slurm_job_id", "slurm_batch", "slurm_requeues", "step_s", "eval_s")}
+        # (step_s and eval_s too: the pace measured before a resume carries the ETA until this process has its own.)
         self.fields: dict[str, Any] = {**kept, "state": "starting", "pid": os.getpid(), "started": time.time()}
         if os.environ.get("SLURM_JOB_ID"):  # a Slurm job: where it runs, for the pages (its pid is the node's)
             self.fields |= {"slurm_state": "RUNNING", "node": os.environ.get("SLURMD_NODENAME", "?"),
@@ -92,6 +94,35 @@ class Stopwatch:
         now = time.monotonic()
         return {k: v + (now - self._since[k] if k in self._since else 0.0) for k, v in self.totals.items()}
 
+
+
+class Pace:
+    """The two numbers a run's ETA rests on (``runs.progress``), measured by the trainer and kept in status.json:
+    ``step_s``, the mean wall time between its last ``WINDOW`` steps, and ``eval_s``, the last end of an epoch's
+    (precise BN, validation, test, checkpoints), which an ETA made of steps alone left out (it said "0 s" for the
+    last epoch's 15-25 s). A mean, not a median: the ETA is a sum, and the slow steps (the first after an
+    evaluation, a checkpoint) recur; a median under-predicted a loaded machine's runs by 20-40%. Only a process's
+    first step is left out (torch's lazy set-up, once)."""
+
+    WINDOW = 200
+
+    def __init__(self) -> None:
+        self.times: collections.deque[float] = collections.deque(maxlen=self.WINDOW)
+        self.last: float | None = None
+        self.between_epochs = False
+
+    def evaluated(self) -> None:
+        """An epoch's end is timed on its own (``eval_s``): the next step's interval does not include it."""
+        self.between_epochs = True
+
+    def stepped(self) -> dict[str, float]:
+        """Note one more step; ``{"step_s": mean}`` once there is a measurement (else {}: what was carried over from
+        before a resume stays, so the ETA does not jump)."""
+        now = time.monotonic()
+        if self.last is not None and not self.between_epochs:
+            self.times.append(now - self.last)
+        self.last, self.between_epochs = now, False
+        return {"step_s": sum(self.times) / len(self.times)} if self.times else {}
 
 
 class Diverged(ValueError):
