@@ -416,3 +416,89 @@ def test_no_owner_token_in_the_address_or_links_and_the_teachers_address_grants_
     settle(stranger, 1)
     assert stranger.get_by_text("Signed in as the teacher").count() == 0
     assert stranger.get_by_text("Sign in as the teacher").count() >= 1
+
+
+# ----------------------------------------------------------------------------- a room full of runs
+def write_room(root: Path) -> None:
+    """30 runs as a class makes them: three recipes of EfficientNets, a few ResNet-18s, two owners, a grid study
+    and an import (written with the lab's own writers; their numbers are what the charts are about)."""
+    from fake_runs import fake_run, row
+
+    from effnet import ScalingSpec
+    from effnet.arch.baselines import BaselineSpec
+    from effnet.base import files
+
+    recipes = [dict(subset=2000), dict(subset=500), dict(subset=None)]
+    for i in range(30):
+        epochs, recipe = (3, 2, 1)[i % 3], recipes[i % 3]
+        spec = (BaselineSpec(model="resnet18", num_classes=100) if i in (6, 15, 24) else
+                ScalingSpec(phi=-4 + 0.25 * (i // 3), num_classes=100))
+        rows = [row(e, 10.0 + i + 5 * e, 9.0 + i + 5 * e) for e in range(1, epochs + 1)]
+        job = {"label": f"run {i:02d} of student {'ab'[i % 2]}", "owner": ("a" if i % 2 else "b") * 32,
+               **({"imported": "batch-1"} if i >= 27 else {})}
+        fake_run(root, f"20261204-1200{i:02d}-r{i:02d}-{i:04x}", rows, spec=spec, job=job, **recipe)
+    (root / "studies" / "grid-20261204").mkdir(parents=True)
+    files.write_json(root / "studies" / "grid-20261204" / "study.json", {"kind": "grid", "runs": [
+        {"run": f"../../20261204-1200{i:02d}-r{i:02d}-{i:04x}", "macs": 1, "params": 1, "alpha": 1.2, "beta": 1.1,
+         "gamma": 1.15} for i in range(0, 12, 3)]})
+
+
+@pytest.fixture(scope="module")
+def room_server(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("room") / "checkpoints"
+    write_room(root)
+    yield from serve(root, cifar_dir, tmp_path_factory.mktemp("streamlit-room"))
+
+
+def chart_layouts(page) -> list[dict]:
+    """Each plotly chart on the page: its legend's and x-axis title's boxes, its svg's, legend entries, labels."""
+    return page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(plot => {
+        const box = sel => { const e = plot.querySelector(sel); if (!e) return null;
+                             const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+        return {title: (plot.querySelector('.gtitle') || {}).textContent || '', legend: box('.legend'),
+                xtitle: box('.g-xtitle'), svg: box('.main-svg'), entries: plot.querySelectorAll('.legend .traces').length,
+                labels: [...plot.querySelectorAll('.textpoint text')].filter(t => t.textContent).length};
+    })""")
+
+
+def overlaps(a: list[float] | None, b: list[float] | None) -> bool:
+    return bool(a and b) and a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def whole(inner: list[float] | None, outer: list[float] | None) -> bool:
+    """``inner`` lies within ``outer`` (a legend inside its chart: nothing cut off at an edge)."""
+    return bool(inner and outer) and inner[0] >= outer[0] - 1 and inner[1] >= outer[1] - 1 \
+        and inner[2] <= outer[2] + 1 and inner[3] <= outer[3] + 1
+
+
+def test_a_room_of_thirty_runs_keeps_the_results_and_train_charts_readable(browser, room_server):
+    """With 14 runs the labels piled into a blur, a line joined 3- and 2-epoch runs, the Train page's legend was cut
+    after 4 runs and covered "epoch". Now: no label past 8 points (hover names the run), one line per recipe,
+    legends whole and below their axis titles, and the charts filter to one recipe or study."""
+    page = projector_page(browser, room_server, "/results", "Table 1, from your runs")
+    page.locator(".js-plotly-plot .legend").first.wait_for(timeout=ms(60))
+    settle(page, 2)
+    charts = {c["title"]: c for c in chart_layouts(page)}
+    for title in ("Accuracy vs parameters", "Accuracy vs multiply-adds (paper's FLOPs)"):
+        c = charts[title]
+        assert c["labels"] == 0, c  # 30 points: named on hover, not printed over each other
+        assert c["entries"] == 4, c  # EfficientNet x 3 recipes, and the ResNet-18s (all of one recipe)
+        assert not overlaps(c["legend"], c["xtitle"]) and whole(c["legend"], c["svg"]), c
+    assert_no_exception(page)
+    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "results-30-runs-1280.png"))
+    box = page.get_by_role("combobox", name="Runs in the charts")
+    box.click()
+    box.press_sequentially("study: grid")
+    box.press("Enter")
+    page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot .textpoint text')]"
+                           ".some(t => t.textContent)", timeout=ms(30))  # 4 runs: labelled again
+    page = projector_page(browser, room_server, "/train", "New runs")
+    page.locator(".js-plotly-plot .legend").first.wait_for(timeout=ms(60))
+    settle(page, 2)
+    for c in chart_layouts(page):
+        assert c["entries"] == 20, c  # every run the page shows, none cut off
+        assert not overlaps(c["legend"], c["xtitle"]) and whole(c["legend"], c["svg"]), c
+    assert_no_exception(page)
+    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "train-30-runs-1280.png"))

@@ -4,11 +4,19 @@ import pandas as pd
 import streamlit as st
 
 from effnet.analysis import results
-from effnet.analysis.charts import accuracy_vs_size, confusion_heatmap, imagenet_figure1, training_curves, val_vs_test
+from effnet.analysis.charts import (
+    LABELLED_POINTS,
+    accuracy_vs_size,
+    confusion_heatmap,
+    imagenet_figure1,
+    training_curves,
+    val_vs_test,
+)
 from effnet.arch.zoo import SOURCE, imagenet_models
 from effnet.base import files
+from effnet.experiments import study
 from effnet.training import runs
-from views.widgets import chart, csv_safe, plain
+from views.widgets import caller, chart, csv_safe, plain
 
 st.title("Results")
 st.caption("Finished and running runs under the checkpoints folder. Test and validation top-1 are on CIFAR-100 "
@@ -46,13 +54,42 @@ if no_val:
     st.info(f"{len(no_val)} run(s) have no validation split, so their selected epoch is their last one: "
             + ", ".join(plain(label) for label in no_val[:6]) + ("…" if len(no_val) > 6 else ""))
 
-scored = [(r.label, r.at_selected("test_top1"), r.at_selected("val_top1"), r) for r in found]
+
+def shown_runs(found: list[results.RunResult]) -> list[results.RunResult]:
+    """The runs the charts below draw: all, this browser's, one recipe's or one study's (a room's dozens of runs
+    make a readable chart only a group at a time)."""
+    who, root = caller(), runs.checkpoints_dir()
+    groups: dict[str, set[str] | None] = {"all runs": None}
+    mine = {r.run_id for r in found if r.owner is not None and r.owner == who.owner}
+    if mine and len(mine) < len(found):
+        groups["your runs"] = mine
+    recipes = sorted({r.recipe for r in found})
+    for recipe in recipes if len(recipes) > 1 else []:
+        groups[f"recipe: {recipe}"] = {r.run_id for r in found if r.recipe == recipe}
+    for path in study.list_studies(root):
+        try:
+            members = {sr.info.run_id for sr in study.load(path, root).runs if sr.info is not None}
+        except study.StudyError:
+            continue
+        if members & {r.run_id for r in found}:
+            groups[f"study: {path.name}"] = members
+    if len(groups) == 1:
+        return found
+    pick = st.selectbox("Runs in the charts", list(groups), key="r_show",
+                        help="Runs of one recipe (epochs, data, schedule) share a line; a study's runs were trained "
+                             "to be compared.")
+    return found if groups[pick] is None else [r for r in found if r.run_id in groups[pick]] or found
+
+
+charted = shown_runs(found)
+scored = [(r.label, r.at_selected("test_top1"), r.at_selected("val_top1"), r) for r in charted]
 left, right = st.columns(2)
-chart(accuracy_vs_size([(lab, r.params, t, r.series) for lab, t, _, r in scored], "params"), "acc_params", left,
-      note="One point per run: test top-1 at its selected epoch (best validation) against parameters (log scale); "
-           "EfficientNets on one line, baselines (ResNet, MobileNetV2, DenseNet) as diamonds. Look for accuracy "
-           "rising with size, and which run gives the most accuracy per parameter.")
-chart(accuracy_vs_size([(lab, r.macs, t, r.series) for lab, t, _, r in scored], "macs"), "acc_macs", right,
+chart(accuracy_vs_size([(lab, r.params, t, r.series, r.recipe) for lab, t, _, r in scored], "params"), "acc_params",
+      left, note="One point per run: test top-1 at its selected epoch (best validation) against parameters (log "
+                 "scale); EfficientNets of one recipe on one line, baselines as other symbols; past "
+                 f"{LABELLED_POINTS} runs, hover a point for its name. Look for accuracy rising with size, and "
+                 "which run gives the most accuracy per parameter.")
+chart(accuracy_vs_size([(lab, r.macs, t, r.series, r.recipe) for lab, t, _, r in scored], "macs"), "acc_macs", right,
       note="The same against multiply-adds per image (the paper's FLOPs). Look for the runs that buy their "
            "accuracy with the fewest FLOPs.")
 chart(imagenet_figure1(imagenet_models()), "figure1",
@@ -63,7 +100,7 @@ left, right = st.columns(2)
 chart(val_vs_test(pairs, results.pearson([p[1] for p in pairs], [p[2] for p in pairs])), "val_test", left,
       note="Each run's validation against test top-1, both at its selected epoch; on the dashed line they agree. Look for points far "
            "from it: there the validation split does not predict the test set.")
-chosen = right.multiselect("Curves to overlay", [r.label for r in found], default=[r.label for r in found][:8],
+chosen = right.multiselect("Curves to overlay", [r.label for r in found], default=[r.label for r in charted][:8],
                            key="curve_runs")
 chart(training_curves([(r.label, r.rows) for r in found if r.label in chosen], "top1"), "curves", right,
       note="Top-1 per epoch: solid train, dashed validation, dotted test. Look for when each run stops improving.")

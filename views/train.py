@@ -457,13 +457,12 @@ def live_runs() -> None:
     curves = [(i.label + (f" ({i.run_id[-4:]})" if labels[i.label] > 1 else ""),
                runs.read_metrics(i.path) + runs.read_live(i.path)) for i in shown]
     curves = [(label, rows) for label, rows in curves if rows]
-    if curves:
-        left, right = st.columns(2)
-        chart(training_curves(curves, "top1"), "curve_top1", left,
+    if curves:  # one above the other, each the page's width: 20 runs' legend fits under a readable plot
+        chart(training_curves(curves, "top1", width_px=820), "curve_top1",
               note="Top-1 of every run: solid train, dashed validation, dotted test; points within the first epochs "
                    "appear every few steps. Look for the gap between train and validation: a growing gap is "
                    "over-fitting.")
-        chart(training_curves(curves, "loss"), "curve_loss", right,
+        chart(training_curves(curves, "loss", width_px=820), "curve_loss",
               note="Cross-entropy, same line styles. Falling means learning; the first steps are noisy. A validation "
                    "loss that keeps rising for epochs while train loss falls is over-fitting.")
     manage(infos)

@@ -171,27 +171,52 @@ def _x(row: dict[str, Any]) -> float:
     return row["epoch"] - 1 + row["step"] / row["steps"] if "steps" in row else float(row["epoch"])
 
 
+# Above this many points a chart labels none of them (labels of a room's runs piled into a blur and sat on other
+# runs' markers): each run is then named on hover, and its group in the legend.
+LABELLED_POINTS = 8
+SYMBOLS = ["circle", "diamond", "square", "triangle-up", "x", "star", "hexagon", "cross"]
+# The legend under the plot, in the figure's own space below the x axis title (never on it), growing the figure.
+LEGEND_BELOW = {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0, "font": {"size": 14}}
+
+
+def _legend_height(names: Sequence[str], width_px: int) -> int:
+    """Pixels a legend of ``names`` needs under a chart ``width_px`` wide: as many rows as if every entry were as
+    wide as the widest (a line and symbol, then 14-px text at about 8 px a character), 26 px each. Plotly cannot
+    grow a figure for its legend, so the figure reserves this much and the legend is never cut off."""
+    if not names:
+        return 0
+    widest = 50 + 8 * max(len(n) for n in names)
+    return 26 * math.ceil(len(names) / max(1, width_px // widest)) + 24
+
+
 @_memo
-def training_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str = "top1") -> go.Figure:
-    """Curves of several runs overlaid: colour = run, line style = train/val/test. Rows may be epochs
-    (metrics.jsonl) or points within an epoch (live.jsonl), so a run draws from its first minute."""
+def training_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: str = "top1",
+                    width_px: int = 400) -> go.Figure:
+    """Curves of several runs overlaid: colour (and past eight runs, marker) = run, line style = train/val/test.
+    Rows may be epochs (metrics.jsonl) or points within an epoch (live.jsonl), so a run draws from its first minute.
+    One legend entry per run (the line styles are the caption's), under the plot in room of its own, so 20 runs
+    are all listed and none covers the axis (13 runs cut the legend after 4 and covered "epoch"). ``width_px``: about
+    how wide the page shows it (400: half of a 1280-px page; 820: all of it), for the room its legend needs."""
     fig = go.Figure()
     splits = ["train", "val", "test"]
     for i, (label, rows) in enumerate(runs):
-        colour = PALETTE[i % len(PALETTE)]
+        colour, symbol = PALETTE[i % len(PALETTE)], SYMBOLS[i // len(PALETTE) % len(SYMBOLS)]
+        first = True
         for j, split in enumerate(splits):
             key = f"{split}_{metric}" if not (metric == "loss" and split == "train") else "train_loss"
             points = sorted((_x(r), r[key]) for r in rows if r.get(key) is not None)
             if not points:
                 continue
             fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
-                            name=f"{_text(label)} {split}", line={"color": colour, "dash": DASHES[j]},
-                            marker={"size": 6}, legendgroup=_text(label))
+                            name=_text(label), line={"color": colour, "dash": DASHES[j]},
+                            marker={"size": 7, "symbol": symbol}, legendgroup=_text(label), showlegend=first,
+                            hovertemplate=f"{_text(label)} {split}<br>epoch %{{x:.2f}}: %{{y:.2f}}<extra></extra>")
+            first = False
     fig.update_xaxes(title="epoch")
     fig.update_yaxes(title="top-1 (%)" if metric == "top1" else "cross-entropy loss")
-    # The legend goes under the plot: beside it, long run labels would squeeze the plot to a sliver.
-    return _layout(fig, "Top-1 accuracy per epoch" if metric == "top1" else "Loss per epoch", height=520,
-                   legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0, "font": {"size": 14}})
+    legend = _legend_height([label for label, _ in runs], width_px)
+    return _layout(fig, "Top-1 accuracy per epoch" if metric == "top1" else "Loss per epoch", height=460 + legend,
+                   legend=LEGEND_BELOW, margin={"b": 70 + legend})
 
 
 def _pad_y(fig: go.Figure, values: Sequence[float]) -> None:
@@ -207,28 +232,37 @@ EFFICIENTNET_SERIES = "EfficientNet"
 
 
 @_memo
-def accuracy_vs_size(points: Sequence[tuple[str, float, float, str]], size: str) -> go.Figure:
-    """One labelled point per run: (label, size, top-1, series). EfficientNet runs are joined by one line in
-    order of size (B0 to B7, the paper's Figure 1 shape); any other series (the baselines) are points.
-    ``size`` names the x axis ("params" or "macs")."""
+def accuracy_vs_size(points: Sequence[tuple[str, float, float, str, str]], size: str,
+                     width_px: int = 400) -> go.Figure:
+    """One point per run: (label, size, top-1, series, recipe). Runs are grouped by series (EfficientNet, or a
+    baseline) and recipe (``RunResult.recipe``); an EfficientNet group of two or more is one line in order of size
+    (the paper's Figure 1 shape), joined only within its recipe. Colours and symbols tell the groups apart; with
+    more than ``LABELLED_POINTS`` points the runs are named on hover only. ``size``: "params" or "macs"."""
     axis = {"params": "parameters", "macs": "multiply-adds (paper's FLOPs)"}[size]
     fig = go.Figure()
-    series = sorted({p[3] for p in points}, key=lambda name: name != EFFICIENTNET_SERIES)
+    groups = sorted({(p[3], p[4]) for p in points}, key=lambda g: (g[0] != EFFICIENTNET_SERIES, g))
+    recipes = {p[4] for p in points}
+    names = {g: f"{g[0]} · {g[1]}" if len(recipes) > 1 else g[0] for g in groups}
+    labelled = len(points) <= LABELLED_POINTS
     where = dict(zip(map(tuple, points), _alternating(points), strict=True))  # over all points: labels interleave
-    for i, name in enumerate(series):
-        group = sorted((p for p in points if p[3] == name), key=lambda p: p[1])
+    for i, (name, recipe) in enumerate(groups):
+        group = sorted((p for p in points if (p[3], p[4]) == (name, recipe)), key=lambda p: p[1])
         line = name == EFFICIENTNET_SERIES and len(group) > 1
+        symbol = "circle" if name == EFFICIENTNET_SERIES else SYMBOLS[1 + i % (len(SYMBOLS) - 1)]
         fig.add_scatter(x=[p[1] for p in group], y=[p[2] for p in group], text=[_text(p[0]) for p in group],
-                        mode="lines+markers+text" if line else "markers+text",
-                        textposition=[where[tuple(p)] for p in group],
-                        marker={"size": 13, "color": PALETTE[i % len(PALETTE)],
-                                "symbol": "circle" if name == EFFICIENTNET_SERIES else "diamond"},
-                        textfont={"size": 14}, name=_text(name))
+                        mode=("lines+markers" if line else "markers") + ("+text" if labelled else ""),
+                        textposition=[where[tuple(p)] for p in group] if labelled else None,
+                        hovertemplate="%{text}<br>%{y:.2f}% at %{x:.3s}<extra></extra>",
+                        marker={"size": 13, "color": PALETTE[i % len(PALETTE)], "symbol": symbol,
+                                "line": {"width": 1, "color": "white"}},
+                        line={"dash": DASHES[i // len(PALETTE) % len(DASHES)]},
+                        textfont={"size": 14}, name=_text(names[(name, recipe)]))
     fig.update_xaxes(title=f"{axis} (log scale)", **_log_axis([p[1] for p in points]))
     fig.update_yaxes(title="test top-1 (%)")
     _pad_y(fig, [p[2] for p in points])
-    return _layout(fig, f"Accuracy vs {axis}", showlegend=len(series) > 1,
-                   legend={"orientation": "h", "y": -0.25})
+    legend = _legend_height(list(names.values()), width_px) if len(groups) > 1 else 0
+    return _layout(fig, f"Accuracy vs {axis}", showlegend=len(groups) > 1, legend=LEGEND_BELOW, height=460 + legend,
+                   margin={"b": 70 + legend})
 
 
 # The families the study cites, labelled on Figure 1; every other torchvision model is a grey point.

@@ -18,6 +18,7 @@ from effnet.arch.baselines import BaselineSpec
 from effnet.arch.scaling import OFFICIAL
 from effnet.base import files
 from effnet.training import runs
+from effnet.training.config import TrainConfig
 
 PAPER_IMAGENET_TOP1 = {name.upper(): v.imagenet_top1 for name, v in OFFICIAL.items()}
 # The study this lab grew from: B0-B7 on CIFAR-100 from scratch, SGD+momentum, cross-entropy, 200 epochs.
@@ -41,6 +42,20 @@ class RunResult:
     state: str
     spec: specs.Spec
     rows: list[dict[str, Any]]
+    config: TrainConfig | None = None
+    owner: str | None = None
+
+    @property
+    def recipe(self) -> str:
+        """What its number depends on besides the model: epochs, data and schedule. An accuracy chart draws a line
+        only through runs of one recipe (3- and 2-epoch runs of one spec made a vertical step of a "scaling
+        curve")."""
+        c = self.config
+        if c is None:
+            return "recipe unknown"
+        data = Path(c.data_dir).name if c.dataset == "folder" and c.data_dir else "CIFAR-100"
+        data += f" ({c.subset:,})" if c.subset else ""  # the images it trained on, when a subset
+        return f"{c.epochs} ep · {data} · {c.schedule}"
 
     @property
     def params(self) -> int:
@@ -108,7 +123,8 @@ def gather(root: str | Path | None = None) -> Gathered:
     # says so (its numbers will change).
     results = [RunResult(info.run_id, info.path,
                          (f"{info.label} ({info.run_id[-4:]})" if labels.count(info.label) > 1 else info.label)
-                         + (" (training)" if info.active else ""), info.state, info.spec, rows)
+                         + (" (training)" if info.active else ""), info.state, info.spec, rows, info.config,
+                         info.owner)
                for info, rows in usable]
     return Gathered(results, left_out)
 
