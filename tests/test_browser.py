@@ -484,6 +484,14 @@ def test_a_room_of_thirty_runs_keeps_the_results_and_train_charts_readable(brows
         assert c["labels"] == 0, c  # 30 points: named on hover, not printed over each other
         assert c["entries"] == 4, c  # EfficientNet x 3 recipes, and the ResNet-18s (all of one recipe)
         assert not overlaps(c["legend"], c["xtitle"]) and whole(c["legend"], c["svg"]), c
+    figure1 = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
+        .filter(p => (p.querySelector('.gtitle') || {}).textContent.startsWith('ImageNet top-1'))
+        .flatMap(p => [...p.querySelectorAll('.textpoint text, .annotation-text')])
+        .filter(t => t.textContent).map(t => { const r = t.getBoundingClientRect();
+                                              return [t.textContent, r.left, r.top, r.right, r.bottom]; })""")
+    assert len(figure1) >= 15, figure1  # B0-B7 and the cited networks, each named
+    collide = [(a[0], b[0]) for i, a in enumerate(figure1) for b in figure1[i + 1:] if overlaps(a[1:], b[1:])]
+    assert not collide, collide  # resnet18/resnet34, densenet121/densenet161 printed over each other
     assert_no_exception(page)
     page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "results-30-runs-1280.png"))
@@ -493,6 +501,12 @@ def test_a_room_of_thirty_runs_keeps_the_results_and_train_charts_readable(brows
     box.press("Enter")
     page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot .textpoint text')]"
                            ".some(t => t.textContent)", timeout=ms(30))  # 4 runs: labelled again
+    page = projector_page(browser, room_server, "/", "1. The question: how should a network grow?")
+    plot = page.locator(".js-plotly-plot").first
+    plot.wait_for(timeout=ms(60))
+    plot.scroll_into_view_if_needed()
+    caption = page.get_by_text("The paper's Figure 1, redrawn from").first.bounding_box()
+    assert caption["y"] + caption["height"] - plot.bounding_box()["y"] <= 720, "Figure 1 and its caption: one screen"
     page = projector_page(browser, room_server, "/train", "New runs")
     page.locator(".js-plotly-plot .legend").first.wait_for(timeout=ms(60))
     settle(page, 2)

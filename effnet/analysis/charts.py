@@ -269,31 +269,99 @@ def accuracy_vs_size(points: Sequence[tuple[str, float, float, str, str]], size:
 CITED_FAMILIES = ("ResNet", "DenseNet", "MobileNet")
 
 
+# Where a label may sit around its marker, in the order tried: plotly's textposition and the box's offset from the
+# marker as (left, top) in units of the label's (width, height) plus a marker's radius.
+_PLACES = [("top center", -0.5, -1), ("bottom center", -0.5, 0), ("middle right", 0, -0.5), ("middle left", -1, -0.5),
+           ("top right", 0, -1), ("top left", -1, -1), ("bottom right", 0, 0), ("bottom left", -1, 0)]
+
+
+def placed_labels(points: Sequence[tuple[str, float, float]], x_range: tuple[float, float],
+                  y_range: tuple[float, float], plot_px: tuple[int, int]) -> list[str | tuple[int, int]]:
+    """Where each (label, x, y) point's label goes, so that no two labels and no label and marker overlap: each
+    label in turn takes the first free place inside the plot, beside its marker (a plotly textposition), else a
+    little further off with a leader line (an (ax, ay) offset in px for an annotation), else "none" (named on hover
+    only). ``x_range``, ``y_range``: the axes' ranges (x as log10); ``plot_px``: the plotting area's width and
+    height. A 14-px label is taken as 8 px a character and 20 px tall, 7 px (a marker's radius) from its point."""
+    (x0, x1), (y0, y1), (width, height) = x_range, y_range, plot_px
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (math.log10(x) - x0) / (x1 - x0) * width, (y1 - y) / (y1 - y0) * height
+
+    marks = [at(x, y) for _, x, y in points]
+    taken = [(mx - 6, my - 6, mx + 6, my + 6) for mx, my in marks]
+
+    def free(box: tuple[float, float, float, float]) -> bool:
+        inside = box[0] >= 0 and box[1] >= 0 and box[2] <= width and box[3] <= height
+        return inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken)
+
+    positions: list[str | tuple[int, int]] = []
+    for (label, _, _), (mx, my) in zip(points, marks, strict=True):
+        w, h, r = 8 * len(label), 20, 7
+        beside = [(name, mx + fx * w + (r if fx == 0 else -r if fx == -1 else 0),
+                   my + fy * h + (r if fy == 0 else -r if fy == -1 else 0)) for name, fx, fy in _PLACES]
+        # Further off, centred on (mx + ax, my + ay), joined to the point by a line.
+        off = [((ax, ay), mx + ax - w / 2, my + ay - h / 2) for dist in (45, 70)
+               for ax, ay in ((0, -dist), (0, dist), (dist + w // 2, 0), (-dist - w // 2, 0), (dist, -dist),
+                              (-dist, -dist), (dist, dist), (-dist, dist))]
+        chosen: str | tuple[int, int] = "none"
+        for where, left, top in [*beside, *off]:
+            if free((left, top, left + w, top + h)):
+                chosen = where
+                taken.append((left, top, left + w, top + h))
+                break
+        positions.append(chosen)
+    return positions
+
+
 @_memo
-def imagenet_figure1(models: Sequence[Any]) -> go.Figure:
-    """The paper's Figure 1 from torchvision's measurements (``effnet.arch.zoo``): ImageNet top-1 vs parameters."""
+def imagenet_figure1(models: Sequence[Any], width_px: int = 820) -> go.Figure:
+    """The paper's Figure 1 from torchvision's measurements (``effnet.arch.zoo``): ImageNet top-1 vs parameters.
+    Its labels are placed so none collides (``placed_labels``; resnet18/34 and densenet121/161 printed over each
+    other), at a height that leaves its caption on a 720-px screen; ``width_px``: about how wide the page shows it."""
     from effnet.arch.zoo import EFFICIENTNET
 
+    height, margin = 470, {"l": 70, "r": 30, "t": 50, "b": 110}
     fig = go.Figure()
     others = [m for m in models if m.family != EFFICIENTNET and m.family not in CITED_FAMILIES]
     fig.add_scatter(x=[m.params for m in others], y=[m.top1 for m in others], mode="markers",
                     text=[m.name for m in others], hovertemplate="%{text}: %{y:.1f}%, %{x:.3s} params<extra></extra>",
                     marker={"size": 8, "color": "#bbbbbb"}, name="other torchvision models")
-    for i, fam in enumerate(CITED_FAMILIES, start=1):
-        group = [m for m in models if m.family == fam]
-        fig.add_scatter(x=[m.params for m in group], y=[m.top1 for m in group], mode="markers+text",
-                        text=[m.name for m in group], textposition=_alternating([(m.name, m.params) for m in group]),
-                        marker={"size": 11, "color": PALETTE[i], "symbol": "diamond"}, textfont={"size": 14},
-                        name=fam)
     eff = [m for m in models if m.family == EFFICIENTNET]
+    cited = [m for fam in CITED_FAMILIES for m in models if m.family == fam]
+    short = {m.name: m.name.removeprefix("efficientnet_").upper() for m in eff} | {m.name: m.name for m in cited}
+    x_axis = _log_axis([m.params for m in models])
+    top1 = [m.top1 for m in models]
+    y_range = (min(top1) - 2, max(top1) + 2)
+    # EfficientNet's labels first: they are the figure's point.
+    order = [*eff, *cited]
+    where = dict(zip((m.name for m in order), placed_labels(
+        [(short[m.name], m.params, m.top1) for m in order], tuple(x_axis["range"]), y_range,
+        (width_px - margin["l"] - margin["r"], height - margin["t"] - margin["b"])), strict=True))
+
+    def labelled(group: list[Any]) -> dict[str, Any]:
+        beside = [isinstance(where[m.name], str) and where[m.name] != "none" for m in group]
+        return {"text": [short[m.name] if b else "" for m, b in zip(group, beside, strict=True)],
+                "textposition": [where[m.name] if b else "top center" for m, b in zip(group, beside, strict=True)],
+                "customdata": [m.name for m in group], "textfont": {"size": 14},
+                "hovertemplate": "%{customdata}: %{y:.1f}%, %{x:.3s} params<extra></extra>"}
+
+    for m in order:  # labels placed further off, with a line to their point
+        if isinstance(where[m.name], tuple):
+            ax, ay = where[m.name]
+            fig.add_annotation(x=math.log10(m.params), y=m.top1, text=short[m.name], ax=ax, ay=ay, showarrow=True,
+                               arrowhead=0, arrowwidth=1, arrowcolor="#888888", font={"size": 14})
+
+    for i, fam in enumerate(CITED_FAMILIES, start=1):
+        group = [m for m in cited if m.family == fam]
+        fig.add_scatter(x=[m.params for m in group], y=[m.top1 for m in group], mode="markers+text",
+                        marker={"size": 11, "color": PALETTE[i], "symbol": "diamond"}, name=fam, **labelled(group))
     fig.add_scatter(x=[m.params for m in eff], y=[m.top1 for m in eff], mode="lines+markers+text",
-                    text=[m.name.removeprefix("efficientnet_").upper() for m in eff], textposition="top left",
-                    marker={"size": 12, "color": PALETTE[0]}, line={"width": 3}, textfont={"size": 14},
-                    name="EfficientNet B0-B7")
-    fig.update_xaxes(title="parameters (log scale)", **_log_axis([m.params for m in models]))
-    fig.update_yaxes(title="ImageNet top-1 (%)")
-    return _layout(fig, "ImageNet top-1 vs parameters (torchvision's measurements)",
-                   legend={"orientation": "h", "y": -0.25})
+                    marker={"size": 12, "color": PALETTE[0]}, line={"width": 3}, name="EfficientNet B0-B7",
+                    **labelled(eff))
+    fig.update_xaxes(title="parameters (log scale)", **x_axis)
+    fig.update_yaxes(title="ImageNet top-1 (%)", range=list(y_range))
+    return _layout(fig, "ImageNet top-1 vs parameters (torchvision's measurements)", height=height, margin=margin,
+                   legend={**LEGEND_BELOW, "font": {"size": 14}})
 
 
 @_memo
