@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from views.widgets import caller, teacher_sign_in
+from views.widgets import caller, projector_style, teacher_sign_in
 
 # The tab's icon is a file served by this server: a ":material/...:" icon is fetched from Google's font CDN, which
 # an offline classroom logs as an error on every page.
@@ -24,5 +24,6 @@ navigation = st.navigation([
     st.Page("views/study.py", title="Studies", icon=":material/science:"),
     st.Page("views/compress.py", title="Compress", icon=":material/compress:"),
 ])
+projector_style()
 teacher_sign_in(caller(), here=f"/{navigation.url_path}")  # signing in or out comes back to this page
 navigation.run()

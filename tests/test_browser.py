@@ -516,3 +516,23 @@ def test_a_room_of_thirty_runs_keeps_the_results_and_train_charts_readable(brows
     assert_no_exception(page)
     page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "train-30-runs-1280.png"))
+
+
+SMALL_TEXT = """() => { const out = []; const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    while (walk.nextNode()) { const e = walk.currentNode.parentElement; if (!walk.currentNode.textContent.trim()) continue;
+        const r = e.getBoundingClientRect(), st = getComputedStyle(e);
+        if (r.width < 2 || r.height < 2 || st.visibility === 'hidden') continue;  // KaTeX's MathML copy: 1 px, unseen
+        if (parseFloat(st.fontSize) < 14) out.push(st.fontSize + ' ' + walk.currentNode.textContent.trim().slice(0, 40)); }
+    return out; }"""
+
+
+@pytest.mark.parametrize("path, text", [("/", "1. The question"), ("/explorer", "Compound scaling explorer"),
+                                        ("/train", "New runs"), ("/results", "Table 1, from your runs"),
+                                        ("/cam", "Class activation maps"), ("/study", "Studies"),
+                                        ("/compress", "Compress")])
+def test_no_text_under_14_px_on_any_page_with_thirty_runs(browser, room_server, path, text):
+    """Run ids and command lines were 12 px, a formula's exponents 13.6 px: unreadable from the back of a room."""
+    page = projector_page(browser, room_server, path, text)
+    settle(page, 2)
+    assert page.evaluate(SMALL_TEXT) == []
+    assert_no_exception(page)

@@ -115,6 +115,17 @@ def caller() -> Caller:
     return caller_of(root, token, teacher)
 
 
+# Projector rules the theme cannot set: no text under 14 px. Streamlit draws inline code (run ids, command lines) at
+# 12 px, and KaTeX a formula's exponents at 0.7 of its 1.21 em (13.6 px); measured on every page with 30 runs
+# (tests/test_browser.py).
+PROJECTOR_CSS = "<style>code { font-size: 14px !important; } .katex { font-size: 1.3em; }</style>"
+
+
+def projector_style() -> None:
+    """The page-wide style for a classroom projector (``PROJECTOR_CSS``), once per page run."""
+    st.html(PROJECTOR_CSS)
+
+
 def whose(owner: str | None, who: Caller) -> str:
     """Who a run or dataset belongs to, as this browser reads it: "you", "the command line" or a student's nickname
     (the one the sidebar shows that student, so the teacher can match it to a person)."""
