@@ -231,13 +231,15 @@ def serve(checkpoints: Path, cifar_dir: Path, logs: Path, **extra: str) -> Itera
                 proc.kill()
                 raise RuntimeError("streamlit did not start: " + log_path.read_text(errors="replace")[-2000:]) from exc
             time.sleep(0.3)
-    yield url
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url
+    finally:  # also when the test failed inside ``for url in serve(...)``: the server never outlives it
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -536,3 +536,39 @@ def test_no_text_under_14_px_on_any_page_with_thirty_runs(browser, room_server, 
     settle(page, 2)
     assert page.evaluate(SMALL_TEXT) == []
     assert_no_exception(page)
+
+
+def test_the_studies_page_follows_a_study_to_its_end_without_a_reload(browser, cifar_dir, tmp_path):
+    """After a study finished, "What each ... looks at" said "no checkpoint yet" and the export list lacked it until
+    a reload: the page is drawn again when its runs' checkpoints or the study's end change."""
+    import os
+    import time
+
+    from fake_runs import fake_run, row
+
+    from effnet.arch.model import build_model
+    from effnet.base import files
+    from effnet.training import runs
+    from effnet.training.checkpoint import save_checkpoint
+
+    root = tmp_path / "checkpoints"
+    made = [fake_run(root, f"20261204-130000-{name}-000{i}", [row(1, 30.0, 30.0)], state="running")
+            for i, name in enumerate(("se", "none"))]
+    (root / "studies" / "attention-1").mkdir(parents=True)
+    files.write_json(root / "studies" / "attention-1" / "study.json", {"kind": "attention", "runs": [
+        {"run": f"../../{d.name}", "attention": d.name.split("-")[2], "macs": 1_000_000, "params": 1_000_000}
+        for d in made]})
+    for url in serve(root, cifar_dir, tmp_path):
+        page = projector_page(browser, url, "/study", "Where each attention looks")
+        page.get_by_text("Maps appear once the runs have a checkpoint").first.wait_for(timeout=ms(60))
+        for d in made:  # the runs end: weights, then the finished state
+            spec = runs.read_run(d).spec
+            save_checkpoint(d / runs.BEST, {"model": build_model(spec).state_dict(), "spec": spec.to_dict(), "epoch": 1})
+            files.write_json(d / runs.STATUS, {"state": "finished", "epoch": 1, "epochs": 1, "step": 1, "steps": 1,
+                                               "pid": os.getpid(), "heartbeat": time.time()})
+        page.get_by_text("dark purple: no evidence").first.wait_for(timeout=ms(60))  # the CAMs, without a reload
+        export = page.get_by_role("combobox", name="Export")
+        export.click()
+        export.press_sequentially("study:")
+        page.get_by_role("option", name="study:").first.wait_for(timeout=ms(30))
+        assert_no_exception(page)

@@ -237,6 +237,13 @@ def live(path: Path) -> None:
     except study.StudyError as exc:
         st.error(f"This study cannot be read: {exc}")
         return
+    # What the rest of the page was drawn from (the CAMs, the export list): when it changes, the whole page is drawn
+    # again. Without this, a finished study's CAMs said "no checkpoint yet" and its export was missing until a reload.
+    seen = (s.ended, tuple(r.info is not None and runs.shown_checkpoint(r.info.path) is not None for r in s.runs))
+    before = st.session_state.get(f"s_seen_{path.name}")
+    st.session_state[f"s_seen_{path.name}"] = seen
+    if before is not None and before != seen:
+        st.rerun()
     if not s.ended:
         jobs.heal(root)
         done = sum(r.state in runs.ENDED for r in s.runs)

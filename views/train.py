@@ -344,12 +344,12 @@ def run_card(info: runs.RunInfo) -> None:
     mine = who.may_manage(info) and not readonly()
     with st.container(border=True):
         head, bar, buttons = st.columns([2, 4, 2], vertical_alignment="center")
-        where = f" · {info.status['slot']}" if info.status.get("slot") and info.active else ""
+        where = info.status["slot"] if info.status.get("slot") and info.active else ""
         on_cluster = slurm.detail(info.status)
         if on_cluster and (info.pending or info.state == "failed"):
-            where = f" · {on_cluster}"
-        head.markdown(f"**{plain(info.label)}**  \n`{info.run_id}` · {info.state}{plain(where)} · "
-                      f"by {whose(info.owner, who)}")
+            where = on_cluster
+        where = f" · {plain(where)}" if where else ""  # plain() trims: the separator stays outside ("running· cpu")
+        head.markdown(f"**{plain(info.label)}**  \n`{info.run_id}` · {info.state}{where} · by {whose(info.owner, who)}")
         stopping = info.active and st.session_state.get(f"stopping_{info.run_id}")
         bar.progress(prog.fraction, text="stopping: saving a checkpoint at the next step" if stopping else prog.text)
         ips = info.status.get("images_per_second")
