@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     rank = distributed_env()[1]
     try:
         train(config, out, resume, checked=True)
+        if dist.is_initialized():
+            dist.barrier()  # every rank done before any tears the group down (gloo aborted a rank that left first)
     except (DataError, ValueError, CheckpointError, RendezvousError) as exc:
         # Expected failures get one clear line; anything else keeps its traceback.
         if rank == 0:

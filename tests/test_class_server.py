@@ -329,6 +329,32 @@ def test_a_run_the_teacher_stopped_tells_its_owner_why_and_the_owner_can_resume_
     assert runs.read_run(sandbox / by_teacher).state == "queued"
 
 
+def test_the_teacher_names_a_student_and_every_page_shows_the_name_beside_the_code(sandbox, cifar_dir, monkeypatch):
+    """Run cards said "student 64a632", and nothing matched that to a person: the student's sidebar shows the code,
+    the teacher gives it a name, and the cards show both (as plain text). Only the teacher may name."""
+    from fake_runs import fake_run, row
+
+    student = "a" * 32
+    fake_run(sandbox, "r0", [row(1, 50.0, 50.0)], job={"owner": student})
+    code = access.nickname_code(student)
+    with pytest.raises(PermissionError, match="only the teacher"):
+        access.set_name(sandbox, code, "Eve", Caller(student))
+    serve_app_from(monkeypatch, sandbox, cifar_dir)  # no password: the teacher
+    at = open_app("views/train.py", owner="c" * 32)
+    at.selectbox(key="name_code").set_value(code)
+    at.text_input(key="name_text").set_value("**Ada** <b>")
+    at.button(key="name_save").click().run()
+    assert not at.exception and access.names(sandbox) == {code: "**Ada** <b>"}
+    at = open_app("views/train.py", owner="c" * 32)  # as the run list's next refresh (every 2 s) draws it
+    assert any(f"by \\*\\*Ada\\*\\* \\<b\\> \\(student {code}\\)" in m.value for m in at.markdown), \
+        [m.value for m in at.markdown if "r0" in m.value]
+    monkeypatch.setenv("EFFNET_TEACHER_PASSWORD", "s3cret")
+    mine = open_app("views/train.py", owner=student)
+    assert any(f"You are **\\*\\*Ada\\*\\* \\<b\\> \\(student {code}\\)**" in m.value for m in mine.sidebar.markdown)
+    access.set_name(sandbox, code, "", Caller.operator())
+    assert access.names(sandbox) == {} and access.named(student, sandbox) == f"student {code}"
+
+
 def test_the_teachers_bulk_delete_names_whose_runs_they_are(sandbox, cifar_dir, monkeypatch):
     """It listed the teacher's own runs as "all runs of student 9d4428 (12 runs)" and said "(1 runs)"."""
     from fake_runs import fake_run, row

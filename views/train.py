@@ -12,7 +12,7 @@ from effnet.arch.baselines import MODELS as BASELINES
 from effnet.arch.baselines import BaselineSpec
 from effnet.arch.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
 from effnet.arch.scaling import VARIANTS as ALL_VARIANTS
-from effnet.base.access import limits, readonly
+from effnet.base.access import limits, names, nickname_code, readonly, set_name
 from effnet.base.text import counted, si
 from effnet.data.cifar import DataError, data_dir
 from effnet.data.folder import delete_dataset, own_datasets, unpack_zip
@@ -433,6 +433,29 @@ def bulk_delete(infos: list[runs.RunInfo]) -> None:
              st.toast(f"Deleted {counted(len(groups[pick]), 'run')}", icon=":material/delete:"))
 
 
+def name_students(infos: list[runs.RunInfo]) -> None:
+    """The teacher's roll call: a name for each student code (the one each student's sidebar shows them)."""
+    owners = sorted({i.owner for i in infos if i.owner is not None and i.owner != who.owner}, key=nickname_code)
+    with st.expander("Name the students (teacher)"):
+        if not owners:
+            st.caption("No student has a run yet.")
+            return
+        st.caption("Each student's sidebar says \"You are student …\": ask for it, and give that code a name. "
+                   "Run cards and lists then show the name beside the code.")
+        code_col, name_col, save_col = st.columns([2, 3, 1], vertical_alignment="bottom")
+        code = code_col.selectbox("Student", [nickname_code(o) for o in owners], key="name_code",
+                                  format_func=lambda c: f"{names(root)[c]} (student {c})" if c in names(root)
+                                  else f"student {c}")
+        name = name_col.text_input("Name (empty: none)", key="name_text", max_chars=40)
+        if save_col.button("Save", key="name_save"):
+            try:
+                set_name(root, code, name, who)
+            except (ValueError, PermissionError) as exc:
+                refused(exc)
+            else:
+                st.toast(f"Student {code} is now {plain(name) if name.strip() else 'unnamed'}", icon=":material/badge:")
+
+
 @st.fragment(run_every=2)
 def live_runs() -> None:
     """Re-run every 2 s: reads the runs' files (state lives on disk, shared by every session)."""
@@ -468,6 +491,7 @@ def live_runs() -> None:
     manage(infos)
     if who.teacher and not readonly():
         bulk_delete(infos)
+        name_students(infos)
 
 
 live_runs()

@@ -19,8 +19,8 @@ from effnet.base.access import (
     Caller,
     caller_of,
     limits,
+    named,
     new_owner_token,
-    nickname,
     owner_from_cookie,
     per_address,
     readonly,
@@ -129,7 +129,7 @@ def projector_style() -> None:
 def whose(owner: str | None, who: Caller) -> str:
     """Who a run or dataset belongs to, as this browser reads it: "you", "the command line" or a student's nickname
     (the one the sidebar shows that student, so the teacher can match it to a person)."""
-    return "you" if owner is not None and owner == who.owner else nickname(owner)
+    return "you" if owner is not None and owner == who.owner else plain(named(owner, runs.checkpoints_dir()))
 
 
 def _link(where, text: str, href: str) -> None:
@@ -152,7 +152,8 @@ def teacher_sign_in(who: Caller, here: str = "/") -> None:
         return
     quota = limits()
     shared = " (together with the other browser windows of your computer)" if per_address() else ""
-    st.sidebar.markdown(f"You are **{nickname(who.owner)}** here: your runs show it, and so does the teacher's list.")
+    st.sidebar.markdown(f"You are **{plain(named(who.owner, runs.checkpoints_dir()))}** here: your runs show it, and "
+                        "so does the teacher's list.")
     st.sidebar.caption(f"You{shared} can have {quota.queued} runs queued or training at once, {quota.compressions} "
                        f"compression{'s' if quota.compressions != 1 else ''} at work, {quota.datasets} datasets of your own "
                        f"({quota.dataset_bytes / 1024**2:,.0f} MB) and {quota.imported_runs} imported runs; the "

@@ -96,7 +96,65 @@ def nickname(owner: str | None) -> str:
     """How the teacher's pages name an owner without showing its token (a secret): ``student 3f2a9c``."""
     if owner is None:
         return "the command line"
-    return f"student {hashlib.sha256(owner.encode()).hexdigest()[:6]}"
+    return f"student {nickname_code(owner)}"
+
+
+NAMES = ".names.json"  # <checkpoints>/.names.json: {nickname's code: the name the teacher gave that student}
+
+
+def nickname_code(owner: str) -> str:
+    return hashlib.sha256(owner.encode()).hexdigest()[:6]
+
+
+@functools.lru_cache(maxsize=4)
+def _names(path: Path, version: tuple[int, int]) -> dict[str, str]:
+    """The teacher's names for students, read once per version of the file (``version``: its mtime and size)."""
+    from effnet.base import files, schemas
+
+    data = files.read_json(path)
+    if not isinstance(data, dict):
+        return {}
+    names = {}
+    for code, name in data.items():
+        try:
+            names[code] = schemas.clean_label(name)
+        except ValueError:
+            continue  # a damaged entry: that student keeps their code
+    return {k: v for k, v in names.items() if isinstance(k, str) and re.fullmatch(r"[0-9a-f]{6}", k)}
+
+
+def names(root: Path) -> dict[str, str]:
+    path = Path(root) / NAMES
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return {}
+    return _names(path, (st.st_mtime_ns, st.st_size))
+
+
+def named(owner: str | None, root: Path) -> str:
+    """An owner as pages name them: the teacher's name for the student and its code ("Ada (student 3f2a9c)"), else
+    the code alone (``nickname``), which the student's sidebar shows them, so the teacher can match the two."""
+    given = names(root).get(nickname_code(owner)) if owner is not None else None
+    return f"{given} ({nickname(owner)})" if given else nickname(owner)
+
+
+def set_name(root: Path, code: str, name: str, caller: Caller | None) -> None:
+    """The teacher names the student whose nickname's code is ``code`` (an empty name takes the name back)."""
+    from effnet.base import files, schemas
+
+    check_writable(caller, "naming a student")
+    if caller is not None and not caller.teacher:
+        raise PermissionError("only the teacher may name students")
+    if not re.fullmatch(r"[0-9a-f]{6}", code):
+        raise ValueError(f"code: a student's code is 6 letters and digits, as in 'student 3f2a9c'; got {code!r}")
+    name = schemas.clean_label(name) if name.strip() else ""
+    if len(name) > 40:
+        raise ValueError("name: at most 40 characters")
+    with locks.exclusive(Path(root) / f"{NAMES}.lock"):
+        current = dict(names(root))
+        current.pop(code, None)
+        files.write_json(Path(root) / NAMES, current | ({code: name} if name else {}))
 
 
 def new_owner_token() -> str:
