@@ -78,8 +78,11 @@ if found:
     columns, table = results.study_table(found)
     right.markdown(f"**Your runs** ({len(found)}): validation and test top-1 at each run's selected epoch (its best "
                    "validation epoch)")
-    summary = [r for r in table if r[""] in (results.VAL_AT_SELECTED, results.TEST_AT_SELECTED)]
-    right.dataframe(csv_safe(pd.DataFrame(summary).set_index("")), width="stretch")
+    # One row per run, like the seed study's table beside it (a row per measure showed 1.5 of 30 runs' columns).
+    summary = pd.DataFrame([r for r in table if r[""] in (results.VAL_AT_SELECTED, results.TEST_AT_SELECTED)])
+    summary = summary.set_index("").T.rename(columns={results.VAL_AT_SELECTED: "validation top-1 (%)",
+                                                      results.TEST_AT_SELECTED: "test top-1 (%)"})
+    right.dataframe(csv_safe(summary.rename_axis("run")), width="stretch", height=min(36 * (len(summary) + 1) + 3, 330))
     right.caption(results.OPTIMISTIC_NOTE)
     st.page_link("views/results.py", label="Go deeper: Results (Table 1, accuracy vs size, validation vs test)",
                  icon=":material/leaderboard:")

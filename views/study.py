@@ -320,14 +320,14 @@ st.subheader("Carry runs between installs")
 st.caption("Train on a GPU machine, open the results in class: a bundle is one zip of a run or a study (settings, "
            "metrics, confusion, checkpoints). An import checks everything before writing anything and never "
            "replaces a run.")
-out_col, in_col = st.columns(2, gap="large")
+out_col, in_col = st.container(), st.container()  # one above the other: the whole label of a study shows
 with out_col:
     ended = [i for i in runs.list_runs(root) if i.state in runs.ENDED]
     whole = [p for p in studies if isinstance(read_now[p], study.Study) and read_now[p].ended]
     choices = {f"study: {study_title(p)}": p for p in whole} | {f"run: {i.label} · {i.run_id}": i.path for i in ended}
     if choices:
         pick = st.selectbox("Export", list(choices), key="s_export")
-        resumable = st.checkbox("Include what resuming needs (last.pt with the optimizer state)", key="s_resumable",
+        resumable = st.checkbox("Resumable (with last.pt)", key="s_resumable",
                                 help="Off: the runs' best.pt and files (enough for every page); on: they can also "
                                      "be trained further after the import, at about twice the size.")
         kind = "study" if pick.startswith("study: ") else "run"
