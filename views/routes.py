@@ -19,6 +19,8 @@ Streamlit pages cannot set cookies or stream a file from disk, and both matter o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
 import math
 import re
@@ -58,6 +60,14 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
 
 
+async def _remember(owner: str, address: str | None) -> None:
+    """Per-address quotas: this window is this computer's (``access.remember_address``), noted off the event loop
+    (a file read, and at most hourly a write); a disk that refuses it costs the page nothing."""
+    if access.per_address():
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(access.remember_address, _root(), owner, address)
+
+
 class OwnerCookie:
     """ASGI middleware: a page load without a valid owner cookie gets a new one (signed, HttpOnly, a year)."""
 
@@ -72,11 +82,11 @@ class OwnerCookie:
         address = request.client.host if request.client else None
         owner = access.owner_from_cookie(request.cookies.get(access.OWNER_COOKIE), _key())
         if owner is not None:
-            access.remember_address(_root(), owner, address)  # per-address quotas: this window is this computer's
+            await _remember(owner, address)
             await self.app(scope, receive, send)
             return
         owner = access.new_owner_token()
-        access.remember_address(_root(), owner, address)
+        await _remember(owner, address)
         value = access.sign_owner(owner, _key())
         cookie = (f"{access.OWNER_COOKIE}={value}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
                   + ("; Secure" if _secure(request) else ""))
@@ -166,11 +176,11 @@ async def teacher(request: Request) -> Response:
     keys = guesses.keys(request.client.host if request.client else None,
                         access.owner_from_cookie(request.cookies.get(access.OWNER_COOKIE), _key()))
     wait = guesses.begin(keys)  # counted before the password is read or compared: parallel tries cannot outrun it
+    form = await request.form()
+    given, back = form.get("password"), _back(form.get("next"))
     if wait > 0:
         return _page(f'<p class="err">Too many wrong passwords: wait {wait:.0f} s, then try again.</p>'
                      + FORM.format(prefix=PREFIX, next=back), 429)
-    form = await request.form()
-    given, back = form.get("password"), _back(form.get("next"))
     if not isinstance(given, str) or not access.is_teacher_password(given, password):
         wait = guesses.wait_s(keys)
         note = f" Wait {wait:.0f} s before the next try." if wait > 0 else ""

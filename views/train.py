@@ -12,7 +12,7 @@ from effnet.arch.baselines import MODELS as BASELINES
 from effnet.arch.baselines import BaselineSpec
 from effnet.arch.scaling import GEOMETRIES, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, SCALINGS
 from effnet.arch.scaling import VARIANTS as ALL_VARIANTS
-from effnet.base.access import limits, names, nickname_code, readonly, set_name
+from effnet.base.access import limits, named, nickname_code, readonly, set_name
 from effnet.base.text import counted, si
 from effnet.data.cifar import DataError, data_dir
 from effnet.data.folder import delete_dataset, own_datasets, unpack_zip
@@ -157,7 +157,7 @@ def dataset_rows(found: list) -> None:
     Delete for its owner and the teacher."""
     for d in found:
         line, button = st.columns([6, 1], vertical_alignment="center")
-        mine = f" · by {whose(d.owner, who)}"
+        mine = f" · by {plain(whose(d.owner, who))}"
         line.caption(f"**{plain(d.name)}**{mine} · {d.split[0] + d.split[1]:,} images · {si(d.bytes, 1)}B · "
                      + ", ".join(plain(c) for c in d.classes[:12]) + (" …" if len(d.classes) > 12 else ""))
         if who.may_manage(d) and not readonly() and button.button("Delete", key=f"del_ds_{d.name}"):
@@ -349,7 +349,8 @@ def run_card(info: runs.RunInfo) -> None:
         if on_cluster and (info.pending or info.state == "failed"):
             where = on_cluster
         where = f" · {plain(where)}" if where else ""  # plain() trims: the separator stays outside ("running· cpu")
-        head.markdown(f"**{plain(info.label)}**  \n`{info.run_id}` · {info.state}{where} · by {whose(info.owner, who)}")
+        head.markdown(f"**{plain(info.label)}**  \n`{info.run_id}` · {info.state}{where} · by "
+                      f"{plain(whose(info.owner, who))}")
         stopping = info.active and st.session_state.get(f"stopping_{info.run_id}")
         bar.progress(prog.fraction, text="stopping: saving a checkpoint at the next step" if stopping else prog.text)
         ips = info.status.get("images_per_second")
@@ -413,8 +414,9 @@ def bulk_delete(infos: list[runs.RunInfo]) -> None:
     for info in infos:
         if info.active:
             continue
-        owner = whose(info.owner, who)
-        groups.setdefault("all your own runs" if owner == "you" else f"all runs of {owner}", []).append(info.run_id)
+        mine = info.owner is not None and info.owner == who.owner
+        groups.setdefault("all your own runs" if mine else f"all runs of {whose(info.owner, who)}", []).append(
+            info.run_id)
         batch = (info.job or {}).get("imported")
         if batch:
             groups.setdefault(f"the import {batch}", []).append(info.run_id)
@@ -424,7 +426,7 @@ def bulk_delete(infos: list[runs.RunInfo]) -> None:
             return
         pick = st.selectbox("Which", list(groups), format_func=lambda g: f"{g} ({counted(len(groups[g]), 'run')})",
                             key="bulk")
-        sure = st.checkbox(f"Yes, delete {'this run' if len(groups[pick]) == 1 else f'these {len(groups[pick])} runs'}",
+        sure = st.checkbox(f"Yes, delete {'this run' if len(groups[pick]) == 1 else 'these ' + counted(len(groups[pick]), 'run')}",
                            key="bulk_confirm")
         if st.button("Delete them", disabled=not sure, key="bulk_delete"):
             problems = jobs.delete_many(groups[pick], root, caller=who)
@@ -444,8 +446,7 @@ def name_students(infos: list[runs.RunInfo]) -> None:
                    "Run cards and lists then show the name beside the code.")
         code_col, name_col, save_col = st.columns([2, 3, 1], vertical_alignment="bottom")
         code = code_col.selectbox("Student", [nickname_code(o) for o in owners], key="name_code",
-                                  format_func=lambda c: f"{names(root)[c]} (student {c})" if c in names(root)
-                                  else f"student {c}")
+                                  format_func=lambda c: next(named(o, root) for o in owners if nickname_code(o) == c))
         name = name_col.text_input("Name (empty: none)", key="name_text", max_chars=40)
         if save_col.button("Save", key="name_save"):
             try:

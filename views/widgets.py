@@ -15,6 +15,7 @@ from effnet.arch.scaling import ATTENTIONS, SE_RATIO
 from effnet.base import signin
 from effnet.base.access import (
     OWNER_COOKIE,
+    SHARED_QUOTA,
     TEACHER_COOKIE,
     Caller,
     caller_of,
@@ -28,7 +29,7 @@ from effnet.base.access import (
     teacher_password,
     valid_owner_token,
 )
-from effnet.base.text import headline, without_controls
+from effnet.base.text import counted, headline, without_controls
 from effnet.training import runs
 from effnet.training.checkpoint import CheckpointError
 from effnet.training.plan import BlockChoice
@@ -128,8 +129,9 @@ def projector_style() -> None:
 
 def whose(owner: str | None, who: Caller) -> str:
     """Who a run or dataset belongs to, as this browser reads it: "you", "the command line" or a student's nickname
-    (the one the sidebar shows that student, so the teacher can match it to a person)."""
-    return "you" if owner is not None and owner == who.owner else plain(named(owner, runs.checkpoints_dir()))
+    (the one the sidebar shows that student, so the teacher can match it to a person). Raw text (a name is the
+    teacher's typing): ``plain()`` it inside Markdown."""
+    return "you" if owner is not None and owner == who.owner else named(owner, runs.checkpoints_dir())
 
 
 def _link(where, text: str, href: str) -> None:
@@ -151,13 +153,13 @@ def teacher_sign_in(who: Caller, here: str = "/") -> None:
         _link(st.sidebar, "Sign out", f"/effnet/signout?{back}")
         return
     quota = limits()
-    shared = " (together with the other browser windows of your computer)" if per_address() else ""
+    shared = SHARED_QUOTA if per_address() else ""
     st.sidebar.markdown(f"You are **{plain(named(who.owner, runs.checkpoints_dir()))}** here: your runs show it, and "
                         "so does the teacher's list.")
-    st.sidebar.caption(f"You{shared} can have {quota.queued} runs queued or training at once, {quota.compressions} "
-                       f"compression{'s' if quota.compressions != 1 else ''} at work, {quota.datasets} datasets of your own "
-                       f"({quota.dataset_bytes / 1024**2:,.0f} MB) and {quota.imported_runs} imported runs; the "
-                       "teacher has no limit.")
+    st.sidebar.caption(f"You{shared} can have {counted(quota.queued, 'run')} queued or training at once, "
+                       f"{counted(quota.compressions, 'compression')} at work, {counted(quota.datasets, 'dataset')} "
+                       f"of your own ({quota.dataset_bytes / 1024**2:,.0f} MB) and "
+                       f"{counted(quota.imported_runs, 'imported run')}; the teacher has no limit.")
     _link(st.sidebar, "Sign in as the teacher", f"/effnet/teacher?{back}")
 
 

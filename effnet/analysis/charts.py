@@ -210,7 +210,7 @@ def training_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], metric: st
             fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
                             name=_text(label), line={"color": colour, "dash": DASHES[j]},
                             marker={"size": 7, "symbol": symbol}, legendgroup=_text(label), showlegend=first,
-                            hovertemplate=f"{_text(label)} {split}<br>epoch %{{x:.2f}}: %{{y:.2f}}<extra></extra>")
+                            hovertemplate=f"%{{fullData.name}} {split}<br>epoch %{{x:.2f}}: %{{y:.2f}}<extra></extra>")
             first = False
     fig.update_xaxes(title="epoch")
     fig.update_yaxes(title="top-1 (%)" if metric == "top1" else "cross-entropy loss")
@@ -361,7 +361,7 @@ def imagenet_figure1(models: Sequence[Any], width_px: int = 820) -> go.Figure:
     fig.update_xaxes(title="parameters (log scale)", **x_axis)
     fig.update_yaxes(title="ImageNet top-1 (%)", range=list(y_range))
     return _layout(fig, "ImageNet top-1 vs parameters (torchvision's measurements)", height=height, margin=margin,
-                   legend={**LEGEND_BELOW, "font": {"size": 14}})
+                   legend=LEGEND_BELOW)
 
 
 @_memo

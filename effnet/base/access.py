@@ -11,8 +11,8 @@
   is the teacher. Wrong passwords and signing out: ``signin``.
 - ``$EFFNET_READONLY=1`` (a public demo): nothing can be started, stopped, uploaded or deleted.
 - **Quotas** (students only; the teacher and the command line have none): runs queued or training at once,
-  own datasets (count and bytes), imported runs, compressions at work, and a total bytes budget for the data
-  and checkpoints folders (``limits``). Each is checked by the library function that writes, not by a button,
+  own datasets (count and bytes), imported runs, compressions at work, and a bytes budget for the data folder
+  and for the checkpoints folder (``limits``). Each is checked by the library function that writes, not by a button,
   under a lock held until the write is done (``quota_lock``, or the queue's and the imports' own locks), so
   parallel clicks cannot all pass one count.
 
@@ -100,6 +100,7 @@ def nickname(owner: str | None) -> str:
 
 
 NAMES = ".names.json"  # <checkpoints>/.names.json: {nickname's code: the name the teacher gave that student}
+CODE = re.compile(r"[0-9a-f]{6}")  # a nickname's code: "student 3f2a9c"
 
 
 def nickname_code(owner: str) -> str:
@@ -120,7 +121,7 @@ def _names(path: Path, version: tuple[int, int]) -> dict[str, str]:
             names[code] = schemas.clean_label(name)
         except ValueError:
             continue  # a damaged entry: that student keeps their code
-    return {k: v for k, v in names.items() if isinstance(k, str) and re.fullmatch(r"[0-9a-f]{6}", k)}
+    return {k: v for k, v in names.items() if isinstance(k, str) and CODE.fullmatch(k)}
 
 
 def names(root: Path) -> dict[str, str]:
@@ -146,7 +147,7 @@ def set_name(root: Path, code: str, name: str, caller: Caller | None) -> None:
     check_writable(caller, "naming a student")
     if caller is not None and not caller.teacher:
         raise PermissionError("only the teacher may name students")
-    if not re.fullmatch(r"[0-9a-f]{6}", code):
+    if not CODE.fullmatch(code):
         raise ValueError(f"code: a student's code is 6 letters and digits, as in 'student 3f2a9c'; got {code!r}")
     name = schemas.clean_label(name) if name.strip() else ""
     if len(name) > 40:
@@ -197,8 +198,8 @@ class Limits:
     datasets: int  # own datasets ($EFFNET_MAX_DATASETS)
     dataset_bytes: int  # all of one's own datasets together ($EFFNET_MAX_DATASET_MB)
     imported_runs: int  # runs brought in by bundles ($EFFNET_MAX_IMPORTED)
-    compressions: int  # compressions at work at once ($EFFNET_MAX_COMPRESSING): each holds the CPU while it works
-    disk_bytes: int  # the data and checkpoints folders together, for everybody ($EFFNET_DISK_BUDGET_GB)
+    compressions: int  # compressions at work at once ($EFFNET_MAX_COMPRESSING, at least 1): each holds the CPU
+    disk_bytes: int  # the data folder, and the checkpoints folder, each for everybody ($EFFNET_DISK_BUDGET_GB)
 
 
 def limits() -> Limits:
@@ -220,8 +221,11 @@ def limited(caller: Caller | None) -> bool:
     return caller is not None and not caller.teacher
 
 
+SHARED_QUOTA = " (with the other browser windows of your computer)"  # per-address quotas, in a student's words
+
+
 def _with_peers(caller: Caller) -> str:
-    return " (with the other browser windows of your computer)" if caller.peers else ""
+    return SHARED_QUOTA if caller.peers else ""
 
 
 def check_runs(caller: Caller | None, adding: int, held: Callable[[], int]) -> None:
@@ -246,7 +250,8 @@ def quota_lock(root: Path, caller: Caller | None) -> contextlib.AbstractContextM
     Nothing to hold for the teacher or the command line, who have no quota."""
     if not limited(caller):
         return contextlib.nullcontext()
-    name = hashlib.sha256(caller.owner.encode()).hexdigest()[:16] if caller.owner else "anonymous"
+    # Owners who share a quota (per-address quotas) share its lock too.
+    name = "shared" if per_address() or not caller.owner else hashlib.sha256(caller.owner.encode()).hexdigest()[:16]
     return locks.exclusive(Path(root) / f".quota-{name}.lock")
 
 
@@ -259,9 +264,8 @@ def check_imports(caller: Caller | None, adding: int, held: Callable[[], int], s
         return
     limit, mine = limits().imported_runs, held()
     if mine + adding > limit:
-        raise ValueError(f"Over your quota: you{_with_peers(caller)} have {mine} imported run(s), this bundle "
-                         f"holds {adding}, and each student may import {limit}. Delete some, or ask the teacher to "
-                         "import it")
+        raise ValueError(f"You{_with_peers(caller)} have {mine} imported run(s), this bundle holds {adding}, and "
+                         f"each student may import {limit}: delete some, or ask the teacher to import it")
     check_disk_budget(caller, size, root, fresh=fresh)
 
 
@@ -272,9 +276,9 @@ def check_compressions(caller: Caller | None, held: Callable[[], int]) -> None:
         return
     limit, mine = limits().compressions, held()
     if mine >= limit:
-        raise ValueError(f"Over your quota: you{_with_peers(caller)} have {mine} compression(s) at work, and each "
-                         f"student may have {limit} at once (each holds the CPU while it works). Wait for it to "
-                         "finish, or ask the teacher")
+        raise ValueError(f"You{_with_peers(caller)} have {mine} compression(s) at work, and each student may have "
+                         f"{limit} at once: wait for it to finish, or ask the teacher (each holds the CPU while it "
+                         "works)")
 
 
 def dataset_allowance(caller: Caller | None, held: Callable[[], tuple[int, int]], declared: int, root: Path,
@@ -288,17 +292,21 @@ def dataset_allowance(caller: Caller | None, held: Callable[[], tuple[int, int]]
         return most
     limit, (count, used) = limits(), held()
     if count >= limit.datasets:
-        raise ValueError(f"Over your quota: you{_with_peers(caller)} have {count} dataset(s), and each student may "
-                         f"have {limit.datasets}. Delete one first, or ask the teacher")
+        raise ValueError(f"You{_with_peers(caller)} have {count} dataset(s), and each student may have "
+                         f"{limit.datasets}: delete one first, or ask the teacher")
     check_disk_budget(caller, declared if unpacked is None else unpacked, root, fresh=unpacked is not None)
     allowance = max(0, min(limit.dataset_bytes - used, most))
     if unpacked is not None and unpacked > allowance:
-        raise ValueError(f"Over your quota: with your other datasets this one ({unpacked / 1024**2:,.1f} MB) is over "
-                         f"the {limit.dataset_bytes / 1024**2:,.0f} MB each student may have. Delete one first, or "
-                         "ask the teacher")
+        raise ValueError(f"With your other datasets this one ({unpacked / 1024**2:,.1f} MB) is over the "
+                         f"{limit.dataset_bytes / 1024**2:,.0f} MB each student may have: delete one first, or ask "
+                         "the teacher")
     return allowance
 
 
+# Folders of work in flight, the prefixes of their names: a bundle being imported (experiments.bundle) and an
+# upload being unpacked (data.folder) stage there, and appear under their own names only when complete.
+IMPORTING, UNPACKING = ".import-", ".staging-"
+IN_FLIGHT = (IMPORTING, UNPACKING)
 _USAGE: dict[tuple[str, ...], tuple[float, int]] = {}
 _USAGE_LOCK = threading.Lock()
 USAGE_TTL_S = 30.0
@@ -309,9 +317,9 @@ def folder_bytes(*folders: Path, fresh: bool = False) -> int:
     of files on every click would cost more than the check is worth. ``fresh``: count now (the last check before
     a write, under its lock: 8 parallel uploads all passed one remembered count).
 
-    Links are not followed, and hidden folders (``.import-*``, ``.staging-*``: work in flight) are not counted:
-    each write's last check adds its own size, so parallel uploads do not refuse each other for bytes that are
-    only passing through."""
+    Links are not followed, and work in flight (``IN_FLIGHT``: an import or an upload being unpacked) is not
+    counted: each write's last check adds its own size, so parallel uploads do not refuse each other for bytes
+    that are only passing through. Everything else counts, caches (a dataset's decoded tensors) included."""
     key = tuple(str(f) for f in folders)
     with _USAGE_LOCK:
         hit = _USAGE.get(key)
@@ -320,7 +328,7 @@ def folder_bytes(*folders: Path, fresh: bool = False) -> int:
     total = 0
     for folder in folders:
         for base, dirs, names in os.walk(folder):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            dirs[:] = [d for d in dirs if not d.startswith(IN_FLIGHT)]
             for name in names:
                 try:
                     st = os.lstat(os.path.join(base, name))
@@ -340,9 +348,9 @@ def check_disk_budget(caller: Caller | None, adding: int, *folders: Path, fresh:
     budget = limits().disk_bytes
     used = folder_bytes(*folders, fresh=fresh)
     if used + adding > budget:
-        raise ValueError(f"The server's disk budget is used up: runs and data take {used / 1024**3:.1f} GiB of "
-                         f"its {budget / 1024**3:.0f} GiB, and this would add {adding / 1024**2:,.0f} MB. Delete old "
-                         "runs or datasets, or ask the teacher")
+        raise ValueError(f"The server's disk budget is used up: {used / 1024**3:.1f} GiB of its "
+                         f"{budget / 1024**3:.0f} GiB are taken here, and this would add {adding / 1024**2:,.0f} MB. "
+                         "Delete old runs or datasets, or ask the teacher")
 
 
 # ----------------------------------------------------------------------------- quotas per address
@@ -350,8 +358,9 @@ def check_disk_budget(caller: Caller | None, adding: int, *folders: Path, fresh:
 # (students reach the server directly, one computer each), quotas count everything of every owner that loaded a
 # page from the same address in the last day. Behind a reverse proxy every browser has the proxy's address, and
 # the whole class would share one quota: leave it off there.
+# Nobody is dropped from the book before the day is over: a script minting cookies must not push a student's own
+# window out (and with it their runs out of their address's count).
 ADDRESSES, ADDRESS_MEMORY_S, ADDRESS_REFRESH_S = ".addresses.json", 24 * 3600.0, 3600.0
-MAX_OWNERS_PER_ADDRESS = 1000  # a script minting cookies grows the book by one line each, up to this per address
 
 
 def per_address() -> bool:
@@ -387,9 +396,7 @@ def remember_address(root: Path, owner: str | None, address: str | None, now: fl
     with locks.exclusive(Path(root) / f"{ADDRESSES}.lock"):
         book = {k: {o: t for o, t in v.items() if now - t < ADDRESS_MEMORY_S}
                 for k, v in _address_book(root).items()}
-        seen = book.setdefault(key, {})
-        seen[owner] = now
-        book[key] = dict(sorted(seen.items(), key=lambda item: item[1])[-MAX_OWNERS_PER_ADDRESS:])
+        book.setdefault(key, {})[owner] = now
         files.write_json(Path(root) / ADDRESSES, {k: v for k, v in book.items() if v})
 
 

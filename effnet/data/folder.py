@@ -218,7 +218,7 @@ def _from_cache(state: dict, classes: list[str]) -> tuple[Cifar100, int]:
 # ----------------------------------------------------------------------------- a zip of class folders
 OWN = "own"  # <data folder>/own/<name>/: the datasets uploaded in the app
 INFO = ".dataset.json"  # beside the class folders: owner, bytes, readable images per class (counted at upload)
-STAGING = ".staging-"
+STAGING = access.UNPACKING  # ".staging-": work in flight, not counted in the disk budget
 
 
 @dataclass(frozen=True)

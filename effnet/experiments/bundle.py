@@ -301,7 +301,7 @@ class Imported:
 
 
 IMPORTED = " · imported"
-STAGING, PLAN = ".import-", "plan.json"
+STAGING, PLAN = access.IMPORTING, "plan.json"  # ".import-": work in flight (access.IN_FLIGHT)
 IMPORTS_LOCK = ".imports.lock"  # held while an import names its runs, checks the quota again and moves them in
 
 
@@ -309,7 +309,9 @@ def _own(run_dir: Path, caller: Caller | None, batch: str) -> None:
     """The imported run belongs to whoever imported it (never to the owner it had elsewhere), says it was imported,
     and forgets the other machine's data folder. A run started there from the command line gets a job.json here,
     so it has an owner (and, with last.pt, can be resumed through the queue)."""
-    job = files.load_json(run_dir / runs.JOB) or {}
+    # Who stopped it or asked Slurm to stop it there means nothing here (a crafted bundle blamed the teacher).
+    job = {k: v for k, v in (files.load_json(run_dir / runs.JOB) or {}).items()
+           if k not in ("stopped_by_teacher", "stop_requested")}
     info = runs.read_run(run_dir)
     config = (job.get("config") or info.config.to_dict()) | {"data_dir": None}
     base = info.label[: 80 - len(IMPORTED)].rstrip()

@@ -77,7 +77,7 @@ def ensure(configs: Sequence[TrainConfig], root: str | Path, labels: Sequence[st
             plan.resumed.append(info.run_id)
         elif info.pending:
             plan.waiting.append(info.run_id)
-        else:  # stopped or failed before its first checkpoint: nothing to continue from, so anew
+        else:  # failed before its first checkpoint (or damaged): nothing to continue from, so anew
             slots[-1] = None
     missing = [i for i, s in enumerate(slots) if s is None]
     if missing:

@@ -202,19 +202,26 @@ def stop(run_id: str, root: str | os.PathLike | None = None, caller: Caller | No
     with locks.exclusive(root / QUEUE_LOCK):
         info = runs.read_run(run_dir)
         access.check(caller, info, "stop")
-        if caller is not None and caller.teacher and info.owner not in (None, caller.owner) and info.pending:
-            job = files.load_json(run_dir / runs.JOB) or {}  # its owner is told who stopped it, and when
-            files.write_json(run_dir / runs.JOB, {**job, STOPPED_BY_TEACHER: time.time()})
+        by_teacher = caller is not None and caller.teacher and info.owner not in (None, caller.owner)
         if info.on_slurm and info.pending:
-            job = files.load_json(run_dir / runs.JOB) or {}
-            files.write_json(run_dir / runs.JOB, {**job, "stop_requested": time.time()})  # not a requeue
-            return slurm.stop(info)
+            _mark(run_dir, {"stop_requested": time.time()} | ({STOPPED_BY_TEACHER: time.time()} if by_teacher else {}))
+            return slurm.stop(info)  # (stop_requested: not a requeue)
         if info.state == "queued":
+            if by_teacher:
+                _mark(run_dir, {STOPPED_BY_TEACHER: time.time()})
             files.write_json(run_dir / runs.STATUS, {**info.status, "state": "stopped"})
             return "stopped"
     if info.active and tasks.signal_stop(info.status, runs.TRAINER, run_dir.name):
+        if by_teacher:  # only once the stop is really on its way: its owner is told who stopped it, and when
+            with locks.exclusive(root / QUEUE_LOCK):
+                _mark(run_dir, {STOPPED_BY_TEACHER: time.time()})
         return "stopping"
     return info.state
+
+
+def _mark(run_dir: Path, fields: dict[str, float]) -> None:
+    """Add ``fields`` to the run's job.json (under the queue lock, which the caller holds)."""
+    files.write_json(run_dir / runs.JOB, {**(files.load_json(run_dir / runs.JOB) or {}), **fields})
 
 
 def delete(run_id: str, root: str | os.PathLike | None = None, wait_s: float = 30.0,

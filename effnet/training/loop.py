@@ -240,8 +240,9 @@ class Run:
         if self.main:
             self._record(row, test["confusion"], measured if improved else None)
         self.pace.evaluated()  # the whole end of an epoch, checkpoints and files included, is what the next cost
-        self.status.update(epoch=min(self.epoch + 1, self.config.epochs), step=0, phase="train",
-                           eval_s=time.time() - started, eval_started=None)
+        last = self.epoch >= self.config.epochs  # the last epoch stays done (step 0 showed a whole epoch left)
+        self.status.update(epoch=min(self.epoch + 1, self.config.epochs), step=self.steps if last else 0,
+                           phase="train", eval_s=time.time() - started, eval_started=None)
         return True
 
     def _row(self, val: dict[str, Any] | None, test: dict[str, Any]) -> dict[str, Any]:

@@ -100,9 +100,9 @@ class Pace:
     """The two numbers a run's ETA rests on (``runs.progress``), measured by the trainer and kept in status.json:
     ``step_s``, the mean wall time between its last ``WINDOW`` steps, and ``eval_s``, the last end of an epoch's
     (precise BN, validation, test, checkpoints), which an ETA made of steps alone left out (it said "0 s" for the
-    last epoch's 15-25 s). A mean, not a median: the ETA is a sum, and the slow steps (the first after an
-    evaluation, a checkpoint) recur; a median under-predicted a loaded machine's runs by 20-40%. Only a process's
-    first step is left out (torch's lazy set-up, once)."""
+    last epoch's 15-25 s). A mean, not a median: the ETA is a sum, and slow steps (a checkpoint, a validation
+    slice) recur; a median under-predicted a loaded machine's runs by 20-40%. Two intervals are not a step's: a
+    process's first (torch's lazy set-up, once) and the one across an epoch's end (``eval_s`` times that)."""
 
     WINDOW = 200
 
