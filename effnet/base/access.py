@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effnet.base import locks
+from effnet.base import files, locks, schemas
+from effnet.base.schemas import OWNER_TOKEN
 
 PASSWORD_ENV, READONLY_ENV, MAX_QUEUED_ENV = "EFFNET_TEACHER_PASSWORD", "EFFNET_READONLY", "EFFNET_MAX_QUEUED"
 SECRET_ENV, TEACHER_HOURS_ENV, PER_ADDRESS_ENV = "EFFNET_SECRET", "EFFNET_TEACHER_HOURS", "EFFNET_QUOTA_PER_ADDRESS"
 OWNER_COOKIE, TEACHER_COOKIE = "effnet_owner", "effnet_teacher"
 DEFAULT_MAX_QUEUED = 2
-OWNER_TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,6 @@ def nickname_code(owner: str) -> str:
 @functools.lru_cache(maxsize=4)
 def _names(path: Path, version: tuple[int, int]) -> dict[str, str]:
     """The teacher's names for students, read once per version of the file (``version``: its mtime and size)."""
-    from effnet.base import files, schemas
-
     data = files.read_json(path)
     if not isinstance(data, dict):
         return {}
@@ -142,8 +140,6 @@ def named(owner: str | None, root: Path) -> str:
 
 def set_name(root: Path, code: str, name: str, caller: Caller | None) -> None:
     """The teacher names the student whose nickname's code is ``code`` (an empty name takes the name back)."""
-    from effnet.base import files, schemas
-
     check_writable(caller, "naming a student")
     if caller is not None and not caller.teacher:
         raise PermissionError("only the teacher may name students")
@@ -369,8 +365,6 @@ def per_address() -> bool:
 
 def _address_book(root: Path) -> dict[str, dict[str, float]]:
     """``<root>/.addresses.json``: a digest of each address -> {owner token: when last seen}; {} when unreadable."""
-    from effnet.base import files
-
     book = files.read_json(Path(root) / ADDRESSES)
     if not isinstance(book, dict):
         return {}
@@ -387,8 +381,6 @@ def remember_address(root: Path, owner: str | None, address: str | None, now: fl
     hour per owner and address, so page loads stay cheap)."""
     if not per_address() or not valid_owner_token(owner) or not address:
         return
-    from effnet.base import files
-
     now, key = now or time.time(), _address_key(address)
     if now - _address_book(root).get(key, {}).get(owner, -math.inf) < ADDRESS_REFRESH_S:
         return

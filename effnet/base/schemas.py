@@ -21,13 +21,13 @@ imported job.json).
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from effnet.base.access import OWNER_TOKEN
 from effnet.base.files import Damaged
 from effnet.base.text import without_controls
 
@@ -35,6 +35,7 @@ ACTIVE = ("starting", "waiting", "loading data", "running")
 ENDED = ("stopped", "finished", "failed")
 STATES = ("queued", *ACTIVE, *ENDED)
 LABEL_CHARS = (1, 80)
+OWNER_TOKEN = re.compile(r"[0-9a-f]{32}")  # an owner's token (base.access): 128 random bits as hex
 STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="allow", frozen=True)
 
 
