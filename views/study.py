@@ -151,7 +151,13 @@ def read(path: Path) -> study.Study | study.StudyError:
         return exc
 
 
+def drawn_from(s: study.Study) -> tuple:
+    """What of a study the page outside its live part shows: whether it ended, and which runs have a checkpoint."""
+    return s.ended, tuple(r.info is not None and runs.shown_checkpoint(r.info.path) is not None for r in s.runs)
+
+
 read_now = {p: read(p) for p in studies}
+st.session_state["s_drawn"] = {p.name: drawn_from(s) for p, s in read_now.items() if isinstance(s, study.Study)}
 
 
 def study_title(path: Path) -> str:
@@ -237,12 +243,11 @@ def live(path: Path) -> None:
     except study.StudyError as exc:
         st.error(f"This study cannot be read: {exc}")
         return
-    # What the rest of the page was drawn from (the CAMs, the export list): when it changes, the whole page is drawn
-    # again. Without this, a finished study's CAMs said "no checkpoint yet" and its export was missing until a reload.
-    seen = (s.ended, tuple(r.info is not None and runs.shown_checkpoint(r.info.path) is not None for r in s.runs))
-    before = st.session_state.get(f"s_seen_{path.name}")
-    st.session_state[f"s_seen_{path.name}"] = seen
-    if before is not None and before != seen:
+    # The rest of the page (the CAMs, the export list) was drawn from the study as the last full run read it: when
+    # that changes, the whole page is drawn again. Without this, a finished study's CAMs said "no checkpoint yet" and
+    # its export was missing until a reload. (Compared with the full run's reading, never this run's own: a full run
+    # is never interrupted, so a click's answer on it stays.)
+    if drawn_from(s) != st.session_state.get("s_drawn", {}).get(path.name, drawn_from(s)):
         st.rerun()
     if not s.ended:
         jobs.heal(root)
