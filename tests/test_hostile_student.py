@@ -456,20 +456,26 @@ def test_a_zip_that_would_unpack_past_the_quota_is_refused_before_writing(tmp_pa
     assert not any((data / folder.OWN).glob(".staging-*"))
 
 
-def test_parallel_uploads_stay_within_the_dataset_quota(tmp_path, monkeypatch):
-    """8 uploads at once gave 8 datasets against a limit of 3: every check ran before any dataset was written."""
-    monkeypatch.setenv("EFFNET_MAX_DATASETS", "3")
-    data = tmp_path / "data"
-    zipped = class_zip({"cat": 3, "dog": 3})
-
+def parallel_uploads(zipped: bytes, data: Path, n: int = 8) -> list[str]:
+    """``n`` uploads of ``zipped`` at once by one student (as datasets set0, set1, ...): each one's dataset name, or
+    "refused: why"."""
     def upload(i):
         try:
             return folder.unpack_zip(zipped, data, f"set{i}", STUDENT_A).name
         except DataError as exc:
             return f"refused: {exc}"
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        outcomes = list(pool.map(upload, range(8)))
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(upload, range(n)))
+
+
+def test_parallel_uploads_stay_within_the_dataset_quota(tmp_path, monkeypatch):
+    """8 uploads at once gave 8 datasets against a limit of 3: every check ran before any dataset was written."""
+    monkeypatch.setenv("EFFNET_MAX_DATASETS", "3")
+    data = tmp_path / "data"
+    zipped = class_zip({"cat": 3, "dog": 3})
+
+    outcomes = parallel_uploads(zipped, data)
     landed = [o for o in outcomes if not o.startswith("refused")]
     assert len(landed) == 3 and all("each student may have 3" in o for o in outcomes if o.startswith("refused")), outcomes
     assert sorted(p.name for p in (data / folder.OWN).iterdir() if not p.name.startswith(".")) == sorted(landed)
@@ -496,14 +502,7 @@ def test_parallel_uploads_stay_within_the_disk_budget_counted_when_they_land(tmp
     access.forget_usage()
     assert access.folder_bytes(data) == 0  # remembered: an empty folder
 
-    def upload(i):
-        try:
-            return folder.unpack_zip(zipped, data, f"set{i}", STUDENT_A).name
-        except DataError as exc:
-            return f"refused: {exc}"
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        outcomes = list(pool.map(upload, range(8)))
+    outcomes = parallel_uploads(zipped, data)
     landed = [o for o in outcomes if not o.startswith("refused")]
     assert len(landed) == 2 and all("disk budget" in o for o in outcomes if o.startswith("refused")), outcomes
     assert access.folder_bytes(data, fresh=True) < 2.5 * size
